@@ -1,0 +1,73 @@
+"""The one conversation schema every data source is read into.
+
+A `Conversation` is a list of messages (system / user / assistant) whose text may hold
+`<image>` placeholders, plus the images those placeholders refer to, in order. Images are
+references (a path, or an already decoded PIL image); they are opened lazily by the dataset.
+`source` says where the record came from ("file.json:17") so every error can name it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from PIL import Image
+
+IMAGE_PLACEHOLDER = "<image>"
+ROLES = ("system", "user", "assistant")
+
+ImageRef = Union[str, Image.Image]
+
+
+class DataError(ValueError):
+    """A record that cannot be used; the message names the file, record and field."""
+
+
+@dataclass
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str  # text, with IMAGE_PLACEHOLDER where an image goes
+
+
+@dataclass
+class Conversation:
+    messages: list[Message]
+    images: list[ImageRef] = field(default_factory=list)
+    id: str = ""
+    source: str = ""  # "path:line" or "path[index]" for error messages
+
+    @property
+    def where(self) -> str:
+        return f"{self.source} (id={self.id!r})" if self.id else self.source or "<conversation>"
+
+    def num_placeholders(self) -> int:
+        return sum(m.content.count(IMAGE_PLACEHOLDER) for m in self.messages)
+
+    def validate(self) -> "Conversation":
+        """Raise DataError unless roles are known, turns alternate, answers are non-empty and the
+        number of `<image>` placeholders equals the number of images."""
+        if not self.messages:
+            raise DataError(f"{self.where}: field 'messages' is empty")
+        body = self.messages
+        if body[0].role == "system":
+            body = body[1:]
+        for i, m in enumerate(self.messages):
+            if m.role not in ROLES:
+                raise DataError(f"{self.where}: message {i} has unknown role {m.role!r} (expected one of {ROLES})")
+            if m.role == "system" and i != 0:
+                raise DataError(f"{self.where}: message {i} is a system message after the first turn")
+        for i, m in enumerate(body):
+            want = "user" if i % 2 == 0 else "assistant"
+            if m.role != want:
+                raise DataError(f"{self.where}: turns must alternate user/assistant; turn {i} is {m.role!r}, expected {want!r}")
+            if m.role == "assistant" and not m.content.strip():
+                raise DataError(f"{self.where}: assistant turn {i} is empty")
+        if not any(m.role == "assistant" for m in body):
+            raise DataError(f"{self.where}: no assistant turn to learn from")
+        n = self.num_placeholders()
+        if n != len(self.images):
+            raise DataError(
+                f"{self.where}: {n} {IMAGE_PLACEHOLDER} placeholder(s) in the text but {len(self.images)} image(s) in field 'image'"
+            )
+        if any(IMAGE_PLACEHOLDER in m.content for m in self.messages if m.role == "assistant"):
+            raise DataError(f"{self.where}: an {IMAGE_PLACEHOLDER} placeholder is inside an assistant turn")
+        return self
