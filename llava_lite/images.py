@@ -1,0 +1,94 @@
+"""Opening images as RGB, with every failure turned into a DataError that names the record."""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import warnings
+from typing import IO, Union
+
+from PIL import Image
+
+from .conversation import DataError, ImageRef
+
+# Modes that carry an alpha channel: composited onto white, as a viewer would show them.
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# Errors Pillow raises for unreadable, corrupt or truncated files (SyntaxError: "broken PNG file").
+_READ_ERRORS = (OSError, SyntaxError, EOFError, ValueError)
+
+
+def _prefix(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
+def _open(fp: Union[str, IO[bytes]], where: str, name: str) -> Image.Image:
+    """Open and fully decode an image so that corrupt and truncated data fail here, not later."""
+    try:
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a training set should refuse both.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+            img.load()
+    except FileNotFoundError:
+        raise DataError(f"{_prefix(where)}image file not found: {name}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(
+            f"{_prefix(where)}image {name} is too large (over Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS} pixels, "
+            f"a possible decompression bomb): {e}"
+        ) from None
+    except _READ_ERRORS as e:
+        raise DataError(f"{_prefix(where)}cannot read image {name}: {type(e).__name__}: {e}") from None
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB; transparency is composited onto white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in _ALPHA_MODES:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        # Pillow clips 16-bit values to 255 when converting to L; scale the 0..65535 range down instead.
+        img = img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    return img.convert("RGB")
+
+
+def load_image(ref: ImageRef | os.PathLike, where: str = "") -> Image.Image:
+    """Open a path (or take a PIL image) and return it in RGB; any failure is a DataError naming `where`."""
+    opened = not isinstance(ref, Image.Image)
+    img = _open(os.fspath(ref), where, os.fspath(ref)) if opened else ref
+    try:
+        rgb = to_rgb(img)
+    except _READ_ERRORS as e:
+        raise DataError(f"{_prefix(where)}cannot convert image (mode {img.mode}) to RGB: {e}") from None
+    if opened and rgb is not img:
+        img.close()  # multi-frame files (GIF, TIFF) keep their file open until closed
+    return rgb
+
+
+def decode_data_url(url: str, where: str = "") -> Image.Image:
+    """Decode a base64 `data:image/...;base64,...` URL into a (decoded, not yet RGB) PIL image."""
+    header, sep, payload = url.partition(",")
+    if not sep or not header.endswith(";base64"):
+        raise DataError(f"{_prefix(where)}only base64 data: URLs are supported, got {url[:40]!r}...")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise DataError(f"{_prefix(where)}data: URL is not valid base64: {e}") from None
+    return _open(io.BytesIO(data), where, f"<{header}>")
+
+
+def expand_to_square(img: Image.Image, fill: tuple[int, ...]) -> Image.Image:
+    """LLaVA's pad-to-square: centre the image on a square canvas of its longer side, filled with `fill`."""
+    width, height = img.size
+    if width == height:
+        return img
+    side = max(width, height)
+    canvas = Image.new(img.mode, (side, side), fill)
+    canvas.paste(img, ((side - width) // 2, (side - height) // 2))
+    return canvas
