@@ -1,0 +1,213 @@
+"""Run configuration: dataclasses are the schema, YAML files fill them, dotted overrides tweak them.
+
+    cfg = load_config("configs/stage2.yaml", ["train.lr=2e-5", "data.max_length=1024"])
+
+Every key is checked against the schema: an unknown key or a value of the wrong type is an error
+naming the key. The resolved config is written beside every checkpoint (`save_config`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class VisionConfig:
+    model: str = "ViT-L-14-336-quickgelu"  # open_clip name, or "local-dir:/path" (open_clip_config.json + weights)
+    pretrained: Optional[str] = "openai"  # open_clip tag or a local checkpoint file; None = as the model ref says
+    layer: int = -2  # which transformer block's output feeds the projector (LLaVA: penultimate)
+    use_cls: bool = False  # keep the CLS token as an extra image token
+    pad_to_square: bool = False  # LLaVA-1.5 pads images to a square with the mean colour before resizing
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: str = "mlp2x_gelu"  # linear | mlp2x_gelu | mlpNx_gelu
+    lm: str = ""  # any AutoModelForCausalLM id or local directory
+    init_from: Optional[str] = None  # a llava-lite model directory to start from (stage 2 <- stage 1 output)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 128
+    alpha: int = 256
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"  # peft's "all-linear" or a list of module names
+    quantize: Optional[Literal["4bit", "8bit"]] = None  # QLoRA (bitsandbytes + CUDA)
+
+
+@dataclass
+class SourceConfig:
+    path: str = ""
+    format: Literal["auto", "llava", "sharegpt", "alpaca", "openai"] = "auto"
+    image_folder: Optional[str] = None  # default: the file's own directory
+    weight: float = 1.0  # relative share of each epoch when several sources are mixed
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=list)
+    eval_sources: list[SourceConfig] = field(default_factory=list)
+    mode: Literal["chat", "plain"] = "chat"  # plain: image then caption, no template (stage-1 alignment)
+    max_length: int = 2048
+    system_prompt: Optional[str] = None
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    stage: Literal["align", "instruct", "text"] = "instruct"
+    output_dir: str = "runs/llava-lite"
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 caps the number of optimizer steps
+    batch_size: int = 16  # micro-batch per process
+    grad_accum: int = 1
+    lr: float = 2e-5
+    projector_lr: Optional[float] = None  # default: lr
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+    group_by_modality_length: bool = True
+    save_every: int = 0  # optimizer steps between checkpoints; 0 = only at the end
+    keep_last: int = 2
+    log_every: int = 10
+    eval_every: int = 0
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+def _cast(value: Any, tp: Any, key: str) -> Any:
+    """Check or convert `value` to the annotated type `tp`; `key` names it in errors."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _cast(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"config key {key!r}: {value!r} is not one of {typing.get_args(tp)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_cast(v, item, f"{key}.{i}") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key {key!r}: expected true/false, got {value!r}")
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML reads "2e-5" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"config key {key!r}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {sorted(prefix + k for k in unknown)}; known: {sorted(names)}")
+    return cls(**{k: _cast(v, hints[k], prefix + k) for k, v in data.items()})
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Set `a.b.c=value` in a raw (dict) config; the value is parsed as YAML ("2e-5", "true", "[a, b]")."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not of the form key.path=value")
+    key, text = override.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = raw
+    for p in parts[:-1]:
+        if isinstance(node, list):
+            node = node[int(p)]
+        else:
+            node = node.setdefault(p, {})
+    last = parts[-1]
+    value = yaml.safe_load(text) if text.strip() else ""
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        base = path.parent
+        # Relative data/model paths in a config file are relative to the file, so configs can travel.
+        for src in raw.get("data", {}).get("sources", []) + raw.get("data", {}).get("eval_sources", []):
+            for k in ("path", "image_folder"):
+                if isinstance(src, dict) and src.get(k) and src[k].startswith("./"):
+                    src[k] = str(base / src[k])
+    full = to_dict(Config())
+    _merge(full, raw)
+    for o in overrides:
+        apply_override(full, o)
+    return from_dict(Config, full)
+
+
+def _merge(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _merge(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(cfg), indent=2))

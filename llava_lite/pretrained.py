@@ -1,0 +1,130 @@
+"""HF-style model directories: `save_pretrained(model, dir)` / `from_pretrained(dir)`.
+
+    dir/llava_lite.json          resolved model config + how the LM is stored + prompt mode
+    dir/projector.safetensors
+    dir/tokenizer/               tokenizer with the <image> token
+    dir/lm/                      full LM weights (when the LM was trained), or
+    dir/lm_adapter/              a peft LoRA adapter over the base LM named in the config, or nothing
+                                 (LM untouched, e.g. after stage 1: the base LM is referenced)
+    dir/vision/                  open_clip local-dir copy, unless the tower is a hub name + tag
+
+Every directory is written to a temporary sibling and renamed into place, so a crash never leaves
+a half-written model where a complete one is expected.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig, from_dict
+from .model import DTYPES, LlavaLite, load_lm
+from .projector import build_projector
+from .vision import VisionTower
+
+CONFIG_NAME = "llava_lite.json"
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path):
+    """Yield a temporary directory that replaces `final` only if the block completes."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _is_peft(lm) -> bool:
+    return hasattr(lm, "peft_config")
+
+
+def save_pretrained(model: LlavaLite, out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    cfg = dataclasses.asdict(model.cfg)
+    with atomic_dir(out_dir) as tmp:
+        if model.vision.needs_weights_saved():
+            model.vision.save_local(tmp / "vision")
+            cfg["vision"].update(model="local-dir:vision", pretrained=None)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.projector.state_dict().items()},
+                  str(tmp / "projector.safetensors"))
+        model.tokenizer.save_pretrained(tmp / "tokenizer")
+        if _is_peft(model.lm):
+            model.lm.save_pretrained(tmp / "lm_adapter")
+            lm_weights = "lora"
+        elif any(p.requires_grad for p in model.lm.parameters()) or getattr(model, "lm_weights", "") == "full":
+            model.lm.save_pretrained(tmp / "lm")
+            cfg["lm"], lm_weights = "lm", "full"
+        else:
+            lm_weights = "reference"
+        meta = {
+            "model": cfg,
+            "lm_weights": lm_weights,
+            "mode": getattr(model, "render_mode", "chat"),
+            "system_prompt": getattr(model, "system_prompt", None),
+            "image_seq_len": model.image_seq_len,
+        }
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+    return out_dir
+
+
+def _resolve(ref: str, base: Path) -> str:
+    """Paths saved relative to a model directory ("lm", "local-dir:vision") become absolute."""
+    if ref.startswith("local-dir:"):
+        path = Path(ref[len("local-dir:"):])
+        return f"local-dir:{path if path.is_absolute() else base / path}"
+    return str(base / ref) if (base / ref).exists() and not Path(ref).is_absolute() else ref
+
+
+def read_meta(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir} is not a llava-lite model directory: {CONFIG_NAME} is missing")
+    return json.loads(path.read_text())
+
+
+def from_pretrained(
+    model_dir: str | Path, dtype: str | None = None, attn_implementation: str | None = None, trainable_lora: bool = False
+) -> LlavaLite:
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir).resolve()
+    meta = read_meta(model_dir)
+    cfg: ModelConfig = from_dict(ModelConfig, meta["model"])
+    cfg.vision.model = _resolve(cfg.vision.model, model_dir)
+    cfg.lm = _resolve(cfg.lm, model_dir)
+    cfg.init_from = None
+    cfg.dtype = dtype or cfg.dtype
+    cfg.attn_implementation = attn_implementation or cfg.attn_implementation
+    tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
+    lm = load_lm(cfg.lm, cfg, len(tokenizer))
+    if meta["lm_weights"] == "lora":
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, model_dir / "lm_adapter", is_trainable=trainable_lora)
+    vision = VisionTower(cfg.vision).to(DTYPES[cfg.dtype])
+    projector = build_projector(cfg.projector, vision.width, lm.config.hidden_size)
+    projector.load_state_dict(load_file(str(model_dir / "projector.safetensors")))
+    model = LlavaLite(vision, projector.to(DTYPES[cfg.dtype]), lm, tokenizer, cfg)
+    model.render_mode = meta.get("mode", "chat")
+    model.system_prompt = meta.get("system_prompt")
+    model.lm_weights = meta["lm_weights"]
+    model.eval()
+    return model
+

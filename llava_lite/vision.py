@@ -1,0 +1,124 @@
+"""The frozen CLIP vision tower (open_clip) and its image preprocessing.
+
+The tower is never trained: parameters have requires_grad=False, the module stays in eval mode
+whatever `.train()` is called on its parent, and features are computed under no_grad.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import open_clip
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import VisionConfig
+
+TINY_DIR = Path(__file__).parent / "assets" / "tiny_clip"  # open_clip local-dir layout, no weights
+
+
+def _is_local_file(ref: str | None) -> bool:
+    return bool(ref) and Path(ref).is_file()
+
+
+class VisionTower(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.model == "tiny":  # a small random ViT shipped as a config, for tests and smoke runs
+            clip, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{TINY_DIR}")
+        else:
+            pretrained = None if cfg.model.startswith("local-dir:") else cfg.pretrained
+            clip, _, preprocess = open_clip.create_model_and_transforms(cfg.model, pretrained=pretrained)
+            self._check_quickgelu(clip)
+        self.visual = clip.visual  # only the image side runs; the text side is kept off-module for saving
+        self._text_state = {k: v for k, v in clip.state_dict().items() if not k.startswith("visual.")}
+        self.preprocess = preprocess
+        pp = self.visual.preprocess_cfg if hasattr(self.visual, "preprocess_cfg") else {}
+        self.mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
+        self.visual.requires_grad_(False)
+        self.visual.eval()
+        self._clip_config = self._model_config(clip)
+
+    def _check_quickgelu(self, clip: nn.Module) -> None:
+        # OpenAI weights were trained with QuickGELU; open_clip only warns on a mismatch.
+        tag = (self.cfg.pretrained or "").lower()
+        if tag == "openai" and "quickgelu" not in self.cfg.model.lower():
+            raise ValueError(
+                f"open_clip model {self.cfg.model!r} with pretrained='openai' uses GELU but the OpenAI weights "
+                f"need QuickGELU: use {self.cfg.model}-quickgelu"
+            )
+
+    def _model_config(self, clip: nn.Module) -> dict | None:
+        if self.cfg.model == "tiny":
+            return json.loads((TINY_DIR / "open_clip_config.json").read_text())
+        if self.cfg.model.startswith("local-dir:"):
+            return json.loads((Path(self.cfg.model[len("local-dir:"):]) / "open_clip_config.json").read_text())
+        cfg = open_clip.get_model_config(self.cfg.model)
+        return {"model_cfg": cfg} if cfg else None
+
+    def train(self, mode: bool = True) -> "VisionTower":
+        super().train(mode)
+        self.visual.eval()  # frozen: dropout / norm statistics never switch to training behaviour
+        return self
+
+    @property
+    def width(self) -> int:
+        t = self.visual.transformer
+        return t.width
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.visual.grid_size
+        return gh * gw + (1 if self.cfg.use_cls else 0)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    def image_to_tensor(self, image: Image.Image) -> torch.Tensor:
+        """PIL RGB image -> [3, H, W] with open_clip's own resize/crop/normalise."""
+        if self.cfg.pad_to_square:
+            from .data import expand_to_square
+
+            image = expand_to_square(image, tuple(int(m * 255) for m in self.mean))
+        return self.preprocess(image)
+
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] -> patch features [N, P, width] from block `cfg.layer` (P includes CLS if use_cls)."""
+        out = self.visual.forward_intermediates(
+            pixel_values.to(self.dtype),
+            indices=[self.cfg.layer],
+            output_fmt="NLC",
+            intermediates_only=True,
+            output_extra_tokens=self.cfg.use_cls,
+        )
+        feats = out["image_intermediates"][0]  # [N, P, width]
+        if self.cfg.use_cls:
+            feats = torch.cat([out["image_intermediates_prefix"][0], feats], dim=1)
+        return feats
+
+    def save_local(self, out_dir: Path) -> str:
+        """Write the tower in open_clip's local-dir layout; returns the reference to put in the config."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.model.startswith("local-dir:"):
+            src = Path(self.cfg.model[len("local-dir:"):])
+            if src.resolve() != out_dir.resolve():
+                shutil.copy(src / "open_clip_config.json", out_dir / "open_clip_config.json")
+        else:
+            (out_dir / "open_clip_config.json").write_text(json.dumps(self._clip_config, indent=2))
+        state = {f"visual.{k}": v for k, v in self.visual.state_dict().items()} | self._text_state
+        state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        save_file(state, str(out_dir / "open_clip_model.safetensors"))
+        return f"local-dir:{out_dir}"
+
+    def needs_weights_saved(self) -> bool:
+        """A hub tag can be reloaded by name; random or local towers travel inside the model directory."""
+        tag = self.cfg.pretrained
+        if self.cfg.model == "tiny" or self.cfg.model.startswith("local-dir:"):
+            return True
+        return not tag or _is_local_file(tag)

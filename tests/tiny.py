@@ -1,0 +1,68 @@
+"""Builders for tiny random models and tokenizers used across the tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Llama-3 style: bos once, role headers, content trimmed, <|eot_id|> ends every turn.
+LLAMA3 = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+# Mistral v1 style, for the real SentencePiece tokenizer: [INST] user [/INST] answer</s>
+MISTRAL = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% elif m['role'] == 'assistant' %} {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+CORPUS = [
+    "A red circle and a small blue square on a grey background.",
+    "What colour is the triangle? The triangle is green.",
+    "How many objects are there? There are 3 objects.",
+    "Reverse the word 'cat'. tac. Add 2 and 3. The answer is 5.",
+    "The quick brown fox jumps over the lazy dog, 0123456789!?",
+] * 20
+
+SPECIALS = {
+    "chatml": ["<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"],
+    "llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<pad>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+}
+
+
+def make_tokenizer(template: str = "chatml", vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    specials = SPECIALS[template]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=specials[0], eos_token=specials[1], pad_token="<pad>",
+        additional_special_tokens=specials[3:],
+    )
+    fast.chat_template = {"chatml": CHATML, "llama3": LLAMA3}[template]
+    return fast
+
+
+def make_tiny_lm(out: Path, template: str = "chatml", hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+    tok = make_tokenizer(template)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
