@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .config import LoraConfig, ModelConfig
+from .config import ModelConfig
 from .conversation import IMAGE_PLACEHOLDER
 from .projector import build_projector
 from .render import IGNORE
@@ -54,11 +54,11 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_lm(path: str, cfg: ModelConfig, vocab_size: int, lora: LoraConfig | None = None) -> nn.Module:
+def load_lm(path: str, cfg: ModelConfig, vocab_size: int, quantize: str | None = None) -> nn.Module:
     dtype = DTYPES[cfg.dtype]
     kwargs = dict(dtype=dtype, attn_implementation=pick_attention(cfg.attn_implementation, dtype))
-    if lora is not None and lora.quantize:
-        kwargs["quantization_config"] = _bnb_config(lora.quantize, dtype)
+    if quantize:
+        kwargs["quantization_config"] = _bnb_config(quantize, dtype)
     lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     _resize_embeddings(lm, vocab_size)
     return lm
@@ -117,10 +117,10 @@ class LlavaLite(nn.Module):
         return from_pretrained(model_dir, **kwargs)
 
     @classmethod
-    def build(cls, cfg: ModelConfig, lora: LoraConfig | None = None) -> "LlavaLite":
+    def build(cls, cfg: ModelConfig, quantize: str | None = None) -> "LlavaLite":
         """A fresh model from an open_clip tower and an LM checkpoint (the projector is random)."""
         tokenizer = load_tokenizer(cfg.lm)
-        lm = load_lm(cfg.lm, cfg, len(tokenizer), lora)
+        lm = load_lm(cfg.lm, cfg, len(tokenizer), quantize)
         vision = VisionTower(cfg.vision).to(DTYPES[cfg.dtype])
         projector = build_projector(cfg.projector, vision.width, lm.config.hidden_size)
         return cls(vision, projector, lm, tokenizer, cfg)

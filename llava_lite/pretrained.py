@@ -8,8 +8,9 @@
                                  (LM untouched, e.g. after stage 1: the base LM is referenced)
     dir/vision/                  open_clip local-dir copy, unless the tower is a hub name + tag
 
-Every directory is written to a temporary sibling and renamed into place, so a crash never leaves
-a half-written model where a complete one is expected.
+A model is staged in a temporary directory and moved into place with its config file last, so a
+crash never leaves a half-written directory that looks loadable. The directory may also hold a
+training run's checkpoints/ and logs, which saving leaves alone.
 """
 from __future__ import annotations
 
@@ -33,22 +34,32 @@ CONFIG_NAME = "llava_lite.json"
 
 @contextlib.contextmanager
 def atomic_dir(final: str | Path):
-    """Yield a temporary directory that replaces `final` only if the block completes."""
+    """Yield a temporary directory that becomes `final` (by rename) only if the block completes."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
         if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _publish(staged: Path, out_dir: Path) -> None:
+    """Move a staged model into `out_dir`, which may also hold checkpoints and logs. The config file
+    is removed first and written last: a directory is a loadable model only once it is complete."""
+    (out_dir / CONFIG_NAME).unlink(missing_ok=True)
+    for entry in staged.iterdir():
+        if entry.name == CONFIG_NAME:
+            continue
+        target = out_dir / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    os.replace(staged / CONFIG_NAME, out_dir / CONFIG_NAME)
 
 
 def _is_peft(lm) -> bool:
@@ -58,7 +69,11 @@ def _is_peft(lm) -> bool:
 def save_pretrained(model: LlavaLite, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     cfg = dataclasses.asdict(model.cfg)
-    with atomic_dir(out_dir) as tmp:
+    if Path(cfg["lm"]).exists():  # a local base LM is referenced by absolute path, so the directory can move
+        cfg["lm"] = str(Path(cfg["lm"]).resolve())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".save-", dir=out_dir) as staging:
+        tmp = Path(staging)
         if model.vision.needs_weights_saved():
             model.vision.save_local(tmp / "vision")
             cfg["vision"].update(model="local-dir:vision", pretrained=None)
@@ -81,6 +96,7 @@ def save_pretrained(model: LlavaLite, out_dir: str | Path) -> Path:
             "image_seq_len": model.image_seq_len,
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        _publish(tmp, out_dir)
     return out_dir
 
 
@@ -100,7 +116,11 @@ def read_meta(model_dir: str | Path) -> dict:
 
 
 def from_pretrained(
-    model_dir: str | Path, dtype: str | None = None, attn_implementation: str | None = None, trainable_lora: bool = False
+    model_dir: str | Path,
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+    trainable_lora: bool = False,
+    quantize: str | None = None,
 ) -> LlavaLite:
     from transformers import AutoTokenizer
 
@@ -113,7 +133,7 @@ def from_pretrained(
     cfg.dtype = dtype or cfg.dtype
     cfg.attn_implementation = attn_implementation or cfg.attn_implementation
     tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
-    lm = load_lm(cfg.lm, cfg, len(tokenizer))
+    lm = load_lm(cfg.lm, cfg, len(tokenizer), quantize)
     if meta["lm_weights"] == "lora":
         from peft import PeftModel
 

@@ -66,3 +66,37 @@ def make_tiny_lm(out: Path, template: str = "chatml", hidden: int = 64, layers: 
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
+
+
+def make_llava_data(root: Path, n: int = 16, seed: int = 0) -> dict[str, Path]:
+    """Solid-colour images with caption (stage-1), conversation (stage-2) and Alpaca (text) files."""
+    import json
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    captions, convs = [], []
+    names = list(COLOURS)
+    for i in range(n):
+        colour = names[i % len(names)]
+        Image.new("RGB", (24 + rng.randrange(16), 24 + rng.randrange(16)), COLOURS[colour]).save(root / "images" / f"{i}.png")
+        captions.append({"id": f"cap{i}", "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nDescribe the image briefly."},
+            {"from": "gpt", "value": f"A {colour} square."}]})
+        convs.append({"id": f"conv{i}", "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the image?"},
+            {"from": "gpt", "value": f"The image is {colour}."},
+            {"from": "human", "value": "Is it a square?"},
+            {"from": "gpt", "value": "Yes."}]})
+    convs += [{"id": f"text{i}", "conversations": [
+        {"from": "human", "value": f"Add {i} and 2."}, {"from": "gpt", "value": f"{i + 2}"}]} for i in range(n // 2)]
+    alpaca = [{"instruction": f"Add {i} and 3.", "input": "", "output": f"{i + 3}"} for i in range(n)]
+    paths = {"captions": root / "captions.json", "conversations": root / "conversations.json", "alpaca": root / "alpaca.json"}
+    for key, data in (("captions", captions), ("conversations", convs), ("alpaca", alpaca)):
+        paths[key].write_text(json.dumps(data))
+    return paths

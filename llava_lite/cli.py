@@ -1,0 +1,69 @@
+"""`llava-lite` command line: train, chat, and the commands other modules register."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .train import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    Trainer(cfg, resume=args.resume).run()
+
+
+def _chat(args: argparse.Namespace) -> None:
+    from .cli_chat import run_chat
+
+    run_chat(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llava-lite", description="LLaVA-style vision-language instruction tuning")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a stage (align / instruct / text) from a YAML config",
+                       description="Train from a YAML config; overrides like train.lr=2e-5 are cast to the field's type.")
+    p.add_argument("config", help="YAML file (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=2e-5 data.max_length=1024")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("chat", help="chat with a trained model directory (REPL, or one answer with --prompt)")
+    p.add_argument("--model", required=True, help="a llava-lite model directory")
+    p.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    p.add_argument("--prompt", help="ask once, print the answer and exit (reads stdin when it is not a terminal)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=_chat)
+
+    for module in ("llava_lite.evaluate", "llava_lite.demo.run", "data_tools.cli", "llava_lite.serve"):
+        _mount(sub, module)
+    return parser
+
+
+def _mount(sub, module: str) -> None:
+    """Commands living in other modules register themselves with `add_parser(subparsers)`."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and module.startswith(e.name):  # that part of the package is not there
+            return
+        raise
+    mod.add_parser(sub)
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,94 @@
+"""From Conversations to padded batches: render lazily, load only the images that exist, pad right."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from .conversation import Conversation
+from .data import load_image
+from .render import IGNORE, render
+
+
+@dataclass
+class Sample:
+    input_ids: torch.Tensor  # [T]
+    labels: torch.Tensor  # [T]
+    pixel_values: torch.Tensor | None  # [n_images, 3, H, W]
+    skipped: bool  # truncation left no supervised token: counted, never trained on
+
+
+class ConversationDataset(Dataset):
+    """Renders each conversation when it is fetched (in DataLoader workers), so start-up stays fast."""
+
+    def __init__(
+        self,
+        conversations: list[Conversation],
+        tokenizer,
+        image_transform: Callable,  # PIL RGB image -> [3, H, W]
+        *,
+        image_token_id: int,
+        image_seq_len: int,
+        max_length: int,
+        mode: str = "chat",
+        system_prompt: str | None = None,
+    ):
+        self.conversations = conversations
+        self.tokenizer = tokenizer
+        self.image_transform = image_transform
+        self.kw = dict(image_token_id=image_token_id, image_seq_len=image_seq_len, max_length=max_length,
+                       mode=mode, system_prompt=system_prompt)
+        self.image_seq_len = image_seq_len
+
+    def __len__(self) -> int:
+        return len(self.conversations)
+
+    def lengths(self) -> list[int]:
+        """Cheap length estimates (chars / 4 + image tokens) for length grouping; no tokenization."""
+        return [
+            sum(len(m.content) for m in c.messages) // 4 + len(c.images) * self.image_seq_len
+            for c in self.conversations
+        ]
+
+    def has_image(self) -> list[bool]:
+        return [bool(c.images) for c in self.conversations]
+
+    def __getitem__(self, i: int) -> Sample:
+        conv = self.conversations[i]
+        r = render(conv, self.tokenizer, **self.kw)
+        if r is None:  # truncation left nothing to learn: a one-pad-token stand-in, counted by the collator
+            return Sample(torch.tensor([self.tokenizer.pad_token_id]), torch.tensor([IGNORE]), None, True)
+        pixels = None
+        if r.num_images:
+            images = [load_image(ref, where=f"{conv.where} field 'image'") for ref in conv.images[: r.num_images]]
+            pixels = torch.stack([self.image_transform(im) for im in images])
+        return Sample(torch.tensor(r.input_ids), torch.tensor(r.labels), pixels, False)
+
+
+class Collator:
+    """Pad right to the longest sample; stack only the images that exist (text-only -> no pixel_values)."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 8):
+        self.pad_token_id = pad_token_id
+        self.multiple = pad_to_multiple_of
+
+    def __call__(self, samples: list[Sample]) -> dict:
+        kept = [s for s in samples if not s.skipped] or samples[:1]  # never an empty batch (DDP needs a forward)
+        width = max(len(s.input_ids) for s in kept)
+        width = -(-width // self.multiple) * self.multiple
+        ids = torch.full((len(kept), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(kept), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(kept), width), dtype=torch.long)
+        for row, s in enumerate(kept):
+            n = len(s.input_ids)
+            ids[row, :n], labels[row, :n], mask[row, :n] = s.input_ids, s.labels, 1
+        pixels = [s.pixel_values for s in kept if s.pixel_values is not None]
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "pixel_values": torch.cat(pixels) if pixels else None,
+            "num_skipped": sum(s.skipped for s in samples),
+        }

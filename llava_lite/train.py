@@ -1,0 +1,249 @@
+"""The training loop: one code path for stage 1 (align), stage 2 (instruct) and text SFT, on
+accelerate, unchanged under `accelerate launch` (DDP, FSDP2, DeepSpeed).
+
+    Trainer(cfg, resume=True).run()
+
+Gradient accumulation is weighted by supervised tokens: the micro-batches of one optimizer step
+are fetched first, their supervised tokens summed over the window and over all processes, and
+each micro-batch contributes loss_sum / total. A short answer then weighs what its tokens weigh.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .config import Config, save_config
+from .dataset import Collator, ConversationDataset
+from .render import IGNORE
+from .sampler import ModalityLengthBatchSampler
+from .train_setup import build_model, build_optimizer, cosine_with_warmup, load_sources, set_trainable
+
+STATE_NAME = "trainer_state.json"
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    ckpts = sorted(Path(output_dir, "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    ckpts = [c for c in ckpts if (c / STATE_NAME).is_file()]  # only complete ones
+    return ckpts[-1] if ckpts else None
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: bool = False):
+        self.cfg = cfg
+        self.resume = resume
+        self.out = Path(cfg.train.output_dir)
+        mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "no")
+        self.acc = Accelerator(mixed_precision=mixed if torch.cuda.is_available() else "no")
+        self.log = self.acc.print
+
+    # ---- setup -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        set_seed(t.seed)
+        self.log(f"stage {t.stage}: {self.acc.num_processes} process(es), device {self.acc.device}")
+        model = build_model(cfg)
+        self.counts = set_trainable(model, t.stage, log=self.log)
+        if t.gradient_checkpointing:
+            model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        for p in model.parameters():  # trainable weights stay fp32; frozen ones keep the load dtype
+            if p.requires_grad:
+                p.data = p.data.float()
+        self.model_ref = model
+        self.loader, self.batch_sampler = self._loader(model, cfg.data.sources, shuffle=True)
+        self.eval_loader = None
+        if cfg.data.eval_sources:
+            self.eval_loader, _ = self._loader(model, cfg.data.eval_sources, shuffle=False)
+        optimizer = build_optimizer(model, cfg)
+        self.model, self.optimizer, self.loader = self.acc.prepare(model, optimizer, self.loader)
+        if self.eval_loader is not None:
+            self.eval_loader = self.acc.prepare(self.eval_loader)
+        self.steps_per_epoch = math.ceil(len(self.loader) / t.grad_accum)
+        self.total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * self.steps_per_epoch)
+        self.scheduler = cosine_with_warmup(self.optimizer, round(t.warmup_ratio * self.total_steps), self.total_steps)
+        self.acc.register_for_checkpointing(self.scheduler)
+        self.state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "skipped": 0, "tokens": 0}
+        ckpt = latest_checkpoint(self.out) if self.resume else None
+        if ckpt is not None:
+            self.acc.load_state(str(ckpt))
+            self.state = json.loads((ckpt / STATE_NAME).read_text())
+            self.log(f"resumed from {ckpt} at step {self.state['step']}")
+            _truncate_metrics(self.out / "metrics.jsonl", self.state["step"])
+        elif self.resume:
+            self.log(f"--resume: no checkpoint in {self.out / 'checkpoints'}, starting fresh")
+
+    def _loader(self, model, sources, shuffle: bool) -> tuple[DataLoader, ModalityLengthBatchSampler]:
+        cfg = self.cfg
+        ds = ConversationDataset(
+            load_sources(sources, cfg.train.stage), model.tokenizer, model.vision.image_to_tensor,
+            image_token_id=model.image_token_id, image_seq_len=model.image_seq_len,
+            max_length=cfg.data.max_length, mode=cfg.data.mode, system_prompt=cfg.data.system_prompt,
+        )
+        group = cfg.train.group_by_modality_length
+        lengths = ds.lengths() if group else [0] * len(ds)
+        has_image = ds.has_image() if group else [False] * len(ds)
+        sampler = ModalityLengthBatchSampler(lengths, has_image, cfg.train.batch_size, seed=cfg.train.seed, shuffle=shuffle)
+        loader = DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(model.tokenizer.pad_token_id),
+                            num_workers=cfg.data.num_workers)
+        return loader, sampler
+
+    # ---- train -----------------------------------------------------------------------------
+    def run(self) -> Path:
+        self.setup()
+        self.train()
+        return self.finish()
+
+    def train(self) -> None:
+        t, acc, st = self.cfg.train, self.acc, self.state
+        self.out.mkdir(parents=True, exist_ok=True)
+        metrics = open(self.out / "metrics.jsonl", "a") if acc.is_main_process else None
+        bar = tqdm(total=self.total_steps, initial=st["step"], disable=not acc.is_main_process, desc=f"{t.stage}")
+        self.model.train()
+        while st["step"] < self.total_steps:
+            self.batch_sampler.set_epoch(st["epoch"])
+            loader = acc.skip_first_batches(self.loader, st["batches_in_epoch"]) if st["batches_in_epoch"] else self.loader
+            batches = iter(loader)
+            while st["step"] < self.total_steps:
+                window = [b for _, b in zip(range(t.grad_accum), batches)]
+                if not window:
+                    break
+                t0 = time.perf_counter()
+                loss, grad_norm, n_tokens = self._step(window)
+                st["step"] += 1
+                st["batches_in_epoch"] += len(window)
+                st["skipped"] += sum(int(b["num_skipped"]) for b in window)
+                seen = int(acc.reduce(torch.tensor(sum(int(b["attention_mask"].sum()) for b in window), device=acc.device), "sum"))
+                st["tokens"] += seen
+                row = {"step": st["step"], "epoch": st["epoch"], "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                       "grad_norm": grad_norm, "supervised_tokens": n_tokens,
+                       "tokens_per_s": seen / (time.perf_counter() - t0), "skipped_total": st["skipped"]}
+                if self.eval_loader is not None and t.eval_every and st["step"] % t.eval_every == 0:
+                    row["eval_loss"] = self.evaluate()
+                if metrics:
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+                if t.save_every and st["step"] % t.save_every == 0 and st["step"] < self.total_steps:
+                    self.save_checkpoint()
+            else:  # the step budget ran out mid-epoch
+                break
+            st["epoch"] += 1
+            st["batches_in_epoch"] = 0
+        bar.close()
+        if metrics:
+            metrics.close()
+        if st["skipped"]:
+            self.log(f"skipped {st['skipped']} sample(s) whose answers were truncated away (data.max_length="
+                     f"{self.cfg.data.max_length})")
+
+    def _step(self, window: list[dict]) -> tuple[float, float, int]:
+        acc, model = self.acc, self.model
+        local = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in window)
+        total = int(acc.reduce(torch.tensor(local, device=acc.device), "sum"))
+        loss_sum = torch.zeros((), device=acc.device)
+        for i, batch in enumerate(window):
+            sync = contextlib.nullcontext() if i == len(window) - 1 else acc.no_sync(model)
+            inputs = {k: v for k, v in batch.items() if k != "num_skipped"}
+            with sync, acc.autocast():
+                out = model(**inputs)
+                # DDP averages gradients over processes, hence the num_processes factor.
+                acc.backward(out.loss_sum * acc.num_processes / max(total, 1))
+            loss_sum += out.loss_sum.detach()
+        grad_norm = acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.cfg.train.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = float(acc.reduce(loss_sum, "sum")) / max(total, 1)
+        return loss, float(grad_norm) if grad_norm is not None else float("nan"), total
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Token-weighted mean loss over the eval sources (response tokens only)."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.acc.device)
+        n = torch.zeros((), device=self.acc.device)
+        for batch in self.eval_loader:
+            out = self.model(**{k: v for k, v in batch.items() if k != "num_skipped"})
+            loss_sum += out.loss_sum
+            n += out.num_tokens
+        self.model.train()
+        return float(self.acc.reduce(loss_sum, "sum") / self.acc.reduce(n, "sum").clamp(min=1))
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """accelerate state (model, optimizer, scheduler, RNG of every process) + data position,
+        written to a temporary directory and renamed: a checkpoint directory is always complete."""
+        acc, step = self.acc, self.state["step"]
+        root = self.out / "checkpoints"
+        final, tmp = root / f"step-{step:07d}", root / f".step-{step:07d}.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_config(self.cfg, tmp / "config.json")
+            (tmp / STATE_NAME).write_text(json.dumps(self.state))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            done = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+            for old in done[: -self.cfg.train.keep_last] if self.cfg.train.keep_last > 0 else []:
+                shutil.rmtree(old)
+        acc.wait_for_everyone()
+        return final
+
+    def finish(self) -> Path:
+        """Last checkpoint (resumable), the model directory, the resolved config and a loss plot."""
+        self.save_checkpoint()
+        acc = self.acc
+        if acc.is_main_process:
+            model = acc.unwrap_model(self.model)
+            model.save_pretrained(self.out)
+            save_config(self.cfg, self.out / "config.json")
+            summary = {"stage": self.cfg.train.stage, "trainable": self.counts, **self.state}
+            (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+            plot_losses(self.out / "metrics.jsonl", self.out / "loss.png", title=f"{self.cfg.train.stage} loss")
+        acc.wait_for_everyone()
+        self.log(f"saved model to {self.out}")
+        return self.out
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint we resume from; they will be logged again."""
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        path.write_text("".join(line + "\n" for line in rows if json.loads(line)["step"] <= step))
+
+
+def plot_losses(metrics_path: Path, png: Path, title: str = "loss") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train")
+    evals = [r for r in rows if "eval_loss" in r]
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (response tokens)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
