@@ -1,7 +1,8 @@
 """`llava-lite data ...` / `python -m data_tools.cli ...`: thin argparse wrappers over the tools.
 
-Each sub-command parses its arguments and calls one importable function; `args.func(args)`
-runs it and returns the exit code (0 ok, 1 problems found)."""
+Each sub-command parses its arguments and calls one importable function. Under `main` the
+exit code (0 ok, 1 problems found) is returned; mounted on another CLI, which only calls
+`args.func(args)`, a non-zero code exits the process so `validate` still fails a script."""
 from __future__ import annotations
 
 import argparse
@@ -31,13 +32,25 @@ def _teacher_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompts", type=Path, help="folder of prompt files to use instead of data_tools/prompts")
 
 
-def _add(sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], help: str, epilog: str = "") -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.set_defaults(func=func)
-    return p
+Command = Callable[[argparse.Namespace], int]
 
 
-def _commands(sub: argparse._SubParsersAction) -> None:
+def _exiting(func: Command) -> Command:
+    def run(args: argparse.Namespace) -> int:
+        code = func(args)
+        if code:
+            sys.exit(code)
+        return code
+
+    return run
+
+
+def _commands(sub: argparse._SubParsersAction, mounted: bool = False) -> None:
+    def _add(sub: argparse._SubParsersAction, name: str, func: Command, help: str, epilog: str = "") -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=_exiting(func) if mounted else func)
+        return p
+
     p = _add(sub, "generate", c.generate_cmd, "Turn captions + boxes into LLaVA conversations (conversation, detail, reasoning).",
              "example:\n  llava-lite data generate --annotations world/instances_train.json "
              "--captions world/captions_train.json --out data/instruct.json --short-fraction 0.5")
@@ -132,7 +145,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser("data", help="data tools (generate, expand, tag, report, select, convert, validate, shards, mix, dedup)",
                               description=DESCRIPTION)
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
-    _commands(p.add_subparsers(dest="data_command", metavar="COMMAND"))
+    _commands(p.add_subparsers(dest="data_command", metavar="COMMAND"), mounted=True)
     return p
 
 

@@ -77,7 +77,7 @@ def expand(
                 break
             jobs = [(rng.choice(operations), rng.choice(filt.pool)) for _ in range(batch)]
             requests = [_request(op, parent, filt.pool, prompt, rng) for op, parent in jobs]
-            for (op, parent), reply in zip(jobs, complete_all(teacher, requests, journal, desc="expand round")):
+            for (op, parent), reply in zip(jobs, complete_all(teacher, requests, journal, progress=False)):
                 try:
                     if isinstance(reply, TeacherError):
                         raise ParseError(f"teacher error: {reply}")

@@ -155,3 +155,18 @@ def test_cli_curation_pipeline_on_world_and_hand_written_set(tmp_path, capsys):
     assert sum(bool(c.images) for c in convs) == 30 and len(convs) == 40
     assert main(["report", str(text), str(tmp_path / "r2")]) == 0
     capsys.readouterr()
+
+
+def test_cli_on_the_shipped_hand_written_examples(tmp_path):
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[1] / "data_tools" / "examples"
+    gen = tmp_path / "gen.json"
+    assert main(["generate", "--annotations", str(examples / "scenes.txt"), "--out", str(gen), "--short-fraction", "0.5"]) == 0
+    records = json.loads(gen.read_text())
+    assert len(records) == 9 and {r["image"] for r in records} == {"kitchen.jpg", "street.jpg", "park.jpg"}
+    text = json.dumps(records)
+    assert "red bus" in text and "person" in text
+    new = tmp_path / "new.json"
+    assert main(["expand", "--seeds", str(examples / "seeds.txt"), "--n", "10", "--out", str(new)]) == 0
+    assert len(json.loads(new.read_text())) == 10

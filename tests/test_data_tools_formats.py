@@ -178,3 +178,21 @@ def test_dataloader_workers_split_the_shards(tmp_path):
     seen = list(loader)
     assert sorted(i for i, _ in seen) == ["one", "sys", "text", "two"]  # each sample once
     assert {w for _, w in seen} == {0, 1}
+
+
+def test_add_parser_mounts_data_commands_on_another_cli(tmp_path):
+    import argparse
+
+    from data_tools.cli import add_parser
+
+    parser = argparse.ArgumentParser(prog="llava-lite")
+    add_parser(parser.add_subparsers(dest="command"))
+    src = _hand_written(tmp_path)
+    args = parser.parse_args(["data", "validate", str(src), "--image-folder", str(tmp_path / "imgs")])
+    assert args.func(args) == 0
+    args = parser.parse_args(["data", "validate", str(src)])  # missing images: the process must fail
+    with pytest.raises(SystemExit) as e:
+        args.func(args)
+    assert e.value.code == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["data", "generate", "--help"])

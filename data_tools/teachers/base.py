@@ -59,7 +59,7 @@ def load_journal(path: Path | None) -> dict[str, str]:
 
 
 def complete_all(
-    teacher: Teacher, requests: list[Request], journal: Path | None = None, desc: str = "teacher"
+    teacher: Teacher, requests: list[Request], journal: Path | None = None, desc: str = "teacher", progress: bool = True
 ) -> list[str | TeacherError]:
     """Answer every request, in order; a failed request yields its TeacherError instead of text.
 
@@ -86,7 +86,7 @@ def complete_all(
                 sink.flush()
 
     try:
-        with tqdm(total=len(todo), desc=f"{desc} ({teacher.name})", disable=not todo, leave=False) as bar:
+        with tqdm(total=len(todo), desc=f"{desc} ({teacher.name})", disable=not (todo and progress), leave=False) as bar:
             if teacher.concurrency <= 1:
                 for i in todo:
                     one(i)

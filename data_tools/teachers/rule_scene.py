@@ -44,9 +44,12 @@ def describe(objects: list[Obj]) -> str:
     summary = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     noun = "object" if len(objects) == 1 else "objects"
     lines = [f"The image shows {number(len(objects))} {noun}: {summary}."]
+    said: set[str] = set()
     for o in sorted(objects, key=lambda o: center(o)[0]):
         words = f"{size_word(o)} {name(o)}"
-        lines.append(f"There is {article(words)} {words} {location_phrase(o)}.")
+        # Two objects can read the same; "another" says it is a second one, not a repeat.
+        lines.append(f"There is {'another' if words in said else article(words)} {words} {location_phrase(o)}.")
+        said.add(words)
     colors = Counter(o["color"] for o in objects if o.get("color"))
     shared = [f"{number(n)} objects are {c}" for c, n in sorted(colors.items()) if n > 1]
     if shared:
