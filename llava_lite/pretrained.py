@@ -81,7 +81,9 @@ def save_pretrained(model: LlavaLite, out_dir: str | Path) -> Path:
                   str(tmp / "projector.safetensors"))
         model.tokenizer.save_pretrained(tmp / "tokenizer")
         if _is_peft(model.lm):
-            model.lm.save_pretrained(tmp / "lm_adapter")
+            # The resized embedding rows are rebuilt deterministically on load (model._resize_embeddings),
+            # so the adapter need not carry a copy of the whole embedding matrix.
+            model.lm.save_pretrained(tmp / "lm_adapter", save_embedding_layers=False)
             lm_weights = "lora"
         elif any(p.requires_grad for p in model.lm.parameters()) or getattr(model, "lm_weights", "") == "full":
             model.lm.save_pretrained(tmp / "lm")

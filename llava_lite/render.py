@@ -66,7 +66,10 @@ def _chat_spans(conv: Conversation, messages: list[Message], tokenizer) -> tuple
         content = m.content.strip()
         start = full.find(content, len(prompt))
         if start < 0 or full[len(prompt):start].strip():
-            raise RenderError(f"{conv.where}: assistant turn {k} text not found where the template puts it")
+            raise RenderError(
+                f"{conv.where}: assistant turn {k} text not found where the template puts it "
+                "(does the template rewrite or drop turns?)"
+            )
         end = start + len(content)
         gap = len(full[end:]) - len(full[end:].lstrip())
         eot = next((s for s in specials if full.startswith(s, end + gap)), None)

@@ -110,8 +110,11 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=st["step"], disable=not acc.is_main_process, desc=f"{t.stage}")
         self.model.train()
         while st["step"] < self.total_steps:
-            self.batch_sampler.set_epoch(st["epoch"])
             loader = acc.skip_first_batches(self.loader, st["batches_in_epoch"]) if st["batches_in_epoch"] else self.loader
+            # accelerate re-seeds the sampler from its own per-loader iteration counter, which a resumed
+            # run (or the one-off skipping loader) does not share: set both to the true epoch.
+            loader.set_epoch(st["epoch"])
+            self.batch_sampler.set_epoch(st["epoch"])
             batches = iter(loader)
             while st["step"] < self.total_steps:
                 window = [b for _, b in zip(range(t.grad_accum), batches)]
@@ -161,7 +164,8 @@ class Trainer:
                 acc.backward(out.loss_sum * acc.num_processes / max(total, 1))
             loss_sum += out.loss_sum.detach()
         grad_norm = acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.cfg.train.max_grad_norm)
-        self.optimizer.step()
+        if total:  # a window whose answers were all truncated away updates nothing (the same on every process)
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss = float(acc.reduce(loss_sum, "sum")) / max(total, 1)
