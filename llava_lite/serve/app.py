@@ -66,7 +66,8 @@ def create_app(assistant_or_model_dir: Assistant | str | Path, settings: Setting
         authorize(request)
         req = parse_request(await read_body(request, settings.max_body_bytes))
         prompt = await run_in_threadpool(to_prompt, req, settings)  # decoding images may take a while
-        job = Job(id=f"chatcmpl-{uuid.uuid4().hex}", prompt=prompt, max_tokens=req.max_completion_tokens or req.max_tokens,
+        job = Job(id=f"chatcmpl-{uuid.uuid4().hex}", prompt=prompt,
+                  max_tokens=req.max_completion_tokens or req.max_tokens,
                   sampling=dict(temperature=req.temperature, top_p=req.top_p, stop=req.stop_list, seed=req.seed),
                   stream=req.stream, loop=asyncio.get_running_loop())
         worker.submit(job)

@@ -42,9 +42,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
-        model_name=args.model_name or Path(args.model).resolve().name, api_key=args.api_key or None, max_body_bytes=int(args.max_body_mb * MiB),
-        max_image_bytes=int(args.max_image_mb * MiB), max_image_pixels=args.max_image_pixels,
-        max_images=args.max_images, default_max_tokens=args.default_max_tokens, max_queue=args.max_queue,
+        model_name=args.model_name or Path(args.model).resolve().name,
+        api_key=args.api_key or None,
+        max_body_bytes=int(args.max_body_mb * MiB),
+        max_image_bytes=int(args.max_image_mb * MiB),
+        max_image_pixels=args.max_image_pixels,
+        max_images=args.max_images,
+        default_max_tokens=args.default_max_tokens,
+        max_queue=args.max_queue,
         allow_remote_images=tuple(args.allow_remote_images),
     )
 

@@ -91,7 +91,7 @@ class Worker:
         reply = self.assistant.reply(
             job.prompt.messages, job.prompt.images, max_new_tokens=max_new, **job.sampling,
             on_text=(lambda text: job.emit("text", text)) if job.stream else None,
-            should_stop=lambda: False,
+            should_stop=job.cancelled.is_set,
         )
         state = "cancelled" if job.cancelled.is_set() else reply.finish_reason
         log.info("%s: %d prompt + %d completion tokens, %s", job.id, reply.prompt_tokens, reply.completion_tokens, state)
