@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import commands as c
+from .expand import OPERATIONS
+from .formats import FORMATS
 
 DESCRIPTION = "Data tools: generate instruction data from captions and boxes, expand, tag, curate, convert, shard, mix."
 
@@ -69,7 +71,7 @@ def _commands(sub: argparse._SubParsersAction, mounted: bool = False) -> None:
     p.add_argument("--n", type=int, required=True, help="how many new instructions")
     p.add_argument("--out", type=Path, required=True, help="JSON list of {instruction, operation, parent[, output]}")
     p.add_argument("--rejects", type=Path, help="default: OUT.rejects.jsonl")
-    p.add_argument("--operations", default=",".join(c.OPERATIONS), help="comma list")
+    p.add_argument("--operations", default=",".join(OPERATIONS), help="comma list")
     p.add_argument("--batch", type=int, default=8, help="requests per round")
     p.add_argument("--max-rouge", type=float, default=0.7, help="reject above this ROUGE-L against the pool")
     p.add_argument("--answer", action="store_true", help="also ask the teacher to answer each (Alpaca records)")
@@ -96,13 +98,13 @@ def _commands(sub: argparse._SubParsersAction, mounted: bool = False) -> None:
     p.add_argument("--tags", type=Path, help="tags JSONL from `tag` (default: heuristic tags)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", default="auto")
-    p.add_argument("--to", default="llava", choices=c.FORMATS)
+    p.add_argument("--to", default="llava", choices=FORMATS)
 
     p = _add(sub, "convert", c.convert_cmd, "Convert between LLaVA JSON, ShareGPT, Alpaca and OpenAI messages JSONL.")
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path, help="a .jsonl name writes one record per line")
-    p.add_argument("--to", required=True, choices=c.FORMATS)
-    p.add_argument("--from", dest="src_format", default="auto", choices=("auto", *c.FORMATS))
+    p.add_argument("--to", required=True, choices=FORMATS)
+    p.add_argument("--from", dest="src_format", default="auto", choices=("auto", *FORMATS))
     p.add_argument("--image-folder", type=Path, help="where image paths in SRC are relative to (default: SRC's folder)")
     p.add_argument("--out-image-folder", type=Path, help="write image paths relative to this (default: --image-folder)")
 
@@ -130,14 +132,14 @@ def _commands(sub: argparse._SubParsersAction, mounted: bool = False) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--curriculum", choices=["length", "tags"], help="order easy to hard by this score")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--to", default="llava", choices=c.FORMATS)
+    p.add_argument("--to", default="llava", choices=FORMATS)
 
     p = _add(sub, "dedup", c.dedup_cmd, "Drop near-duplicate requests (ROUGE-L above a threshold, same images).")
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
     p.add_argument("--max-rouge", type=float, default=0.7)
     p.add_argument("--format", default="auto")
-    p.add_argument("--to", default="llava", choices=c.FORMATS)
+    p.add_argument("--to", default="llava", choices=FORMATS)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -9,11 +9,8 @@ from pathlib import Path
 
 from llava_lite.data import read_conversations
 
-from .expand import OPERATIONS
-from .formats import FORMATS, write_conversations, write_records
+from .formats import write_conversations, write_records
 from .teachers import Teacher, make_teacher
-
-__all__ = ["FORMATS", "OPERATIONS"]  # the parser's choices come from here too
 
 
 def _log(msg: str) -> None:
@@ -64,6 +61,8 @@ def expand_cmd(args: argparse.Namespace) -> int:
     from .expand import answer_instructions, expand, load_seed_instructions
     from .filters import InstructionFilter
 
+    if args.answer and args.teacher == "rule":
+        raise SystemExit("--answer needs an LLM teacher (--teacher openai or local)")
     teacher, journal = _teacher(args), _journal(args, args.out)
     result = expand(load_seed_instructions(args.seeds), teacher, args.n, args.seed,
                     tuple(o.strip() for o in args.operations.split(",")), args.batch,
@@ -93,6 +92,8 @@ def _tags(args: argparse.Namespace, convs: list) -> list[list[str]]:
 def tag_cmd(args: argparse.Namespace) -> int:
     from .tagging import heuristic_tags, teacher_tags
 
+    if args.tagger == "teacher" and args.teacher == "rule":
+        raise SystemExit("--tagger teacher needs an LLM teacher (--teacher openai or local); or use --tagger heuristic")
     convs = read_conversations(args.src, args.format)
     rejects: list[dict] = []
     if args.tagger == "teacher":

@@ -4,6 +4,7 @@ random Llama built in the test."""
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +23,12 @@ def default_reply(body: dict) -> str:
     tag = sum(map(ord, query)) % 997
     if "Describe the image as someone looking at it" in system:
         return f"The picture shows a few simple shapes on a white background, number {tag}."
+    if "You help build a dataset of instructions" in system:  # varied words, so ROUGE-L keeps them apart
+        return "Instruction: Explain " + " ".join(random.Random(query).sample([f"topic{i}" for i in range(300)], 8)) + "."
+    if "You annotate user queries" in system:
+        return "Coding, math" if "Python" in query else "writing"
+    if "helpful, accurate assistant" in system:
+        return f"An answer to: {query}"
     return f"Question: What do you see?\n===\nAnswer: Some shapes, number {tag}."
 
 
@@ -214,3 +221,23 @@ def test_generate_with_local_teacher_keeps_rejects(tmp_path):
     rejects = (tmp_path / "gen.json.rejects.jsonl").read_text().splitlines()
     assert len(json.loads(out.read_text())) + len(rejects) == 2  # every request is a record or a kept reject
     assert (tmp_path / "gen.json.partial.jsonl").exists()
+
+
+def test_expand_answer_and_tag_with_the_endpoint(env, tmp_path):
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("Write a Python function that adds two numbers.\nWrite a haiku about rain.\n")
+    out = tmp_path / "new.json"
+    argv = ["expand", "--seeds", str(seeds), "--n", "5", "--batch", "3", "--out", str(out), "--teacher", "openai", "--answer"]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 5 and all(r["output"] == "An answer to: " + r["instruction"] for r in rows)
+    paid = env.ok
+    assert main(argv) == 0 and env.ok == paid and json.loads(out.read_text()) == rows  # replayed, reproducible
+    tags = tmp_path / "tags.jsonl"
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "Write Python code.", "input": "", "output": "x"},
+                                  {"instruction": "A poem please.", "input": "", "output": "y"}]))
+    assert main(["tag", str(alpaca), str(tags), "--tagger", "teacher", "--teacher", "openai"]) == 0
+    assert [json.loads(l)["tags"] for l in tags.read_text().splitlines()] == [["coding", "math"], ["writing"]]
+    with pytest.raises(SystemExit, match="needs an LLM teacher"):
+        main(["tag", str(alpaca), str(tags), "--tagger", "teacher"])
