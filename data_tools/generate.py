@@ -13,6 +13,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from llava_lite.conversation import IMAGE_PLACEHOLDER, Conversation, DataError, Message
 
@@ -45,7 +46,7 @@ class _Job:
     instruction: str = ""  # the user turn for `detail` records
 
 
-def _jobs(scenes: list[Scene], kinds: list[str], short_fraction: float, seed: int, prompts_dir: Path | None) -> list[_Job]:
+def _jobs(scenes: list[Scene], kinds: Sequence[str], short_fraction: float, seed: int, prompts_dir: Path | None) -> list[_Job]:
     rng = random.Random(seed)
     prompts = {k: load_prompt(k, prompts_dir) for k in kinds}
     detail_questions = load_lines("detail_questions", prompts_dir)
@@ -79,7 +80,7 @@ def _record(job: _Job, reply: str) -> Conversation:
 def generate(
     scenes: list[Scene],
     teacher: Teacher,
-    kinds: list[str] = list(KINDS),
+    kinds: Sequence[str] = KINDS,
     short_fraction: float = 0.0,
     seed: int = 0,
     journal: Path | None = None,

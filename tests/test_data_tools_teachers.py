@@ -241,3 +241,20 @@ def test_expand_answer_and_tag_with_the_endpoint(env, tmp_path):
     assert [json.loads(l)["tags"] for l in tags.read_text().splitlines()] == [["coding", "math"], ["writing"]]
     with pytest.raises(SystemExit, match="needs an LLM teacher"):
         main(["tag", str(alpaca), str(tags), "--tagger", "teacher"])
+
+
+def test_journal_survives_a_torn_last_line(tmp_path):
+    class Echo:
+        name, concurrency = "echo", 1
+        calls = 0
+
+        def complete(self, request: Request) -> str:
+            Echo.calls += 1
+            return "re: " + request.messages[-1]["content"]
+
+    journal = tmp_path / "j.jsonl"
+    reqs = [_req(f"q{i}") for i in range(3)]
+    assert complete_all(Echo(), reqs[:2], journal) == ["re: q0", "re: q1"]
+    journal.write_text(journal.read_text() + '{"key": "abc", "rep')  # killed mid-write
+    assert complete_all(Echo(), reqs, journal) == ["re: q0", "re: q1", "re: q2"] and Echo.calls == 3
+    assert complete_all(Echo(), reqs, journal) == ["re: q0", "re: q1", "re: q2"] and Echo.calls == 3

@@ -72,7 +72,10 @@ def complete_all(
     sink = None
     if journal is not None:
         journal.parent.mkdir(parents=True, exist_ok=True)
+        torn = journal.exists() and journal.stat().st_size and not journal.read_bytes().endswith(b"\n")
         sink = journal.open("a")
+        if torn:  # start on a fresh line so the next reply is not glued to a half-written one
+            sink.write("\n")
 
     def one(i: int) -> None:
         try:

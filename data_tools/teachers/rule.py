@@ -113,7 +113,8 @@ def grounded_qa(
     """Questions about `objects` with answers computed from them, one or two per question type.
 
     `short=True`: single-word answers and LLaVA-1.5's short-answer suffix on the question;
-    `short=False`: full-sentence answers. `shapes`/`colors` widen the vocabulary for negatives."""
+    `short=False`: full-sentence answers. `shapes`/`colors` are the vocabulary that "no" questions
+    and zero counts draw from (default SHAPES/COLORS); pass the data set's own so they stay in-world."""
     if not objects:
         return []
     shapes = sorted(set(shapes or SHAPES) | {o["category"] for o in objects})
