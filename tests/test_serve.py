@@ -7,6 +7,7 @@ the same messages and sampling settings (greedy, or sampling with a fixed seed).
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import io
 import json
@@ -50,16 +51,25 @@ class LiveServer:
         self.thread.join(timeout=10)
 
 
+# Other test_serve_*.py files import these fixtures, which gives each module its own copy of a
+# session fixture: the model is built and loaded once per process all the same.
 @pytest.fixture(scope="session")
 def serve_model_dir(tmp_path_factory, tiny_lm) -> Path:
-    out = tmp_path_factory.mktemp("serve") / "model"
-    cfg = ModelConfig(vision=VisionConfig(model="tiny", pretrained=None), lm=str(tiny_lm))
-    return LlavaLite.build(cfg).save_pretrained(out)
+    out = tmp_path_factory.getbasetemp() / "serve-model"
+    if not out.exists():
+        cfg = ModelConfig(vision=VisionConfig(model="tiny", pretrained=None), lm=str(tiny_lm))
+        LlavaLite.build(cfg).save_pretrained(out)
+    return out
+
+
+@functools.cache
+def load_assistant(model_dir: Path) -> Assistant:
+    return Assistant(LlavaLite.from_pretrained(model_dir))
 
 
 @pytest.fixture(scope="session")
 def assistant(serve_model_dir) -> Assistant:
-    return Assistant(LlavaLite.from_pretrained(serve_model_dir))
+    return load_assistant(serve_model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -78,9 +78,21 @@ def parse_request(body: bytes) -> ChatRequest:
     try:
         return ChatRequest.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        raise APIError(400, f"{where}: {err['msg']}" if where else err["msg"], where or None) from None
+        where, message = _describe(e)
+        raise APIError(400, f"{where}: {message}" if where else message, where or None) from None
+
+
+def _describe(error: ValidationError) -> tuple[str, str]:
+    """The most specific problem, as ("messages.0.content.1.image_url.url", "Field required").
+    pydantic names union branches in `loc` ("str", "list[...]", a part's tag): those are dropped."""
+    found: dict[str, list[str]] = {}
+    for err in error.errors():
+        loc = [str(x) for x in err["loc"] if x != "str" and "[" not in str(x)]
+        loc = [x for i, x in enumerate(loc) if i == 0 or x != loc[i - 1]]  # "image_url.image_url" is tag + field
+        found.setdefault(".".join(loc), []).append(err["msg"])
+    where = max(found, key=lambda w: w.count(".") + bool(w))
+    first, *rest = found[where]
+    return where, first + "".join(" or " + m.removeprefix("Input should be ") for m in rest)
 
 
 def to_prompt(req: ChatRequest, settings: Settings) -> Prompt:
