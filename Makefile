@@ -22,6 +22,7 @@ demo-fast: $(STAMP)
 	$(BIN)/llava-lite demo --preset fast --out runs/demo-fast
 
 test: $(STAMP)
+	bash scripts/install_test_browser.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
