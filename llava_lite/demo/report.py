@@ -1,0 +1,58 @@
+"""report.md and plots for the demo: loss curves of both stages and VQA accuracy bars."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_summary(out: Path, report: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, stage in zip(axes, ("stage1", "stage2")):
+        rows = [json.loads(x) for x in (out / stage / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+        ax.set_title(f"{stage} loss (response tokens)")
+        ax.set_xlabel("optimizer step")
+    fig.tight_layout()
+    fig.savefig(out / "loss_curves.png", dpi=100)
+    plt.close(fig)
+
+    types = sorted(report["vqa_accuracy_by_type"])
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    xs = range(len(types) + 2)
+    labels = types + ["all", "unseen combos"]
+    s2 = [report["vqa_accuracy_by_type"][t] for t in types] + [report["vqa_accuracy"], report["vqa_accuracy_unseen_combos"] or 0]
+    s1 = [report["stage1_vqa_accuracy_by_type"].get(t, 0) for t in types] + [report["stage1_vqa_accuracy"], 0]
+    ax.bar([x - 0.2 for x in xs], s1, width=0.4, label="after stage 1")
+    ax.bar([x + 0.2 for x in xs], s2, width=0.4, label="after stage 2")
+    ax.axhline(report["chance_accuracy"], color="k", linestyle="--", label="chance")
+    ax.set_xticks(list(xs), labels, rotation=20)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("exact-match accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "vqa_accuracy.png", dpi=100)
+    plt.close(fig)
+
+    lines = [
+        f"# llava-lite demo ({report['preset']} preset)", "",
+        "| metric | value |", "|---|---|",
+        f"| VQA exact match (held-out images) | {report['vqa_accuracy']:.1%} |",
+        f"| VQA exact match, unseen colour-shape combos | {(report['vqa_accuracy_unseen_combos'] or 0):.1%} |",
+        f"| chance (uniform guess per question type) | {report['chance_accuracy']:.1%} |",
+        f"| majority answer per type | {report['majority_accuracy']:.1%} |",
+        f"| VQA after stage 1 only | {report['stage1_vqa_accuracy']:.1%} |",
+        f"| instruction perplexity (held-out, response tokens) | {report['instruction_ppl']:.2f} |",
+        f"| general-text perplexity | {report['general_ppl']:.2f} |",
+        f"| text-task perplexity (held-out, response tokens) | {report['text_task_ppl']:.2f} |",
+        f"| wall time | {report['wall_seconds']:.0f} s |", "",
+        "| question type | stage 1 | stage 2 |", "|---|---|---|",
+        *[f"| {t} | {report['stage1_vqa_accuracy_by_type'].get(t, 0):.1%} | {report['vqa_accuracy_by_type'][t]:.1%} |"
+          for t in types],
+        "", "![loss](loss_curves.png)", "", "![accuracy](vqa_accuracy.png)", "",
+    ]
+    (out / "report.md").write_text("\n".join(lines))

@@ -1,0 +1,153 @@
+"""`llava-lite demo`: the whole mission on two CPU cores, from nothing.
+
+world -> instruction data (rule teacher) -> base models (tokenizer, CLIP, LM; cached) ->
+stage 1 (configs/demo/<preset>_stage1.yaml) -> stage 2 (<preset>_stage2.yaml) -> eval -> chat.
+Every step is the real tool; the demo only wires paths together.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+from ..config import load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
+SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."
+SHORT_FRACTION = 0.5  # share of conversation records in the short-answer (VQA) style
+TEXT_WEIGHT = 1.0  # text-only instructions mixed into stage 2, relative to their file size
+
+
+def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
+    """Instruction data for training, held-out instructions and VQA questions for evaluation."""
+    from data_tools.annotations import load_coco
+    from data_tools.formats import to_llava, write_records
+    from data_tools.generate import generate
+    from data_tools.teachers.rule import RuleTeacher, grounded_qa
+
+    from .text_tasks import write_text_tasks
+
+    d, wd = out / "data", out / "world"
+    paths = {"instruct_train": d / "instruct_train.json", "instruct_test": d / "instruct_test.json",
+             "vqa": d / "vqa_test.jsonl", "general": d / "general_test.txt"}
+    paths |= {f"text_{k}": v for k, v in write_text_tasks(d, **_text_sizes(preset), seed=preset["seed"]).items()}
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    vocab = {"shapes": world["shapes"], "colors": list(world["colors"])}
+    for split, key in (("train", "instruct_train"), ("test", "instruct_test")):
+        scenes = load_coco(wd / "annotations" / f"instances_{split}.json", wd / "annotations" / f"captions_{split}.json")
+        result = generate(scenes, RuleTeacher(), short_fraction=SHORT_FRACTION, seed=preset["seed"])
+        if result.rejects:
+            raise RuntimeError(f"rule teacher produced {len(result.rejects)} rejects for {split}")
+        write_records([to_llava(c) for c in result.conversations], paths[key])
+    rng = random.Random(preset["seed"])
+    rows = []
+    test_scenes = load_coco(wd / "annotations" / "instances_test.json")
+    unseen = {im["id"]: im.get("unseen_combo", False)
+              for im in json.loads((wd / "annotations" / "instances_test.json").read_text())["images"]}
+    for s in test_scenes:
+        for qa in grounded_qa(s.objects, rng, short=True, **vocab):
+            rows.append({"question_id": len(rows), "image": s.file_name, "text": qa["question"], "answer": qa["answer"],
+                         "category": qa["type"], "unseen_combo": unseen[int(s.id)]})
+    paths["vqa"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from .corpus import world_documents
+
+    paths["general"].write_text("\n".join(doc.replace("\n", " ") for doc in world_documents(wd, "test")) + "\n")
+    return paths
+
+
+def _text_sizes(preset: dict) -> dict:
+    return {"n_train": preset["text_tasks"]["n_train"], "n_test": preset["text_tasks"]["n_test"]}
+
+
+def _train(config: Path, overrides: list[str]) -> Path:
+    from ..train import Trainer
+
+    return Trainer(load_config(config, overrides)).run()
+
+
+def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
+    from ..evaluate import evaluate
+    from .clip_pretrain import pretrain_clip
+    from .presets import resolve
+    from .pretrain_lm import pretrain_lm
+    from .tokenizer import train_tokenizer
+    from .world import make_world
+
+    t0 = time.time()
+    out = Path(out).resolve()
+    preset = resolve(preset_name)
+    world_dir = out / "world"
+    if not (world_dir / "world.json").is_file():
+        make_world(world_dir, seed=preset["seed"], **preset["world"])
+    world = json.loads((world_dir / "world.json").read_text())
+    data = _data(out, preset, world)
+    base = out / "base"
+    train_tokenizer(world_dir, base / "tokenizer", preset)
+    pretrain_clip(world_dir, base / "clip", preset)
+    pretrain_lm(world_dir, base / "tokenizer", base / "lm", preset)
+    images = world_dir / "images"
+    t_train = time.time()
+    s1 = _train(CONFIGS / f"{preset_name}_stage1.yaml", [
+        f"model.lm={base / 'lm'}", f"model.vision.model=local-dir:{base / 'clip'}",
+        f"data.sources=[{{path: {world_dir / 'captions_train.json'}, image_folder: {images}}}]",
+        f"train.output_dir={out / 'stage1'}"])
+    s2 = _train(CONFIGS / f"{preset_name}_stage2.yaml", [
+        f"model.init_from={s1}",
+        f"data.sources=[{{path: {data['instruct_train']}, image_folder: {images}}}, "
+        f"{{path: {data['text_train']}, format: alpaca, weight: {TEXT_WEIGHT}}}]",
+        f"train.output_dir={out / 'stage2'}"])
+    t_eval = time.time()
+    kw = dict(vqa=str(data["vqa"]), image_folder=str(images), general=str(data["general"]))
+    report2 = evaluate(str(s2), instructions=str(data["instruct_test"]), out_dir=str(out / "eval" / "stage2"), **kw)
+    report1 = evaluate(str(s1), out_dir=str(out / "eval" / "stage1"), **{**kw, "general": None})
+    report = {**{k: v for k, v in report2.items() if k != "model"},
+              "stage1_vqa_accuracy": report1["vqa_accuracy"],
+              "stage1_vqa_accuracy_by_type": report1["vqa_accuracy_by_type"],
+              "text_task_ppl": None, "preset": preset_name,
+              "seconds": {"data_and_base_models": round(t_train - t0, 1), "training": round(t_eval - t_train, 1),
+                          "evaluation": round(time.time() - t_eval, 1)}}
+    from ..evaluate import response_perplexity
+    from ..model import LlavaLite
+
+    report["text_task_ppl"] = response_perplexity(LlavaLite.from_pretrained(s2), str(data["text_test"]), "alpaca")
+    report["wall_seconds"] = round(time.time() - t0, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    from .report import write_summary
+
+    write_summary(out, report)
+    chat_sample(s2, world_dir, out)
+    return report
+
+
+def chat_sample(model_dir: Path, world_dir: Path, out: Path) -> None:
+    """Show one held-out image and a few questions, as a user would ask them."""
+    from ..chat import Assistant
+    from ..conversation import Message
+    from ..model import LlavaLite
+
+    inst = json.loads((world_dir / "annotations" / "instances_test.json").read_text())
+    image = next(im for im in inst["images"] if im.get("unseen_combo"))
+    path = world_dir / "images" / image["file_name"]
+    assistant = Assistant(LlavaLite.from_pretrained(model_dir))
+    print(f"\n--- chat sample: {path} (holds a colour-shape pair never seen in training) ---")
+    history: list[Message] = []
+    questions = ["Describe the image in detail.", "What color is the largest object?" + SHORT_SUFFIX,
+                 "How many objects are there?" + SHORT_SUFFIX, "What is 7 plus 5?"]
+    for i, q in enumerate(questions):
+        text = ("<image>\n" if i == 0 else "") + q
+        history.append(Message("user", text))
+        reply = assistant.reply(history, [str(path)], max_new_tokens=96)
+        history.append(Message("assistant", reply.text))
+        print(f"user> {q.replace(SHORT_SUFFIX, '')}\nassistant> {reply.text}")
+    print(f"\nTry it: llava-lite chat --model {model_dir} --image {path}")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("demo", help="build a vision-language assistant from nothing on CPU, evaluate it, chat",
+                       description="The embedded default: synthetic world, tiny base models, stage 1, stage 2, "
+                                   "evaluation (report.json, report.md) and a chat sample.")
+    p.add_argument("--preset", choices=["fast", "full"], default="full")
+    p.add_argument("--out", default="runs/demo")
+    p.set_defaults(func=lambda a: print(json.dumps(run_demo(a.preset, a.out), indent=2)))
