@@ -6,6 +6,7 @@ scripts/install_test_browser.sh. The screenshot lands in test-artifacts/serve_pa
 """
 from __future__ import annotations
 
+import base64
 import os
 import tempfile
 from pathlib import Path
@@ -90,9 +91,13 @@ def test_upload_ask_stream_follow_up_and_reset(page, server, assistant, tmp_path
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
 
-    # A server-side refusal (too many pixels) is shown, and the turn can be retried.
-    shapes(tmp_path / "big.png", (300, 300))
-    page.set_input_files("#file", str(tmp_path / "big.png"))
+    # An image dragged onto the page; the server refuses it (too many pixels): the error is shown
+    # and the turn is given back to retry.
+    big = base64.b64encode(shapes(tmp_path / "big.png", (300, 300))).decode()
+    page.evaluate("""(b64) => { const dt = new DataTransfer();
+        dt.items.add(new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], 'big.png', {type: 'image/png'}));
+        document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true})); }""", big)
+    page.wait_for_selector("#preview:not([hidden])")
     page.fill("#prompt", "What about this one?")
     page.click("#send")
     page.wait_for_selector("#error:not([hidden])")
