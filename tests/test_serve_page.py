@@ -114,3 +114,18 @@ def test_upload_ask_stream_follow_up_and_reset(page, server, assistant, tmp_path
     page.fill("#prompt", "Hello again.")
     page.click("#send")
     assert answers(page) == [direct(assistant, [("user", "Hello again.")], max_new_tokens=MAX_TOKENS).text]
+
+
+def test_page_with_api_key(page, assistant):  # noqa: F811
+    with LiveServer(create_app(assistant, Settings(api_key="sekret", default_max_tokens=MAX_TOKENS))) as live:
+        page.goto(live.url)
+        page.wait_for_selector("#key-label:not([hidden])")
+        page.fill("#temperature", "0")
+        page.fill("#prompt", "Hi")
+        page.click("#send")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "401" in page.text_content("#error")
+        page.fill("#api-key", "sekret")
+        page.click("#send")
+        assert answers(page) == [direct(assistant, [("user", "Hi")], max_new_tokens=MAX_TOKENS).text]
+        assert page.is_hidden("#error")
