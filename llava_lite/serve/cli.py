@@ -50,7 +50,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         max_images=args.max_images,
         default_max_tokens=args.default_max_tokens,
         max_queue=args.max_queue,
-        allow_remote_images=tuple(args.allow_remote_images),
+        allow_remote_images=tuple(h.lower() for h in args.allow_remote_images),
     )
 
 

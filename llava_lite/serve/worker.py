@@ -43,7 +43,7 @@ class Worker:
     def __init__(self, assistant: Assistant, default_max_tokens: int, max_queue: int):
         self.assistant = assistant
         self.default_max_tokens = default_max_tokens
-        self.context = getattr(assistant.model.lm.config, "max_position_embeddings", None)
+        self.context: int | None = getattr(getattr(assistant.model.lm, "config", None), "max_position_embeddings", None)
         self.jobs: queue.Queue[Job | None] = queue.Queue(max_queue)
         self.thread = threading.Thread(target=self._run, name="llava-lite-serve", daemon=True)
 
@@ -74,16 +74,20 @@ class Worker:
                 job.emit("error", APIError(500, f"generation failed: {type(e).__name__}: {e}"))
 
     def _budget(self, job: Job) -> int:
-        """max_new_tokens for this job: what was asked for, if the context window has room for it."""
+        """max_new_tokens for this job: what was asked for (or the default), if the context has room."""
         try:
             ids, _ = self.assistant.encode(job.prompt.messages, job.prompt.images)
         except ValueError as e:
             raise APIError(400, str(e), "messages") from None
-        left = self.context - ids.shape[1] if self.context else None
-        if left is not None and (left < 1 or (job.max_tokens or 0) > left):
-            raise APIError(400, f"the prompt is {ids.shape[1]} tokens and max_tokens is {job.max_tokens}, but the "
-                           f"model's context is {self.context} tokens", "messages", "context_length_exceeded")
-        return job.max_tokens or min(self.default_max_tokens, left or self.default_max_tokens)
+        if self.context is None:
+            return job.max_tokens or self.default_max_tokens
+        prompt, left = ids.shape[1], self.context - ids.shape[1]
+        asked = job.max_tokens or min(self.default_max_tokens, left)
+        if left < 1 or asked > left:
+            raise APIError(400, f"the prompt is {prompt} tokens, which leaves room for {max(left, 0)} of the "
+                           f"{asked} tokens asked for in the model's context of {self.context}", "max_tokens",
+                           "context_length_exceeded")
+        return asked
 
     def _generate(self, job: Job) -> None:
         max_new = self._budget(job)
