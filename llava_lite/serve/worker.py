@@ -40,7 +40,7 @@ class Job:
 
 
 class Worker:
-    def __init__(self, assistant: Assistant, default_max_tokens: int, max_queue: int):
+    def __init__(self, assistant: Assistant, default_max_tokens: int, max_queue: int) -> None:
         self.assistant = assistant
         self.default_max_tokens = default_max_tokens
         self.context: int | None = getattr(getattr(assistant.model.lm, "config", None), "max_position_embeddings", None)
@@ -74,7 +74,8 @@ class Worker:
                 job.emit("error", APIError(500, f"generation failed: {type(e).__name__}: {e}"))
 
     def _budget(self, job: Job) -> int:
-        """max_new_tokens for this job: what was asked for (or the default), if the context has room."""
+        """max_new_tokens for this job: what was asked for (or the default), if the context has room.
+        Counting the prompt encodes it once more than `reply` does: cheap next to generating."""
         try:
             ids, _ = self.assistant.encode(job.prompt.messages, job.prompt.images)
         except ValueError as e:
