@@ -15,20 +15,24 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d = Settings()
     p.add_argument("--model", required=True, help="a llava-lite model directory (save_pretrained output)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="default %(default)s")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: where the model loads)")
     p.add_argument("--model-name", default=None, help="id shown by /v1/models (default: the directory's name)")
     p.add_argument("--api-key", default=os.environ.get("LLAVA_LITE_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $LLAVA_LITE_API_KEY)")
     p.add_argument("--allow-remote-images", nargs="+", default=[], metavar="HOST",
                    help="hostnames whose http(s) image URLs may be fetched (default: none, data: URLs only)")
-    p.add_argument("--max-body-mb", type=float, default=d.max_body_bytes / MiB, help="request body limit (MiB)")
-    p.add_argument("--max-image-mb", type=float, default=d.max_image_bytes / MiB, help="one image file limit (MiB)")
-    p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels, help="width x height limit")
-    p.add_argument("--max-images", type=int, default=d.max_images, help="images per request")
+    p.add_argument("--max-body-mb", type=float, default=d.max_body_bytes / MiB,
+                   help="request body limit in MiB (default %(default)s)")
+    p.add_argument("--max-image-mb", type=float, default=d.max_image_bytes / MiB,
+                   help="one image file limit in MiB (default %(default)s)")
+    p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels,
+                   help="width x height limit (default %(default)s)")
+    p.add_argument("--max-images", type=int, default=d.max_images, help="images per request (default %(default)s)")
     p.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens,
-                   help="max_tokens when a request sets none")
-    p.add_argument("--max-queue", type=int, default=d.max_queue, help="waiting requests before 503")
+                   help="max_tokens when a request sets none (default %(default)s)")
+    p.add_argument("--max-queue", type=int, default=d.max_queue,
+                   help="waiting requests before 503 (default %(default)s)")
     return p
 
 
