@@ -1,0 +1,90 @@
+"""The demo presets (sizes and steps of every base-model step) and the "finished" marker.
+
+One place for every number: `PRESETS["fast"]` is a smoke run (~20 s of pre-training on a
+2-core CPU), `PRESETS["full"]` is what `make demo` uses (~60-90 s of pre-training).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {
+        "seed": 0,
+        "world": {"n_train": 1500, "n_test": 200, "image_size": 64},
+        "text_tasks": {"n_train": 1000, "n_test": 200},
+        "tokenizer": {"vocab_size": 2048},
+        "clip": {
+            "vision": {"width": 128, "layers": 3, "heads": 4, "patch_size": 8},
+            "text": {"width": 128, "layers": 2, "heads": 4, "context_length": 64},
+            "embed_dim": 128, "batch_size": 128, "epochs": 2, "lr": 2e-3, "weight_decay": 0.1, "warmup": 0.1,
+        },
+        "lm": {
+            "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "intermediate_size": 344, "max_position_embeddings": 1024,
+            "seq_len": 256, "batch_size": 8, "steps": 80, "lr": 3e-3, "weight_decay": 0.01, "warmup": 0.1,
+        },
+    },
+    "full": {
+        "seed": 0,
+        "world": {"n_train": 8000, "n_test": 500, "image_size": 64},
+        "text_tasks": {"n_train": 4000, "n_test": 400},
+        "tokenizer": {"vocab_size": 3072},
+        "clip": {
+            "vision": {"width": 128, "layers": 4, "heads": 4, "patch_size": 8},
+            "text": {"width": 128, "layers": 2, "heads": 4, "context_length": 64},
+            "embed_dim": 128, "batch_size": 256, "epochs": 3, "lr": 2e-3, "weight_decay": 0.1, "warmup": 0.1,
+        },
+        "lm": {
+            "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "intermediate_size": 688, "max_position_embeddings": 1024,
+            "seq_len": 512, "batch_size": 8, "steps": 200, "lr": 2e-3, "weight_decay": 0.01, "warmup": 0.05,
+        },
+    },
+}
+
+MARKER = "DONE.json"
+
+
+def resolve(preset: str | dict) -> dict[str, Any]:
+    """A preset name or an already resolved dict -> a private copy of the dict."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        return copy.deepcopy(PRESETS[preset])
+    return copy.deepcopy(preset)
+
+
+def fingerprint(cfg: Any) -> str:
+    return hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def world_fingerprint(world_dir: str | Path) -> str:
+    """Identifies a finished world by its `world.json` (seed, sizes, counts), not by its path."""
+    path = Path(world_dir) / "world.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: build the world first (llava_lite.demo.world.make_world)")
+    return fingerprint(json.loads(path.read_text()))
+
+
+def finished(out_dir: str | Path, cfg: Any) -> dict | None:
+    """The marker's contents if `out_dir` holds a model finished with this exact config, else None."""
+    path = Path(out_dir) / MARKER
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    return info if info.get("fingerprint") == fingerprint(cfg) else None
+
+
+def mark_finished(out_dir: str | Path, cfg: Any, info: dict) -> dict:
+    """Write the marker last and atomically: a run killed earlier leaves no marker."""
+    info = {**info, "fingerprint": fingerprint(cfg), "config": cfg}
+    path = Path(out_dir) / MARKER
+    tmp = path.with_name(MARKER + ".tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, path)
+    return info

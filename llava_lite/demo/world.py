@@ -1,0 +1,230 @@
+"""A deterministic synthetic image world: coloured shapes on a gray background.
+
+`make_world(out_dir, n_train, n_test, seed=...)` writes PNG images, COCO-style instance and
+caption annotations, a LLaVA stage-1 caption file per split and `world.json`. Every image is
+drawn from its own RNG seeded by (seed, split, index), so a world is a pure function of its
+arguments. Objects sit in distinct cells of a 3x3 grid, their centres at least `CELL_MARGIN` px
+away from the grid lines, and their boxes never touch: a position word ("top left") and a box
+are unambiguous. A fixed set of (colour, shape) pairs, one per colour and one per shape, never
+appears in a train image; about half the test images hold at least one of them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from .captions import caption_set, STAGE1_PROMPTS
+
+COLORS = {  # name -> RGB; far apart in RGB and all clearly off the gray background
+    "red": (215, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 80, 215),
+    "yellow": (235, 205, 30),
+    "purple": (140, 60, 190),
+    "orange": (245, 130, 20),
+}
+SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
+SIZES = {"small": (12, 14), "large": (23, 26)}  # side of the square box in px at 64 px, inclusive
+HELDOUT_PAIRS = (  # a Latin square: every colour and every shape stays seen in 5 other pairs
+    ("red", "star"), ("green", "triangle"), ("blue", "cross"),
+    ("yellow", "circle"), ("purple", "square"), ("orange", "diamond"),
+)
+ROWS, COLS = ("top", "middle", "bottom"), ("left", "center", "right")
+CELL_MARGIN = 3  # px (at 64 px) between an object's centre and the nearest grid line
+SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down: anti-aliased edges
+SPLITS = {"train": 1, "test": 2}  # split -> id mixed into the per-image seed
+
+
+def position_name(row: int, col: int) -> str:
+    """3x3 cell -> 'top left', 'top', 'left', 'center', 'bottom right', ..."""
+    r, c = ROWS[row], COLS[col]
+    if r == "middle":
+        return "center" if c == "center" else c
+    return r if c == "center" else f"{r} {c}"
+
+
+def cell_of(bbox: list[float], image_size: int) -> tuple[int, int]:
+    """(row, col) of the 3x3 cell holding the box centre."""
+    x, y, w, h = bbox
+    third = image_size / 3
+    return min(int((y + h / 2) // third), 2), min(int((x + w / 2) // third), 2)
+
+
+def _star(n: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
+    pts = []
+    for k in range(2 * n):
+        r, a = (1.0 if k % 2 == 0 else inner), -math.pi / 2 + k * math.pi / n
+        pts.append((r * math.cos(a), r * math.sin(a)))
+    return pts
+
+
+def _unit_polygon(shape: str) -> list[tuple[float, float]] | None:
+    """Vertices in the unit box [0,1]^2 (stretched to fill it), None for the circle."""
+    t = 0.34  # arm thickness of the cross
+    pts = {
+        "square": [(0, 0), (1, 0), (1, 1), (0, 1)],
+        "triangle": [(0.5, 0), (1, 1), (0, 1)],
+        "diamond": [(0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5)],
+        "cross": [(a, b) for a, b in [(.5 - t / 2, 0), (.5 + t / 2, 0), (.5 + t / 2, .5 - t / 2), (1, .5 - t / 2),
+                                      (1, .5 + t / 2), (.5 + t / 2, .5 + t / 2), (.5 + t / 2, 1), (.5 - t / 2, 1),
+                                      (.5 - t / 2, .5 + t / 2), (0, .5 + t / 2), (0, .5 - t / 2), (.5 - t / 2, .5 - t / 2)]],
+        "star": _star(),
+        "circle": None,
+    }[shape]
+    if pts is None:
+        return None
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    return [((x - min(xs)) / (max(xs) - min(xs)), (y - min(ys)) / (max(ys) - min(ys))) for x, y in pts]
+
+
+def _place(rng: np.random.Generator, combos: list[tuple[str, str]], n: int, size: int,
+           forced: tuple[str, str] | None = None) -> list[dict]:
+    """Up to `n` non-touching objects in distinct grid cells; `forced` (if any) is always the first."""
+    third, margin, objs = size / 3, CELL_MARGIN * size / 64, []
+    cells = [int(c) for c in rng.permutation(9)]
+    for i in range(n):
+        color, shape = forced if (i == 0 and forced) else combos[rng.integers(len(combos))]
+        size_name = "small" if rng.random() < 0.5 else "large"
+        for _ in range(20):  # rejection sampling of a free cell and a centre inside it
+            if not cells:
+                return objs
+            cell = cells[0]
+            row, col = divmod(cell, 3)
+            s = int(rng.integers(SIZES[size_name][0], SIZES[size_name][1] + 1)) * size // 64
+            lo_x, hi_x = max(col * third + margin, s / 2 + 1), min((col + 1) * third - margin, size - s / 2 - 1)
+            lo_y, hi_y = max(row * third + margin, s / 2 + 1), min((row + 1) * third - margin, size - s / 2 - 1)
+            x = int(round(rng.uniform(lo_x, hi_x) - s / 2))
+            y = int(round(rng.uniform(lo_y, hi_y) - s / 2))
+            box = [x, y, s, s]
+            clear = all(x + s + 1 < o["bbox"][0] or o["bbox"][0] + o["bbox"][2] + 1 < x or
+                        y + s + 1 < o["bbox"][1] or o["bbox"][1] + o["bbox"][3] + 1 < y for o in objs)
+            if clear and cell_of(box, size) == (row, col):
+                cells.pop(0)
+                objs.append({"color": color, "shape": shape, "size": size_name, "bbox": box,
+                             "position": position_name(row, col)})
+                break
+            if rng.random() < 0.3:  # this cell is crowded: try the next one
+                cells.append(cells.pop(0))
+        else:
+            if i == 0:
+                raise RuntimeError("could not place the first object")  # cannot happen on an empty canvas
+    return objs
+
+
+def _draw(rng: np.random.Generator, objs: list[dict], size: int) -> Image.Image:
+    """Gray background with a faint gradient and noise; anti-aliased flat-coloured shapes."""
+    k = SUPERSAMPLE
+    gray = int(rng.integers(165, 215))
+    canvas = Image.new("RGB", (size * k, size * k), (gray, gray, gray))
+    draw = ImageDraw.Draw(canvas)
+    for o in objs:
+        rgb = tuple(int(np.clip(v + rng.integers(-12, 13), 0, 255)) for v in COLORS[o["color"]])
+        x, y, w, h = (v * k for v in o["bbox"])
+        poly = _unit_polygon(o["shape"])
+        if poly is None:
+            draw.ellipse([x, y, x + w - 1, y + h - 1], fill=rgb)
+        else:
+            draw.polygon([(x + px * (w - 1), y + py * (h - 1)) for px, py in poly], fill=rgb)
+    img = np.asarray(canvas.resize((size, size), Image.BOX), dtype=np.float32)
+    gx, gy = rng.uniform(-8, 8, size=2)
+    ramp = np.linspace(-1, 1, size, dtype=np.float32)
+    img = img + gx * ramp[None, :, None] + gy * ramp[:, None, None] + rng.normal(0, 3, img.shape)
+    return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8))
+
+
+def make_image(seed: int, split: str, index: int, image_size: int = 64, unseen: bool = False):
+    """One image and its objects. `unseen=True` forces one held-out pair into the image;
+    otherwise only seen pairs are used."""
+    rng = np.random.default_rng([seed, SPLITS[split], index])
+    seen = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in HELDOUT_PAIRS]
+    if unseen:
+        forced = HELDOUT_PAIRS[rng.integers(len(HELDOUT_PAIRS))]
+        combos = [(c, s) for c in COLORS for s in SHAPES]  # the others may be seen or unseen
+    else:
+        forced, combos = None, seen
+    objs = _place(rng, combos, int(rng.integers(1, 5)), image_size, forced)
+    order = [int(i) for i in rng.permutation(len(objs))]  # the forced object is not always first
+    objs = [objs[i] for i in order]
+    return _draw(rng, objs, image_size), objs, rng
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=None, separators=(",", ":")))
+    tmp.replace(path)
+
+
+def _render(job: tuple[str, int, int, int, bool, str]) -> tuple[list[dict], list[str], str, str]:
+    """Draw and save one image; returns (objects, captions, stage-1 prompt, stage-1 caption)."""
+    out, seed, index, image_size, unseen, split = job
+    img, objs, rng = make_image(seed, split, index, image_size, unseen=unseen)
+    img.save(Path(out) / "images" / split / f"{index + 1:06d}.png", compress_level=1)
+    texts = caption_set(objs, rng)
+    return objs, texts, STAGE1_PROMPTS[rng.integers(len(STAGE1_PROMPTS))], texts[rng.integers(len(texts))]
+
+
+def make_world(out_dir: str | Path, n_train: int, n_test: int, image_size: int = 64, seed: int = 0,
+               unseen_fraction: float = 0.5, workers: int | None = None) -> dict:
+    """Write the world under `out_dir`; returns the `world.json` dict (see the module docstring).
+
+    `workers` processes draw the images (default: up to 2); the result does not depend on it."""
+    out = Path(out_dir)
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    categories = [{"id": i + 1, "name": s} for i, s in enumerate(SHAPES)]
+    cat_id = {s: i + 1 for i, s in enumerate(SHAPES)}
+    workers = workers or min(2, os.cpu_count() or 1)
+    counts = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        n_unseen = int(round(n * unseen_fraction)) if split == "test" else 0
+        jobs = [(str(out), seed, i, image_size, i < n_unseen, split) for i in range(n)]
+        if workers > 1 and n >= 200:
+            with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+                results = list(tqdm(pool.map(_render, jobs, chunksize=64), total=n, desc=f"world {split}", unit="img"))
+        else:
+            results = [_render(j) for j in tqdm(jobs, desc=f"world {split}", unit="img")]
+        images, anns, caps, stage1 = [], [], [], []
+        for i, (objs, texts, prompt, caption) in enumerate(results):
+            fname = f"{split}/{i + 1:06d}.png"
+            unseen = any((o["color"], o["shape"]) in HELDOUT_PAIRS for o in objs)
+            assert unseen == (i < n_unseen), "held-out pair leaked into or missing from an image"
+            images.append({"id": i + 1, "file_name": fname, "width": image_size, "height": image_size,
+                           "unseen_combo": unseen})
+            for o in objs:
+                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat_id[o["shape"]],
+                             "bbox": o["bbox"], "area": o["bbox"][2] * o["bbox"][3], "iscrowd": 0,
+                             "color": o["color"], "size": o["size"], "position": o["position"]})
+            caps += [{"id": len(caps) + k + 1, "image_id": i + 1, "caption": t} for k, t in enumerate(texts)]
+            stage1.append({"id": f"{split}-{i + 1:06d}", "image": fname, "conversations": [
+                {"from": "human", "value": f"<image>\n{prompt}"}, {"from": "gpt", "value": caption}]})
+        _write_json(out / "annotations" / f"instances_{split}.json",
+                    {"images": images, "categories": categories, "annotations": anns})
+        _write_json(out / "annotations" / f"captions_{split}.json", {"images": images, "annotations": caps})
+        _write_json(out / f"captions_{split}.json", stage1)
+        counts[split] = {"images": n, "objects": len(anns), "captions": len(caps),
+                         "unseen_combo_images": sum(im["unseen_combo"] for im in images)}
+    world = {"seed": seed, "image_size": image_size, "shapes": list(SHAPES), "colors": dict(COLORS),
+             "sizes": {k: list(v) for k, v in SIZES.items()}, "heldout_pairs": [list(p) for p in HELDOUT_PAIRS],
+             "positions": [position_name(r, c) for r in range(3) for c in range(3)], "counts": counts,
+             "layout": {"images": "images/{split}/NNNNNN.png", "instances": "annotations/instances_{split}.json",
+                        "captions": "annotations/captions_{split}.json", "stage1": "captions_{split}.json"}}
+    _write_json(out / "world.json", world)  # written last: its presence means the world is complete
+    return world
+
+
+def load_objects(world_dir: str | Path, split: str) -> tuple[list[dict], dict[int, list[dict]]]:
+    """(images, objects by image id) from a split's instance file; objects carry 'shape' by name."""
+    inst = json.loads((Path(world_dir) / "annotations" / f"instances_{split}.json").read_text())
+    names = {c["id"]: c["name"] for c in inst["categories"]}
+    by_image: dict[int, list[dict]] = {im["id"]: [] for im in inst["images"]}
+    for a in inst["annotations"]:
+        by_image[a["image_id"]].append({**a, "shape": names[a["category_id"]]})
+    return inst["images"], by_image
