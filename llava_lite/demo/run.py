@@ -31,7 +31,7 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
     d, wd = out / "data", out / "world"
     paths = {"instruct_train": d / "instruct_train.json", "instruct_test": d / "instruct_test.json",
              "vqa": d / "vqa_test.jsonl", "general": d / "general_test.txt"}
-    paths |= {f"text_{k}": v for k, v in write_text_tasks(d, **_text_sizes(preset), seed=preset["seed"]).items()}
+    paths |= {f"text_{k}": v for k, v in write_text_tasks(wd, **_text_sizes(preset), seed=preset["seed"]).items()}
     if all(p.is_file() for p in paths.values()):
         return paths
     vocab = {"shapes": world["shapes"], "colors": list(world["colors"])}
@@ -71,7 +71,7 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
     from ..evaluate import evaluate
     from .clip_pretrain import pretrain_clip
     from .presets import resolve
-    from .pretrain_lm import pretrain_lm
+    from .lm_pretrain import pretrain_lm
     from .tokenizer import train_tokenizer
     from .world import make_world
 
