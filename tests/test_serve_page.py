@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from llava_lite.serve import Settings, create_app
-from test_serve import LiveServer, assistant, direct, serve_model_dir  # noqa: F401 (fixtures)
+from test_serve import LiveServer, assistant, direct, load_assistant, serve_model_dir  # noqa: F401 (fixtures)
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Closed network: without these, Chromium waits on background connections that never come.
@@ -129,3 +129,34 @@ def test_page_with_api_key(page, assistant):  # noqa: F811
         page.click("#send")
         assert answers(page) == [direct(assistant, [("user", "Hi")], max_new_tokens=MAX_TOKENS).text]
         assert page.is_hidden("#error")
+
+
+def screenshot(model_dir: str, image: str, out: str, *questions: str) -> None:
+    """The page serving a trained model, after `questions` about `image` (docs/serve_page.png):
+    python tests/test_serve_page.py runs/demo/stage2 IMAGE docs/serve_page.png "Describe the image." ..."""
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw, \
+            LiveServer(create_app(load_assistant(Path(model_dir)), Settings(model_name=Path(model_dir).name))) as live:
+        shown = Path(tmp) / Path(image).name  # the demo's 64 px images, shown 4x larger (pixels repeated)
+        with Image.open(image) as img:
+            img.resize((img.width * 4, img.height * 4), Image.NEAREST).save(shown)
+        context = pw.chromium.launch_persistent_context(
+            Path(tmp) / "profile", executable_path=str(CHROMIUM), args=ARGS, headless=True,
+            viewport={"width": 900, "height": 720})
+        page = context.new_page()
+        page.goto(live.url)
+        page.fill("#temperature", "0")
+        page.set_input_files("#file", str(shown))
+        for question in questions:
+            page.fill("#prompt", question)
+            page.click("#send")
+            print(question, "->", answers(page)[-1])
+        page.screenshot(path=out, full_page=True)
+        context.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    screenshot(*sys.argv[1:])
