@@ -127,6 +127,15 @@ def test_image_and_text(client, assistant):
     assert out.usage.total_tokens == want.prompt_tokens + want.completion_tokens
 
 
+@pytest.mark.parametrize("fmt, mime", [("JPEG", "image/jpeg"), ("WEBP", "image/webp")])
+def test_jpeg_and_webp(client, assistant, fmt, mime):
+    data = png("purple", (40, 30), fmt)
+    want = direct(assistant, [("user", "What is it?")], [data], max_new_tokens=8)
+    out = client.chat.completions.create(model="m", max_tokens=8, temperature=0, messages=[
+        {"role": "user", "content": [image_part(data, mime), {"type": "text", "text": "What is it?"}]}])
+    assert out.choices[0].message.content == want.text
+
+
 def test_streaming_matches(client, assistant):
     want = direct(assistant, [("user", "Describe it.")], [png("green")], max_new_tokens=20)
     chunks = list(client.chat.completions.create(
