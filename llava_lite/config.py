@@ -56,7 +56,7 @@ class SourceConfig:
     path: str = ""
     format: Literal["auto", "llava", "sharegpt", "alpaca", "openai"] = "auto"
     image_folder: Optional[str] = None  # default: the file's own directory
-    weight: float = 1.0  # relative share of each epoch when several sources are mixed
+    weight: float = 1.0  # repeat factor per epoch: 2.5 = the source twice and a half, 0.5 = half of it
 
 
 @dataclass
