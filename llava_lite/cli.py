@@ -20,6 +20,16 @@ def _chat(args: argparse.Namespace) -> None:
     run_chat(args)
 
 
+def _eval(args: argparse.Namespace) -> None:
+    import json
+
+    from .evaluate import evaluate
+
+    report = evaluate(args.model, args.vqa, args.image_folder, args.instructions, args.instructions_format,
+                      args.general, args.out, args.max_new_tokens)
+    print(json.dumps(report, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llava-lite", description="LLaVA-style vision-language instruction tuning")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -41,7 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=_chat)
 
-    for module in ("llava_lite.evaluate", "llava_lite.demo.run", "data_tools.cli", "llava_lite.serve"):
+    p = sub.add_parser("eval", help="VQA accuracy and perplexities of a model directory",
+                       description="Evaluate a llava-lite model directory; prints a JSON report.")
+    p.add_argument("--model", required=True)
+    p.add_argument("--vqa", help="question JSONL (question_id, image, text, answer, category)")
+    p.add_argument("--image-folder", help="images for --vqa/--instructions (default: next to the file)")
+    p.add_argument("--instructions", help="held-out conversations for response-token perplexity")
+    p.add_argument("--instructions-format", default="auto")
+    p.add_argument("--general", help="plain text file, one document per line, for general perplexity")
+    p.add_argument("--out", help="directory for report.json and vqa_answers.jsonl")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.set_defaults(func=_eval)
+
+    # Commands living in other modules; their parser modules import nothing heavy, so --help is fast.
+    for module in ("llava_lite.demo.run", "data_tools.cli", "llava_lite.serve.cli"):
         _mount(sub, module)
     return parser
 

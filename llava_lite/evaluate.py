@@ -149,19 +149,3 @@ def evaluate(model_dir: str, vqa: str | None = None, image_folder: str | None = 
         (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="VQA accuracy and perplexities of a model directory",
-                       description="Evaluate a llava-lite model directory; prints a JSON report.")
-    p.add_argument("--model", required=True)
-    p.add_argument("--vqa", help="question JSONL (question_id, image, text, answer, category)")
-    p.add_argument("--image-folder", help="images for --vqa/--instructions (default: next to the file)")
-    p.add_argument("--instructions", help="held-out conversations for response-token perplexity")
-    p.add_argument("--instructions-format", default="auto")
-    p.add_argument("--general", help="plain text file, one document per line, for general perplexity")
-    p.add_argument("--out", help="directory for report.json and vqa_answers.jsonl")
-    p.add_argument("--max-new-tokens", type=int, default=16)
-    p.set_defaults(func=lambda a: print(json.dumps(evaluate(
-        a.model, a.vqa, a.image_folder, a.instructions, a.instructions_format, a.general, a.out, a.max_new_tokens),
-        indent=2)))
-
