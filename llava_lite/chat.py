@@ -61,6 +61,12 @@ class Assistant:
         """Answer the last user turn. `on_text(delta)` receives text as it is produced; `should_stop()`
         returning True (e.g. a client disconnected) ends generation early."""
         ids, pixels = self.encode(messages, list(images))
+        context = getattr(self.model.lm.config, "max_position_embeddings", None)
+        if context is not None:
+            if ids.shape[1] >= context:
+                raise ValueError(f"the prompt is {ids.shape[1]} tokens, the model's context is {context}: "
+                                 "start a new conversation or send less")
+            max_new_tokens = min(max_new_tokens, context - ids.shape[1])
         tok = self.model.tokenizer
         stop = [s for s in (stop or []) if s]
         tokens: list[int] = []
