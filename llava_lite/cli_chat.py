@@ -41,7 +41,12 @@ def run_chat(args: argparse.Namespace) -> None:
         history.append(Message("user", _with_images(text, pending)))
         pending = 0
         print("assistant> ", end="", flush=True)
-        reply = assistant.reply(history, images, on_text=lambda d: print(d, end="", flush=True), **gen)
+        try:
+            reply = assistant.reply(history, images, on_text=lambda d: print(d, end="", flush=True), **gen)
+        except ValueError as e:  # e.g. the conversation outgrew the context: say so, keep the session
+            print(f"[error] {e}", file=sys.stderr)
+            history.pop()
+            continue
         print()
         history.append(Message("assistant", reply.text))
 
