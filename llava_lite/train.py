@@ -59,7 +59,6 @@ class Trainer:
         for p in model.parameters():  # trainable weights stay fp32; frozen ones keep the load dtype
             if p.requires_grad:
                 p.data = p.data.float()
-        self.model_ref = model
         self.loader, self.batch_sampler = self._loader(model, cfg.data.sources, shuffle=True)
         self.eval_loader = None
         if cfg.data.eval_sources:
@@ -79,8 +78,20 @@ class Trainer:
             self.state = json.loads((ckpt / STATE_NAME).read_text())
             self.log(f"resumed from {ckpt} at step {self.state['step']}")
             _truncate_metrics(self.out / "metrics.jsonl", self.state["step"])
-        elif self.resume:
-            self.log(f"--resume: no checkpoint in {self.out / 'checkpoints'}, starting fresh")
+        else:
+            if self.resume:
+                self.log(f"--resume: no checkpoint in {self.out / 'checkpoints'}, starting fresh")
+            self._start_fresh()
+
+    def _start_fresh(self) -> None:
+        """A new run in an old output directory replaces its checkpoints and metrics, so a later
+        --resume can never pick up a step of the previous run."""
+        if not self.acc.is_main_process:
+            return
+        if (self.out / "checkpoints").exists():
+            self.log(f"replacing the checkpoints of a previous run in {self.out}")
+            shutil.rmtree(self.out / "checkpoints")
+        (self.out / "metrics.jsonl").unlink(missing_ok=True)
 
     def _loader(self, model, sources, shuffle: bool) -> tuple[DataLoader, ModalityLengthBatchSampler]:
         cfg = self.cfg

@@ -111,6 +111,11 @@ def test_resume_gives_the_same_losses(tiny_lm, data, tmp_path, monkeypatch):
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert len(a) == len(b) == 10
     assert a == pytest.approx(b, rel=1e-5)
+    # A fresh run in a used directory replaces the old run's checkpoints and metrics.
+    (tmp_path / "b" / "checkpoints" / "step-0000099").mkdir()
+    Trainer(cfg(tmp_path / "b")).run()
+    assert len(losses(tmp_path / "b")) == 10
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step-0000008", "step-0000010"]
 
 
 def test_accumulation_is_weighted_by_supervised_tokens(tiny_lm, tmp_path):
