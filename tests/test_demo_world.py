@@ -84,7 +84,7 @@ def test_annotations_agree_with_pixels(world):
                 x, y, w, h = o["bbox"]
                 centre = px[y + h // 2, x + w // 2]  # every shape is filled at its box centre
                 assert min(palette, key=lambda k: np.abs(palette[k] - centre).sum()) == o["color"]
-                assert o["size"] == ("small" if w <= 14 else "large")
+                assert w == h == {"small": 16, "large": 24}[o["size"]] and x % 8 == 0 and y % 8 == 0
                 assert position_name(*cell_of(o["bbox"], 64)) == o["position"]
                 covered[y:y + h, x:x + w] = True
                 boxes.append((x, y, x + w, y + h))

@@ -18,6 +18,7 @@ from .captions import article, noun, position_phrase
 from .world import COLORS, HELDOUT_PAIRS, SHAPES, load_objects
 
 CHAT_TURN = "<|im_start|>{role}\n{content}<|im_end|>\n"  # the tokenizer's chat template, as a string
+SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."  # LLaVA-1.5's short-answer prompt
 
 
 def chatml(messages: list[dict[str, str]]) -> str:
@@ -72,17 +73,29 @@ def image_document(objs: list[dict], captions: list[str], rng: random.Random) ->
         return " ".join(captions)
     if kind < 0.5:
         return caption + "\n" + "\n".join(f"Q: {q}\nA: {a}" for q, a in qas)
-    msgs = []
+    msgs, short = [], rng.random() < 0.5
     for i, (q, a) in enumerate(qas):
+        q = q + SHORT_SUFFIX if short else q
+        sentence = not short and a[:1].isalpha() and rng.random() < 0.5
         msgs += [{"role": "user", "content": f"{caption}\n{q}" if i == 0 else q},
-                 {"role": "assistant", "content": a[:1].upper() + a[1:] + "." if rng.random() < 0.3 else a}]
+                 {"role": "assistant", "content": a[:1].upper() + a[1:] + "." if sentence else a}]
     return chatml(msgs)
 
 
+def assert_train_clean(images: list[dict], objects: dict[int, list[dict]]) -> None:
+    """Raise if a train image holds a held-out (colour, shape) pair or is flagged unseen."""
+    for im in images:
+        bad = [(o["color"], o["shape"]) for o in objects[im["id"]] if (o["color"], o["shape"]) in HELDOUT_PAIRS]
+        if bad or im.get("unseen_combo"):
+            raise AssertionError(f"held-out pair {bad} in train image {im['file_name']}")
+
+
 def world_documents(world_dir: str | Path, split: str, seed: int = 0) -> list[str]:
-    """One document per image of `split`."""
+    """One document per image of `split` (for "train", checked free of held-out pairs)."""
     world_dir = Path(world_dir)
     images, objects = load_objects(world_dir, split)
+    if split == "train":
+        assert_train_clean(images, objects)
     caps: dict[int, list[str]] = {}
     for a in json.loads((world_dir / "annotations" / f"captions_{split}.json").read_text())["annotations"]:
         caps.setdefault(a["image_id"], []).append(a["caption"])

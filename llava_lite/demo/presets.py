@@ -21,7 +21,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "clip": {
             "vision": {"width": 128, "layers": 3, "heads": 4, "patch_size": 8},
             "text": {"width": 128, "layers": 2, "heads": 4, "context_length": 64},
-            "embed_dim": 128, "batch_size": 128, "epochs": 2, "lr": 2e-3, "weight_decay": 0.1, "warmup": 0.1,
+            "embed_dim": 128, "batch_size": 128, "epochs": 2, "lr": 3e-3, "weight_decay": 0.1, "warmup": 0.1,
+            "patch_loss_weight": 1.0,
         },
         "lm": {
             "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -37,7 +38,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "clip": {
             "vision": {"width": 128, "layers": 4, "heads": 4, "patch_size": 8},
             "text": {"width": 128, "layers": 2, "heads": 4, "context_length": 64},
-            "embed_dim": 128, "batch_size": 256, "epochs": 3, "lr": 2e-3, "weight_decay": 0.1, "warmup": 0.1,
+            "embed_dim": 128, "batch_size": 128, "epochs": 3, "lr": 3e-3, "weight_decay": 0.1, "warmup": 0.1,
+            "patch_loss_weight": 1.0,
         },
         "lm": {
             "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,

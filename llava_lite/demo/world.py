@@ -7,6 +7,12 @@ arguments. Objects sit in distinct cells of a 3x3 grid, their centres at least `
 away from the grid lines, and their boxes never touch: a position word ("top left") and a box
 are unambiguous. A fixed set of (colour, shape) pairs, one per colour and one per shape, never
 appears in a train image; about half the test images hold at least one of them.
+
+Boxes are whole 8 px patches (small 2x2, large 3x3, corners on the 8 px grid): every patch of
+a shape then shows one of a few fixed parts of it, which a tiny ViT with 8 px patches learns
+in tens of CPU-seconds. Measured with a per-patch shape probe on the penultimate layer after
+150 supervised steps (batch 128): 0.92 with patch-aligned boxes, 0.80 on a 4 px grid, 0.58 with
+free positions and 12-26 px sizes. Positions still vary (7x7 corners), sizes are exactly two.
 """
 from __future__ import annotations
 
@@ -32,13 +38,14 @@ COLORS = {  # name -> RGB; far apart in RGB and all clearly off the gray backgro
     "orange": (245, 130, 20),
 }
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
-SIZES = {"small": (12, 14), "large": (23, 26)}  # side of the square box in px at 64 px, inclusive
+SIZES = {"small": 16, "large": 24}  # side of the square box in px at 64 px: 2x2 and 3x3 patches
 HELDOUT_PAIRS = (  # a Latin square: every colour and every shape stays seen in 5 other pairs
     ("red", "star"), ("green", "triangle"), ("blue", "cross"),
     ("yellow", "circle"), ("purple", "square"), ("orange", "diamond"),
 )
 ROWS, COLS = ("top", "middle", "bottom"), ("left", "center", "right")
-CELL_MARGIN = 3  # px (at 64 px) between an object's centre and the nearest grid line
+CELL_MARGIN = 2  # px (at 64 px) between an object's centre and the nearest 3x3 grid line
+SNAP = 8  # px (at 64 px): boxes are made of whole ViT patches (8 px), see the module docstring
 SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down: anti-aliased edges
 SPLITS = {"train": 1, "test": 2}  # split -> id mixed into the per-image seed
 
@@ -85,37 +92,33 @@ def _unit_polygon(shape: str) -> list[tuple[float, float]] | None:
     return [((x - min(xs)) / (max(xs) - min(xs)), (y - min(ys)) / (max(ys) - min(ys))) for x, y in pts]
 
 
+def _slots(lo: float, hi: float, s: int, size: int, snap: int) -> list[int]:
+    """Box corners on the snap grid whose box lies in the image and whose centre is in [lo, hi]."""
+    return [x for x in range(0, size - s + 1, snap) if lo <= x + s / 2 <= hi]
+
+
 def _place(rng: np.random.Generator, combos: list[tuple[str, str]], n: int, size: int,
            forced: tuple[str, str] | None = None) -> list[dict]:
-    """Up to `n` non-touching objects in distinct grid cells; `forced` (if any) is always the first."""
-    third, margin, objs = size / 3, CELL_MARGIN * size / 64, []
-    cells = [int(c) for c in rng.permutation(9)]
+    """Up to `n` objects in distinct grid cells, boxes at least 1 px apart; `forced` is placed first."""
+    third, margin, snap = size / 3, CELL_MARGIN * size / 64, max(1, SNAP * size // 64)
+    cells, objs = [int(c) for c in rng.permutation(9)], []
     for i in range(n):
         color, shape = forced if (i == 0 and forced) else combos[rng.integers(len(combos))]
         size_name = "small" if rng.random() < 0.5 else "large"
-        for _ in range(20):  # rejection sampling of a free cell and a centre inside it
-            if not cells:
-                return objs
-            cell = cells[0]
+        s = SIZES[size_name] * size // 64
+        for cell in cells:
             row, col = divmod(cell, 3)
-            s = int(rng.integers(SIZES[size_name][0], SIZES[size_name][1] + 1)) * size // 64
-            lo_x, hi_x = max(col * third + margin, s / 2 + 1), min((col + 1) * third - margin, size - s / 2 - 1)
-            lo_y, hi_y = max(row * third + margin, s / 2 + 1), min((row + 1) * third - margin, size - s / 2 - 1)
-            x = int(round(rng.uniform(lo_x, hi_x) - s / 2))
-            y = int(round(rng.uniform(lo_y, hi_y) - s / 2))
-            box = [x, y, s, s]
-            clear = all(x + s + 1 < o["bbox"][0] or o["bbox"][0] + o["bbox"][2] + 1 < x or
-                        y + s + 1 < o["bbox"][1] or o["bbox"][1] + o["bbox"][3] + 1 < y for o in objs)
-            if clear and cell_of(box, size) == (row, col):
-                cells.pop(0)
-                objs.append({"color": color, "shape": shape, "size": size_name, "bbox": box,
+            free = [(x, y) for x in _slots(col * third + margin, (col + 1) * third - margin, s, size, snap)
+                    for y in _slots(row * third + margin, (row + 1) * third - margin, s, size, snap)
+                    if all(x + s < ox or ox + ow < x or y + s < oy or oy + oh < y for ox, oy, ow, oh in (o["bbox"] for o in objs))]
+            if free:
+                x, y = free[rng.integers(len(free))]
+                cells.remove(cell)
+                objs.append({"color": color, "shape": shape, "size": size_name, "bbox": [x, y, s, s],
                              "position": position_name(row, col)})
                 break
-            if rng.random() < 0.3:  # this cell is crowded: try the next one
-                cells.append(cells.pop(0))
         else:
-            if i == 0:
-                raise RuntimeError("could not place the first object")  # cannot happen on an empty canvas
+            assert i > 0, "the first object always fits an empty canvas"  # no room left: fewer objects
     return objs
 
 
@@ -212,7 +215,7 @@ def make_world(out_dir: str | Path, n_train: int, n_test: int, image_size: int =
         counts[split] = {"images": n, "objects": len(anns), "captions": len(caps),
                          "unseen_combo_images": sum(im["unseen_combo"] for im in images)}
     world = {"seed": seed, "image_size": image_size, "shapes": list(SHAPES), "colors": dict(COLORS),
-             "sizes": {k: list(v) for k, v in SIZES.items()}, "heldout_pairs": [list(p) for p in HELDOUT_PAIRS],
+             "sizes": dict(SIZES), "snap": SNAP, "heldout_pairs": [list(p) for p in HELDOUT_PAIRS],
              "positions": [position_name(r, c) for r in range(3) for c in range(3)], "counts": counts,
              "layout": {"images": "images/{split}/NNNNNN.png", "instances": "annotations/instances_{split}.json",
                         "captions": "annotations/captions_{split}.json", "stage1": "captions_{split}.json"}}

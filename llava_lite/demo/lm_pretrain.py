@@ -1,0 +1,141 @@
+"""Pre-train a tiny LlamaForCausalLM on the world's text (CPU, seconds).
+
+Documents (captions, caption + Q&A, ChatML dialogues, ChatML text tasks) are tokenised, joined
+with `</s>` and packed into fixed-length rows; the loss is plain next-token prediction on every
+token. Held-out report: loss/perplexity on test-split world text and test text tasks, and
+reading-comprehension exact match (caption + question -> greedy answer, scored by teacher forcing:
+every answer token is the argmax, which is what greedy decoding would produce).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+from .corpus import assert_no_heldout, chatml, qa_pairs, text_task_documents, world_documents
+from .presets import finished, mark_finished, resolve, world_fingerprint
+from .world import load_objects
+
+ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+             "intermediate_size", "max_position_embeddings")
+
+
+def pack(docs: list[str], tokenizer, seq_len: int, seed: int) -> torch.Tensor:
+    """Shuffle, tokenise, join with eos, cut into rows. # -> [rows, seq_len]"""
+    docs = list(docs)
+    random.Random(seed).shuffle(docs)
+    ids: list[int] = []
+    for row in tokenizer(docs, add_special_tokens=False)["input_ids"]:
+        ids += row + [tokenizer.eos_token_id]
+    n = len(ids) // seq_len
+    if n == 0:
+        raise ValueError(f"only {len(ids)} tokens of text: fewer than one row of {seq_len}")
+    return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+
+
+@torch.no_grad()
+def mean_loss(model, rows: torch.Tensor, batch: int = 8) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch):
+        x = rows[i:i + batch]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=x, labels=x).loss.float()
+        n = x.numel() - len(x)
+        total, count = total + loss.item() * n, count + n
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def qa_exact_match(model, tokenizer, world_dir: Path, n: int = 200, seed: int = 0) -> float:
+    """Caption + one question about a test image -> is the greedy answer exactly right?"""
+    images, objects = load_objects(world_dir, "test")
+    caps: dict[int, list[str]] = {}
+    for a in json.loads((world_dir / "annotations" / "captions_test.json").read_text())["annotations"]:
+        caps.setdefault(a["image_id"], []).append(a["caption"])
+    rng, model = random.Random(seed), model.eval()
+    right = 0
+    for im in images[:n]:
+        q, a = qa_pairs(objects[im["id"]], rng)[0]
+        prompt = chatml([{"role": "user", "content": f"{rng.choice(caps[im['id']])}\n{q}"}]) + "<|im_start|>assistant\n"
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        x = torch.tensor([p_ids + a_ids])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pred = model(input_ids=x).logits[0, len(p_ids) - 1:-1].argmax(-1)
+        right += int(pred.tolist() == a_ids)
+    return right / min(n, len(images))
+
+
+def _lr(step: int, total: int, peak: float, warmup: float) -> float:
+    w = max(1, int(total * warmup))
+    return peak * (step + 1) / w if step < w else peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w))))
+
+
+def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path, preset: str | dict = "full") -> dict:
+    """Train, `save_pretrained` (model + tokenizer) into `out_dir`, report held-out loss.
+    Skipped when `out_dir` already holds a model finished with the same config."""
+    world_dir, out_dir = Path(world_dir), Path(out_dir)
+    p = resolve(preset)
+    c = p["lm"]
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    cfg = {"lm": c, "seed": p["seed"], "world": world_fingerprint(world_dir), "vocab": len(tokenizer)}
+    if (done := finished(out_dir, cfg)) is not None:
+        print(f"[lm] reusing {out_dir}")
+        return done
+    t0 = time.time()
+    torch.manual_seed(p["seed"])
+    train_docs = world_documents(world_dir, "train", p["seed"]) + text_task_documents(world_dir, "train")
+    assert_no_heldout(train_docs, "lm pre-training text")
+    rows = pack(train_docs, tokenizer, c["seq_len"], p["seed"])
+    eval_world = pack(world_documents(world_dir, "test", p["seed"] + 1), tokenizer, c["seq_len"], 0)[:32]
+    eval_text = pack(text_task_documents(world_dir, "test"), tokenizer, c["seq_len"], 0)[:32]
+    special = {k: tokenizer.convert_tokens_to_ids(t) for k, t in
+               (("bos_token_id", "<s>"), ("eos_token_id", "</s>"), ("pad_token_id", "<pad>"))}
+    config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, **{k: c[k] for k in ARCH_KEYS}, **special)
+    model = LlamaForCausalLM(config)
+    decay = [q for q in model.parameters() if q.ndim >= 2]
+    no_decay = [q for q in model.parameters() if q.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": c["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=c["lr"], betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(p["seed"])
+    order = torch.randperm(len(rows), generator=gen)
+    model.train()
+    bar = tqdm(range(c["steps"]), desc="lm pretrain", unit="step")
+    for step in bar:
+        start = (step * c["batch_size"]) % len(rows)
+        if start + c["batch_size"] > len(rows):  # next epoch
+            order, start = torch.randperm(len(rows), generator=gen), 0
+        x = rows[order[start:start + c["batch_size"]]]
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, c["steps"], c["lr"], c["warmup"])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    train_s = time.time() - t0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.generation_config = GenerationConfig(
+        bos_token_id=special["bos_token_id"], pad_token_id=special["pad_token_id"],
+        eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), special["eos_token_id"]])
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    lw, lt = mean_loss(model, eval_world), mean_loss(model, eval_text)
+    metrics = {"train_loss": round(loss.item(), 4), "heldout_world_loss": round(lw, 4), "heldout_world_ppl": round(math.exp(lw), 3),
+               "heldout_text_tasks_loss": round(lt, 4), "heldout_text_tasks_ppl": round(math.exp(lt), 3),
+               "reading_qa_exact_match": round(qa_exact_match(model, tokenizer, world_dir), 3)}
+    info = {"params_millions": round(sum(q.numel() for q in model.parameters()) / 1e6, 2), "steps": c["steps"],
+            "train_tokens": c["steps"] * c["batch_size"] * c["seq_len"], "corpus_tokens": rows.numel(),
+            "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1), "metrics": metrics}
+    print(f"[lm] {info['params_millions']}M params, {c['steps']} steps in {train_s:.1f} s; " +
+          ", ".join(f"{k} {v}" for k, v in metrics.items()))
+    return mark_finished(out_dir, cfg, info)
