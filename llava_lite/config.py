@@ -29,6 +29,7 @@ class VisionConfig:
     layer: int = -2  # which transformer block's output feeds the projector (LLaVA: penultimate)
     use_cls: bool = False  # keep the CLS token as an extra image token
     pad_to_square: bool = False  # LLaVA-1.5 pads images to a square with the mean colour before resizing
+    pixel_shuffle: int = 1  # r > 1 merges each r x r block of patches into one token (r*r fewer image tokens)
 
 
 @dataclass

@@ -42,6 +42,7 @@ class VisionTower(nn.Module):
         self.visual.requires_grad_(False)
         self.visual.eval()
         self._clip_config = self._model_config(clip)
+        self._check_pixel_shuffle()
 
     def _check_quickgelu(self, clip: nn.Module) -> None:
         # OpenAI weights were trained with QuickGELU; open_clip only warns on a mismatch.
@@ -67,13 +68,20 @@ class VisionTower(nn.Module):
 
     @property
     def width(self) -> int:
-        t = self.visual.transformer
-        return t.width
+        return self.visual.transformer.width * self.cfg.pixel_shuffle**2
 
     @property
     def num_patches(self) -> int:
         gh, gw = self.visual.grid_size
-        return gh * gw + (1 if self.cfg.use_cls else 0)
+        r = self.cfg.pixel_shuffle
+        return (gh // r) * (gw // r) + (1 if self.cfg.use_cls else 0)
+
+    def _check_pixel_shuffle(self) -> None:
+        r, (gh, gw) = self.cfg.pixel_shuffle, self.visual.grid_size
+        if r < 1 or gh % r or gw % r:
+            raise ValueError(f"vision.pixel_shuffle={r} must divide the {gh}x{gw} patch grid")
+        if r > 1 and self.cfg.use_cls:
+            raise ValueError("vision.pixel_shuffle > 1 cannot be combined with vision.use_cls")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -98,6 +106,8 @@ class VisionTower(nn.Module):
             output_extra_tokens=self.cfg.use_cls,
         )
         feats = out["image_intermediates"][0]  # [N, P, width]
+        if self.cfg.pixel_shuffle > 1:
+            feats = pixel_shuffle(feats, self.visual.grid_size, self.cfg.pixel_shuffle)
         if self.cfg.use_cls:
             feats = torch.cat([out["image_intermediates_prefix"][0], feats], dim=1)
         return feats
@@ -122,3 +132,12 @@ class VisionTower(nn.Module):
         if self.cfg.model == "tiny" or self.cfg.model.startswith("local-dir:"):
             return True
         return not tag or _is_local_file(tag)
+
+
+def pixel_shuffle(feats: torch.Tensor, grid: tuple[int, int], r: int) -> torch.Tensor:
+    """[N, H*W, C] -> [N, (H/r)*(W/r), C*r*r]: each r x r block of neighbouring patches becomes one
+    token carrying all their channels (Idefics3 / nanoVLM), so no information is averaged away."""
+    n, _, c = feats.shape
+    h, w = grid
+    x = feats.reshape(n, h // r, r, w // r, r, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, (h // r) * (w // r), r * r * c)

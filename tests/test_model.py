@@ -159,3 +159,19 @@ def test_incomplete_directory_is_not_loadable(tmp_path):
     (tmp_path / "projector.safetensors").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="llava_lite.json"):
         LlavaLite.from_pretrained(tmp_path)
+
+
+def test_pixel_shuffle_merges_neighbouring_patches(tiny_lm):
+    from llava_lite.vision import pixel_shuffle
+
+    grid = torch.arange(4 * 4).float().reshape(1, 16, 1)  # patch k holds the value k, row-major 4x4
+    out = pixel_shuffle(grid, (4, 4), 2)
+    assert out.shape == (1, 4, 4)
+    assert out[0, 0].tolist() == [0, 1, 4, 5] and out[0, 3].tolist() == [10, 11, 14, 15]
+    cfg = ModelConfig(vision=VisionConfig(model="tiny", pretrained=None, pixel_shuffle=2), lm=str(tiny_lm))
+    m = LlavaLite.build(cfg).eval()
+    assert m.image_seq_len == 4 and m.vision.width == 4 * 64
+    b = batch_for(m, convs())
+    assert (b["input_ids"] == m.image_token_id).sum() == 3 * 4 and torch.isfinite(m(**inputs(b)).loss)
+    with pytest.raises(ValueError, match="must divide"):
+        LlavaLite.build(ModelConfig(vision=VisionConfig(model="tiny", pretrained=None, pixel_shuffle=3), lm=str(tiny_lm)))
