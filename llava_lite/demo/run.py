@@ -26,12 +26,10 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
     from data_tools.generate import generate
     from data_tools.teachers.rule import RuleTeacher, grounded_qa
 
-    from .text_tasks import write_text_tasks
-
     d, wd = out / "data", out / "world"
     paths = {"instruct_train": d / "instruct_train.json", "instruct_test": d / "instruct_test.json",
              "vqa": d / "vqa_test.jsonl", "general": d / "general_test.txt"}
-    paths |= {f"text_{k}": v for k, v in write_text_tasks(wd, **_text_sizes(preset), seed=preset["seed"]).items()}
+    paths |= {f"text_{k}": wd / "text_tasks" / f"{k}.json" for k in ("train", "test")}  # written with the world
     if all(p.is_file() for p in paths.values()):
         return paths
     vocab = {"shapes": world["shapes"], "colors": list(world["colors"])}
@@ -57,10 +55,6 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
     return paths
 
 
-def _text_sizes(preset: dict) -> dict:
-    return {"n_train": preset["text_tasks"]["n_train"], "n_test": preset["text_tasks"]["n_test"]}
-
-
 def _train(config: Path, overrides: list[str]) -> Path:
     from ..train import Trainer
 
@@ -69,28 +63,20 @@ def _train(config: Path, overrides: list[str]) -> Path:
 
 def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
     from ..evaluate import evaluate
-    from .clip_pretrain import pretrain_clip
+    from .pretrain import build_base
     from .presets import resolve
-    from .lm_pretrain import pretrain_lm
-    from .tokenizer import train_tokenizer
-    from .world import make_world
 
     t0 = time.time()
     out = Path(out).resolve()
     preset = resolve(preset_name)
+    base = build_base(out, preset_name)  # world, tokenizer, CLIP, LM; each reused when already built
     world_dir = out / "world"
-    if not (world_dir / "world.json").is_file():
-        make_world(world_dir, seed=preset["seed"], **preset["world"])
     world = json.loads((world_dir / "world.json").read_text())
     data = _data(out, preset, world)
-    base = out / "base"
-    train_tokenizer(world_dir, base / "tokenizer", preset)
-    pretrain_clip(world_dir, base / "clip", preset)
-    pretrain_lm(world_dir, base / "tokenizer", base / "lm", preset)
     images = world_dir / "images"
     t_train = time.time()
     s1 = _train(CONFIGS / f"{preset_name}_stage1.yaml", [
-        f"model.lm={base / 'lm'}", f"model.vision.model=local-dir:{base / 'clip'}",
+        f"model.lm={out / 'lm'}", f"model.vision.model=local-dir:{out / 'clip'}",
         f"data.sources=[{{path: {world_dir / 'captions_train.json'}, image_folder: {images}}}]",
         f"train.output_dir={out / 'stage1'}"])
     s2 = _train(CONFIGS / f"{preset_name}_stage2.yaml", [
@@ -106,6 +92,7 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
               "stage1_vqa_accuracy": report1["vqa_accuracy"],
               "stage1_vqa_accuracy_by_type": report1["vqa_accuracy_by_type"],
               "text_task_ppl": None, "preset": preset_name,
+              "base_models": {"clip": base["clip"], "lm": base["lm"], "seconds": base["seconds"]},
               "seconds": {"data_and_base_models": round(t_train - t0, 1), "training": round(t_eval - t_train, 1),
                           "evaluation": round(time.time() - t_eval, 1)}}
     from ..evaluate import response_perplexity
