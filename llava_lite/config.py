@@ -30,6 +30,7 @@ class VisionConfig:
     use_cls: bool = False  # keep the CLS token as an extra image token
     pad_to_square: bool = False  # LLaVA-1.5 pads images to a square with the mean colour before resizing
     pixel_shuffle: int = 1  # r > 1 merges each r x r block of patches into one token (r*r fewer image tokens)
+    normalize: bool = False  # apply the ViT's final LayerNorm to the chosen block's features (well-scaled inputs)
 
 
 @dataclass

@@ -104,6 +104,7 @@ class VisionTower(nn.Module):
             output_fmt="NLC",
             intermediates_only=True,
             output_extra_tokens=self.cfg.use_cls,
+            normalize_intermediates=self.cfg.normalize,
         )
         feats = out["image_intermediates"][0]  # [N, P, width]
         if self.cfg.pixel_shuffle > 1:

@@ -175,3 +175,12 @@ def test_pixel_shuffle_merges_neighbouring_patches(tiny_lm):
     assert (b["input_ids"] == m.image_token_id).sum() == 3 * 4 and torch.isfinite(m(**inputs(b)).loss)
     with pytest.raises(ValueError, match="must divide"):
         LlavaLite.build(ModelConfig(vision=VisionConfig(model="tiny", pretrained=None, pixel_shuffle=3), lm=str(tiny_lm)))
+
+
+def test_vision_normalize_applies_the_final_layernorm():
+    from llava_lite.vision import VisionTower
+
+    tower = VisionTower(VisionConfig(model="tiny", pretrained=None, normalize=True))  # fresh LayerNorm: w=1, b=0
+    feats = tower(torch.randn(2, 3, 32, 32))
+    torch.testing.assert_close(feats.mean(-1), torch.zeros(2, 16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(feats.std(-1, unbiased=False), torch.ones(2, 16), atol=1e-3, rtol=0)
