@@ -14,7 +14,6 @@ training run's checkpoints/ and logs, which saving leaves alone.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -30,22 +29,6 @@ from .projector import build_projector
 from .vision import VisionTower
 
 CONFIG_NAME = "llava_lite.json"
-
-
-@contextlib.contextmanager
-def atomic_dir(final: str | Path):
-    """Yield a temporary directory that becomes `final` (by rename) only if the block completes."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def _publish(staged: Path, out_dir: Path) -> None:
