@@ -80,7 +80,7 @@ def train_tokenizer(world_dir: str | Path, out_dir: str | Path, preset: str | di
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(out_dir)
     sample = "\n".join(texts[:200])
-    info = {"vocab": len(tok), "chars_per_token": round(len(sample) / len(tok(sample)["input_ids"]), 2),
+    info = {"vocab": len(tok), "chars_per_token": round(len(sample) / len(tok.backend_tokenizer.encode(sample).ids), 2),
             "corpus_docs": len(texts), "seconds": round(time.time() - t0, 2)}
     print(f"[tokenizer] vocab {info['vocab']}, {info['chars_per_token']} chars/token, {info['seconds']} s -> {out_dir}")
     return mark_finished(out_dir, cfg, info)
