@@ -8,9 +8,10 @@ package, so this works offline). Saved in open_clip's local-dir layout, so
 Plus a dense auxiliary loss (`patch_loss_weight`): a linear head on the penultimate layer's
 patch tokens -- the features the LLM reads -- predicts the shape, colour and size of the box
 under each patch (background otherwise); the head is thrown away. Why: in this CPU budget pure
-contrastive training learns colour and layout but little shape, because colours and positions
-already tell the captions of a batch apart (measured on the full world, 180 steps of 128: test
-object-shape probe 0.67 with ClipLoss alone, 0.90 with the aux loss; held-out pairs 0.25 / 0.64).
+contrastive training learns colour and layout first and shape slowly, because colours and positions
+already tell the captions of a batch apart. Measured on the full world (186 steps of 128, test
+split): object-shape probe 0.94 with ClipLoss alone vs 0.99 with the aux loss (held-out pairs
+0.84 vs 0.97), per-patch shape map on object patches 0.38 vs 0.82, zero-shot 0.40 vs 0.88.
 """
 from __future__ import annotations
 

@@ -13,6 +13,10 @@ a shape then shows one of a few fixed parts of it, which a tiny ViT with 8 px pa
 in tens of CPU-seconds. Measured with a per-patch shape probe on the penultimate layer after
 150 supervised steps (batch 128): 0.92 with patch-aligned boxes, 0.80 on a 4 px grid, 0.58 with
 free positions and 12-26 px sizes. Positions still vary (7x7 corners), sizes are exactly two.
+Shapes get a half-pixel dark outline, so the shape cue looks the same in every colour: without
+it the held-out (colour, shape) pairs came out worse (test object probes of the full-preset
+CLIP, held-out pairs only: shape 0.74 without outline, yellow circles read as squares; colour
+0.89 with a 1 px outline, thin red stars read as orange; 0.97 / 0.99 as drawn now).
 """
 from __future__ import annotations
 
@@ -47,6 +51,8 @@ ROWS, COLS = ("top", "middle", "bottom"), ("left", "center", "right")
 CELL_MARGIN = 2  # px (at 64 px) between an object's centre and the nearest 3x3 grid line
 SNAP = 8  # px (at 64 px): boxes are made of whole ViT patches (8 px), see the module docstring
 SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down: anti-aliased edges
+OUTLINE = (40, 40, 40)  # every shape gets a thin dark outline (None: no outline)
+OUTLINE_WIDTH = 2  # at SUPERSAMPLE scale: 2 of 4 = half a pixel at 64 px
 SPLITS = {"train": 1, "test": 2}  # split -> id mixed into the per-image seed
 
 
@@ -65,7 +71,7 @@ def cell_of(bbox: list[float], image_size: int) -> tuple[int, int]:
     return min(int((y + h / 2) // third), 2), min(int((x + w / 2) // third), 2)
 
 
-def _star(n: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
+def _star(n: int = 5, inner: float = 0.5) -> list[tuple[float, float]]:
     pts = []
     for k in range(2 * n):
         r, a = (1.0 if k % 2 == 0 else inner), -math.pi / 2 + k * math.pi / n
@@ -133,9 +139,10 @@ def _draw(rng: np.random.Generator, objs: list[dict], size: int) -> Image.Image:
         x, y, w, h = (v * k for v in o["bbox"])
         poly = _unit_polygon(o["shape"])
         if poly is None:
-            draw.ellipse([x, y, x + w - 1, y + h - 1], fill=rgb)
+            draw.ellipse([x, y, x + w - 1, y + h - 1], fill=rgb, outline=OUTLINE, width=OUTLINE_WIDTH if OUTLINE else 0)
         else:
-            draw.polygon([(x + px * (w - 1), y + py * (h - 1)) for px, py in poly], fill=rgb)
+            draw.polygon([(x + px * (w - 1), y + py * (h - 1)) for px, py in poly], fill=rgb, outline=OUTLINE,
+                         width=OUTLINE_WIDTH if OUTLINE else 0)
     img = np.asarray(canvas.resize((size, size), Image.BOX), dtype=np.float32)
     gx, gy = rng.uniform(-8, 8, size=2)
     ramp = np.linspace(-1, 1, size, dtype=np.float32)
