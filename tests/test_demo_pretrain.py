@@ -27,7 +27,7 @@ TINY = {
     "tokenizer": {"vocab_size": 400},
     "clip": {"vision": {"width": 32, "layers": 2, "heads": 2, "patch_size": 8},
              "text": {"width": 32, "layers": 1, "heads": 2, "context_length": 64},
-             "embed_dim": 16, "batch_size": 8, "epochs": 1, "lr": 1e-3, "weight_decay": 0.1, "warmup": 0.1,
+             "embed_dim": 16, "batch_size": 8, "steps": 2, "lr": 1e-3, "weight_decay": 0.1, "warmup": 0.1,
              "patch_loss_weight": 1.0},
     "lm": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
            "intermediate_size": 64, "max_position_embeddings": 128,
@@ -84,8 +84,8 @@ def test_clip_local_dir_round_trip_and_marker(base):
     assert pretrain_clip(base / "world", out, TINY) == info
     assert os.stat(out / "open_clip_model.safetensors").st_mtime_ns == mtime
     changed = copy.deepcopy(TINY)
-    changed["clip"]["epochs"] = 2
-    assert pretrain_clip(base / "world", out, changed)["steps"] == 4
+    changed["clip"]["steps"] = 3  # more than one pass over the 16 images
+    assert pretrain_clip(base / "world", out, changed)["steps"] == 3
 
 
 def test_lm_save_load_and_marker(base):

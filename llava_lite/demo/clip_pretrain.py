@@ -77,7 +77,7 @@ def _lr(step: int, total: int, peak: float, warmup: float) -> float:
 
 
 @torch.no_grad()
-def evaluate_clip(model, world_dir: str | Path, n_probe_train: int = 2000) -> dict:
+def evaluate_clip(model, world_dir: str | Path, n_probe_train: int = 1000) -> dict:
     """Probes on penultimate patch tokens (fit on train images, scored on test), retrieval and
     zero-shot on the test split."""
     world_dir = Path(world_dir)
@@ -123,43 +123,45 @@ def pretrain_clip(world_dir: str | Path, out_dir: str | Path, preset: str | dict
                             lr=c["lr"], betas=(0.9, 0.98), eps=1e-6)
     loss_fn = ClipLoss()
     gen = torch.Generator().manual_seed(p["seed"])
-    steps_per_epoch = len(u8) // c["batch_size"]
-    total = steps_per_epoch * c["epochs"]
+    if len(u8) < c["batch_size"]:
+        raise ValueError(f"{len(u8)} train images is fewer than one batch of {c['batch_size']}")
+    per_pass, total = len(u8) // c["batch_size"], c["steps"]  # one pass = one epoch over the images
     model.train()
     bar = tqdm(total=total, desc="clip pretrain", unit="step")
-    for epoch in range(c["epochs"]):
-        order = torch.randperm(len(u8), generator=gen)
-        for s in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + s
-            idx = order[s * c["batch_size"]:(s + 1) * c["batch_size"]]
-            text = torch.stack([cap_ids[images[i]["id"]][torch.randint(len(cap_ids[images[i]["id"]]), (1,), generator=gen)][0]
-                                for i in idx.tolist()])
-            for g in opt.param_groups:
-                g["lr"] = _lr(step, total, c["lr"], c["warmup"])
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                r = model.visual.forward_intermediates(normalize(u8[idx]), indices=[-2], output_fmt="NLC")
-                img_f = F.normalize(r["image_features"].float(), dim=-1)
-                txt_f = model.encode_text(text, normalize=True).float()
-                logits = head(r["image_intermediates"][0]).float()  # [B, L, 7 + 7 + 3]
-            clip_loss = loss_fn(img_f, txt_f, model.logit_scale.exp().float())
-            patch_loss = sum(F.cross_entropy(lg.reshape(-1, lg.shape[-1]), labels[idx][..., k].flatten())
-                             for k, lg in enumerate(logits.split(PATCH_CLASSES, dim=-1)))
-            loss = clip_loss + c["patch_loss_weight"] * patch_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            bar.set_postfix(clip=f"{clip_loss.item():.3f}", patch=f"{patch_loss.item():.3f}")
-            bar.update()
+    for step in range(total):
+        if step % per_pass == 0:
+            order = torch.randperm(len(u8), generator=gen)
+        s = step % per_pass
+        idx = order[s * c["batch_size"]:(s + 1) * c["batch_size"]]
+        text = torch.stack([cap_ids[images[i]["id"]][torch.randint(len(cap_ids[images[i]["id"]]), (1,), generator=gen)][0]
+                            for i in idx.tolist()])
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, total, c["lr"], c["warmup"])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            r = model.visual.forward_intermediates(normalize(u8[idx]), indices=[-2], output_fmt="NLC")
+            img_f = F.normalize(r["image_features"].float(), dim=-1)
+            txt_f = model.encode_text(text, normalize=True).float()
+            logits = head(r["image_intermediates"][0]).float()  # [B, L, 7 + 7 + 3]
+        clip_loss = loss_fn(img_f, txt_f, model.logit_scale.exp().float())
+        patch_loss = sum(F.cross_entropy(lg.reshape(-1, lg.shape[-1]), labels[idx][..., k].flatten())
+                         for k, lg in enumerate(logits.split(PATCH_CLASSES, dim=-1)))
+        loss = clip_loss + c["patch_loss_weight"] * patch_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        bar.set_postfix(clip=f"{clip_loss.item():.3f}", patch=f"{patch_loss.item():.3f}")
+        bar.update()
     bar.close()
     train_s = time.time() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "open_clip_config.json").write_text(json.dumps(full_cfg, indent=1))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "open_clip_model.safetensors"))
     metrics = evaluate_clip(model, world_dir)
-    info = {"final_clip_loss": round(clip_loss.item(), 4), "final_patch_loss": round(patch_loss.item(), 4), "steps": total, "train_seconds": round(train_s, 1),
+    info = {"final_clip_loss": round(clip_loss.item(), 4), "final_patch_loss": round(patch_loss.item(), 4), "steps": total,
+            "images_seen": total * c["batch_size"], "train_seconds": round(train_s, 1),
             "seconds": round(time.time() - t0, 1), "metrics": metrics}
     print(f"[clip] {total} steps in {train_s:.1f} s, clip loss {clip_loss.item():.3f}; test: " +
           ", ".join(f"{k} {v}" for k, v in metrics.items()))

@@ -24,7 +24,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "clip": {
             "vision": {"width": 128, "layers": 3, "heads": 4, "patch_size": 8},
             "text": {"width": 128, "layers": 1, "heads": 4, "context_length": 64},
-            "embed_dim": 128, "batch_size": 64, "epochs": 2, "lr": 3e-3, "weight_decay": 0.1, "warmup": 0.1,
+            "embed_dim": 128, "batch_size": 64, "steps": 50, "lr": 3e-3, "weight_decay": 0.1, "warmup": 0.1,
             "patch_loss_weight": 1.0,
         },
         "lm": {
@@ -41,7 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "clip": {
             "vision": {"width": 128, "layers": 3, "heads": 4, "patch_size": 8},
             "text": {"width": 128, "layers": 1, "heads": 4, "context_length": 64},
-            "embed_dim": 128, "batch_size": 128, "epochs": 3, "lr": 3e-3, "weight_decay": 0.1, "warmup": 0.1,
+            "embed_dim": 128, "batch_size": 128, "steps": 160, "lr": 3e-3, "weight_decay": 0.1, "warmup": 0.1,
             "patch_loss_weight": 1.0,
         },
         "lm": {

@@ -33,13 +33,14 @@ from tqdm import tqdm
 
 from .captions import caption_set, STAGE1_PROMPTS
 
-COLORS = {  # name -> RGB; far apart in RGB and all clearly off the gray background
-    "red": (215, 40, 40),
+COLORS = {  # name -> RGB, far apart and all clearly off the gray background (red/orange pushed apart:
+    # with (215,40,40)/(245,130,20) the held-out red stars were probed as orange)
+    "red": (220, 30, 40),
     "green": (40, 160, 60),
     "blue": (40, 80, 215),
     "yellow": (235, 205, 30),
     "purple": (140, 60, 190),
-    "orange": (245, 130, 20),
+    "orange": (255, 150, 0),
 }
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 SIZES = {"small": 16, "large": 24}  # side of the square box in px at 64 px: 2x2 and 3x3 patches
@@ -135,7 +136,7 @@ def _draw(rng: np.random.Generator, objs: list[dict], size: int) -> Image.Image:
     canvas = Image.new("RGB", (size * k, size * k), (gray, gray, gray))
     draw = ImageDraw.Draw(canvas)
     for o in objs:
-        rgb = tuple(int(np.clip(v + rng.integers(-12, 13), 0, 255)) for v in COLORS[o["color"]])
+        rgb = tuple(int(np.clip(v + rng.integers(-8, 9), 0, 255)) for v in COLORS[o["color"]])
         x, y, w, h = (v * k for v in o["bbox"])
         poly = _unit_polygon(o["shape"])
         if poly is None:
