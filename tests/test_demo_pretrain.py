@@ -78,7 +78,7 @@ def test_clip_local_dir_round_trip_and_marker(base):
     assert torch.equal(model.encode_text(tok(["a red circle."])), ref.encode_text(tok(["a red circle."])))
     # the metrics recorded at training time are reproduced by the reloaded model
     assert evaluate_clip(model, base / "world") == info["metrics"]
-    assert {"object_color", "object_shape", "patch_shape_map", "retrieval_r1_of_100"} <= set(info["metrics"])
+    assert {"object_color", "object_shape", "patch_shape_map", "patch_position", "retrieval_r1_of_100"} <= set(info["metrics"])
     # skip when done; redo when the config changes
     mtime = os.stat(out / "open_clip_model.safetensors").st_mtime_ns
     assert pretrain_clip(base / "world", out, TINY) == info

@@ -5,7 +5,8 @@ The LLM sees the penultimate layer's patch tokens, so the probes read exactly th
   fit on train objects, scored on test objects (and on the held-out colour-shape pairs alone);
 - patch probe: each token -> the shape (or background) under the patch centre, i.e. *where*
   each shape is, since the token's index is its position (`patch_shape_map_on_objects` scores
-  the patches inside boxes only; background is most patches);
+  the patches inside boxes only; background is most patches), and each token -> its own grid
+  position (`patch_position`, 64-way);
 - image->caption recall@1 among 100 test images, and zero-shot (colour, shape) classification
   of single-object test images against every "a {colour} {shape}." prompt.
 Probes are ridge regressions onto one-hot targets (closed form, deterministic, a second or two).
@@ -92,6 +93,10 @@ def probe_patch_features(tok_tr, ims_tr, objs_tr, tok_te, ims_te, objs_te, image
     fg = np.array(pl_te) > 0
     out["patch_shape_map"] = float(ok.mean())
     out["patch_shape_map_on_objects"] = float(ok[fg].mean())
+    n_pos = tok_tr.shape[1]  # each token -> its own (row, col): the position survives the layers
+    pos_tr = list(range(n_pos)) * len(tok_tr)
+    pos_te = list(range(n_pos)) * len(tok_te)
+    out["patch_position"] = float(ridge_probe(tok_tr.reshape(-1, d), pos_tr, tok_te.reshape(-1, d), pos_te).mean())
     return out
 
 
