@@ -16,7 +16,7 @@ free positions and 12-26 px sizes. Positions still vary (7x7 corners), sizes are
 Shapes get a half-pixel dark outline, so the shape cue looks the same in every colour: without
 it the held-out (colour, shape) pairs came out worse (test object probes of the full-preset
 CLIP, held-out pairs only: shape 0.74 without outline, yellow circles read as squares; colour
-0.89 with a 1 px outline, thin red stars read as orange; 0.97 / 0.99 as drawn now).
+0.89 with a 1 px outline, thin red stars read as orange; both 0.997 as drawn now).
 """
 from __future__ import annotations
 
@@ -195,8 +195,9 @@ def make_world(out_dir: str | Path, n_train: int, n_test: int, image_size: int =
     counts = {}
     for split, n in (("train", n_train), ("test", n_test)):
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        n_unseen = int(round(n * unseen_fraction)) if split == "test" else 0
-        jobs = [(str(out), seed, i, image_size, i < n_unseen, split) for i in range(n)]
+        f = unseen_fraction if split == "test" else 0.0
+        flags = [math.floor((i + 1) * f) > math.floor(i * f) for i in range(n)]  # spread evenly over the split
+        jobs = [(str(out), seed, i, image_size, flags[i], split) for i in range(n)]
         if workers > 1 and n >= 200:
             with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
                 results = list(tqdm(pool.map(_render, jobs, chunksize=64), total=n, desc=f"world {split}", unit="img"))
@@ -206,7 +207,7 @@ def make_world(out_dir: str | Path, n_train: int, n_test: int, image_size: int =
         for i, (objs, texts, prompt, caption) in enumerate(results):
             fname = f"{split}/{i + 1:06d}.png"
             unseen = any((o["color"], o["shape"]) in HELDOUT_PAIRS for o in objs)
-            assert unseen == (i < n_unseen), "held-out pair leaked into or missing from an image"
+            assert unseen == flags[i], "held-out pair leaked into or missing from an image"
             images.append({"id": i + 1, "file_name": fname, "width": image_size, "height": image_size,
                            "unseen_combo": unseen})
             for o in objs:
@@ -222,7 +223,7 @@ def make_world(out_dir: str | Path, n_train: int, n_test: int, image_size: int =
         _write_json(out / f"captions_{split}.json", stage1)
         counts[split] = {"images": n, "objects": len(anns), "captions": len(caps),
                          "unseen_combo_images": sum(im["unseen_combo"] for im in images)}
-    world = {"seed": seed, "image_size": image_size, "shapes": list(SHAPES), "colors": dict(COLORS),
+    world = {"seed": seed, "image_size": image_size, "unseen_fraction": unseen_fraction, "shapes": list(SHAPES), "colors": dict(COLORS),
              "sizes": dict(SIZES), "snap": SNAP, "heldout_pairs": [list(p) for p in HELDOUT_PAIRS],
              "positions": [position_name(r, c) for r in range(3) for c in range(3)], "counts": counts,
              "layout": {"images": "images/{split}/NNNNNN.png", "instances": "annotations/instances_{split}.json",
