@@ -44,11 +44,17 @@ def _load(world: Path, split: str):
 
 
 def test_world_is_deterministic_per_seed(world, tmp_path):
-    make_world(tmp_path / "a", n_train=24, n_test=12, seed=3, workers=2)  # worker count must not matter
+    make_world(tmp_path / "a", n_train=24, n_test=12, seed=3, workers=1)
     write_text_tasks(tmp_path / "a", n_train=40, n_test=10, seed=3)
     assert _digest(tmp_path / "a") == _digest(world)
     make_world(tmp_path / "b", n_train=24, n_test=12, seed=4, workers=1)
     assert _digest(tmp_path / "b" / "images") != _digest(world / "images")
+
+
+def test_world_does_not_depend_on_worker_count(tmp_path):
+    make_world(tmp_path / "one", n_train=130, n_test=2, seed=5, workers=1)
+    make_world(tmp_path / "two", n_train=130, n_test=2, seed=5, workers=2)  # the process-pool path
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "two")
 
 
 def test_layout_and_world_json(world):

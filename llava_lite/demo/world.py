@@ -198,7 +198,7 @@ def make_world(out_dir: str | Path, n_train: int, n_test: int, image_size: int =
         f = unseen_fraction if split == "test" else 0.0
         flags = [math.floor((i + 1) * f) > math.floor(i * f) for i in range(n)]  # spread evenly over the split
         jobs = [(str(out), seed, i, image_size, flags[i], split) for i in range(n)]
-        if workers > 1 and n >= 200:
+        if workers > 1 and n >= 128:  # below that a process pool costs more than it saves
             with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
                 results = list(tqdm(pool.map(_render, jobs, chunksize=64), total=n, desc=f"world {split}", unit="img"))
         else:
