@@ -14,11 +14,12 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from data_tools.teachers.rule import SHORT_SUFFIX  # the same VQA prompt as the stage-2 data
+
 from .captions import article, noun, position_phrase
 from .world import COLORS, HELDOUT_PAIRS, SHAPES, load_objects
 
 CHAT_TURN = "<|im_start|>{role}\n{content}<|im_end|>\n"  # the tokenizer's chat template, as a string
-SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."  # LLaVA-1.5's short-answer prompt
 
 
 def chatml(messages: list[dict[str, str]]) -> str:

@@ -11,10 +11,11 @@ import random
 import time
 from pathlib import Path
 
+from data_tools.teachers.rule import SHORT_SUFFIX  # the training data's VQA prompt
+
 from ..config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
-SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."
 SHORT_FRACTION = 0.5  # share of conversation records in the short-answer (VQA) style
 TEXT_WEIGHT = 1.0  # text-only instructions mixed into stage 2, relative to their file size
 
