@@ -107,3 +107,26 @@ def test_bad_arguments() -> None:
         ModalityLengthBatchSampler([1, 2], [True], batch_size=1)
     with pytest.raises(ValueError, match="batch_size"):
         ModalityLengthBatchSampler([1], [True], batch_size=0)
+
+
+def test_epoch_indices_from_a_mixture() -> None:
+    """A mixture's epoch may repeat and leave out indices, and differ in size from epoch to epoch."""
+    lengths, has_image = make_data(60)
+    draws = {0: list(range(60)) + list(range(10)), 1: list(range(0, 60, 3))}  # 70 records, then 20
+    sampler = ModalityLengthBatchSampler(lengths, has_image, batch_size=4, seed=1, epoch_indices=draws.__getitem__)
+    for epoch, want in draws.items():
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        assert sorted(i for b in batches for i in b) == sorted(want)  # repeats kept, others left out
+        assert all(len({has_image[i] for i in b}) == 1 for b in batches)
+        n_image = sum(has_image[i] for i in want)
+        assert len(sampler) == -(-n_image // 4) + -(-(len(want) - n_image) // 4)
+
+
+def test_no_shuffle_keeps_the_epoch_order_with_repeats() -> None:
+    """A curriculum's order: batches cut in the epoch's order per modality, ordered by first position."""
+    has_image = [True, False, True, False]
+    order = [3, 0, 3, 2, 1, 0, 1, 2]
+    sampler = ModalityLengthBatchSampler([1] * 4, has_image, batch_size=2, shuffle=False, epoch_indices=lambda e: order)
+    assert list(sampler) == [[3, 3], [0, 2], [1, 1], [0, 2]]

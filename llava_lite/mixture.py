@@ -1,0 +1,112 @@
+"""Weighted data mixtures drawn afresh every epoch: the one implementation of the draw.
+
+A mixture is a few sources (each a number of records) and how many records each contributes to
+one epoch. `epoch_draw` turns that into the epoch's list of (source, record) pairs:
+
+- a source asked for `count` of its `n` records gives `count // n` whole passes (each a fresh
+  shuffle: every record is used before any repeats), then a random subset of `count % n`
+  records without repeats. A source at weight 0.5 therefore sees a different half every epoch;
+- the pairs of all sources are shuffled together, or, with a curriculum, sorted easy to hard by
+  a difficulty score (a stable sort, so equal scores keep their shuffled order);
+- everything is seeded by (seed, epoch) only: the same pair gives the same list in any process,
+  after any restart, which is what lets a resumed training run continue exactly.
+
+How many records a source contributes is the caller's choice: `repeat_counts` (training: the
+weight is a repeat factor per epoch, 2.5 = the source twice and a random half) or
+`proportional_counts` (`llava-lite data mix`: an epoch of a given size split by weight).
+Training (`llava_lite.train_setup`) and `data_tools.mix.mix_epoch` both draw through here.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import random
+from typing import Callable, Sequence
+
+from .conversation import Conversation
+
+CURRICULA = ("length", "tags")
+
+
+def epoch_rng(seed: int, epoch: int) -> random.Random:
+    # A string seed hashes both numbers without collisions ((1, 23) and (12, 3) differ).
+    return random.Random(f"{seed}:{epoch}")
+
+
+def repeat_counts(sizes: Sequence[int], weights: Sequence[float]) -> list[int]:
+    """Records per epoch when a weight is a repeat factor: round(size * weight), halves up."""
+    for i, w in enumerate(weights):
+        if not w >= 0 or math.isinf(w):
+            raise ValueError(f"source {i}: weight must be a finite number >= 0, got {w!r}")
+    return [math.floor(n * w + 0.5) for n, w in zip(sizes, weights)]
+
+
+def proportional_counts(total: int, weights: Sequence[float]) -> list[int]:
+    """Split `total` records across sources in proportion to their weights; largest-remainder
+    rounding makes the counts add up to exactly `total`."""
+    if any(not w >= 0 for w in weights):
+        raise ValueError(f"weights must be >= 0, got {list(weights)}")
+    total_w = sum(weights)
+    if not weights or total_w <= 0:
+        raise ValueError("a mixture needs at least one source with a positive weight")
+    exact = [total * w / total_w for w in weights]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: exact[i] - counts[i], reverse=True)
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def draw(n: int, count: int, rng: random.Random) -> list[int]:
+    """`count` indices into range(n): whole shuffled passes first, then a random subset."""
+    if count and not n:
+        raise ValueError(f"asked for {count} records from a source with none")
+    out: list[int] = []
+    while len(out) < count:
+        out += rng.sample(range(n), min(n, count - len(out)))
+    return out
+
+
+def epoch_draw(
+    sizes: Sequence[int],
+    counts: Sequence[int],
+    seed: int,
+    epoch: int,
+    scores: Sequence[Sequence[float]] | None = None,
+) -> list[tuple[int, int]]:
+    """The (source, record) pairs of one epoch: `counts[s]` records of source s (which has
+    `sizes[s]`), shuffled together, or sorted easy to hard by `scores[s][record]` when given."""
+    if len(sizes) != len(counts):
+        raise ValueError(f"{len(sizes)} source sizes but {len(counts)} counts")
+    rng = epoch_rng(seed, epoch)
+    pairs = [(s, i) for s, (n, c) in enumerate(zip(sizes, counts)) for i in draw(n, c, rng)]
+    rng.shuffle(pairs)
+    if scores is not None:
+        pairs.sort(key=lambda p: scores[p[0]][p[1]])
+    return pairs
+
+
+# ---- difficulty scores for a curriculum (easy = low) ---------------------------------------------
+def length_score(conv: Conversation) -> float:
+    """Characters of text, an image counting as 500."""
+    return float(sum(len(m.content) for m in conv.messages) + 500 * len(conv.images))
+
+
+# "tags" is the InsTag-style heuristic tagger of the data tools (`data_tools.mix.tag_score`: the
+# number of skill tags of the request). llava_lite does not depend on data_tools: the scorer is
+# looked up by name only when a config asks for it, as `llava-lite` mounts the data commands.
+_PLUGIN_SCORES = {"tags": ("data_tools.mix", "tag_score")}
+
+
+def difficulty(name: str) -> Callable[[Conversation], float]:
+    """The difficulty score called `name` ("length" or "tags")."""
+    if name == "length":
+        return length_score
+    if name in _PLUGIN_SCORES:
+        module, attr = _PLUGIN_SCORES[name]
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as e:
+            raise ValueError(f"curriculum {name!r} needs the data tools' tagger ({module}.{attr}), which is not "
+                             f"installed ({e}); use curriculum 'length'") from None
+    raise ValueError(f"unknown curriculum {name!r}; choose one of {CURRICULA}")
