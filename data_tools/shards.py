@@ -1,8 +1,10 @@
-"""webdataset shards: write LLaVA records with their image bytes, read them back as a stream.
+"""webdataset shards: write LLaVA records with their image bytes; read them back as a stream.
 
 Each sample is `<key>.json` (the LLaVA record, plus `image_keys` naming its image members in
 order) and the image file's bytes as stored on disk (`<key>.png`, or `<key>.0.png`,
 `<key>.1.jpg`... for several), never re-encoded, so pixels match the JSON path exactly.
+Reading lives in `llava_lite.streaming` (training streams the shards with the same code);
+`iter_shard_conversations` is re-exported here.
 """
 from __future__ import annotations
 
@@ -10,18 +12,18 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Iterator
 
 import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from llava_lite.conversation import Conversation, DataError, Message
 from llava_lite.data import read_conversations
+from llava_lite.streaming import iter_shard_conversations
 
 from .formats import to_llava
 
-_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+__all__ = ["iter_shard_conversations", "write_shards"]
+
 _EXT = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp"}
 
 
@@ -59,37 +61,3 @@ def write_shards(
             sample["json"] = json.dumps({**to_llava(conv, folder), "image_keys": names}).encode()
             sink.write(sample)
     return sorted(out_dir.glob("shard-*.tar"))
-
-
-def _conversation(sample: dict) -> Conversation:
-    rec = json.loads(sample["json"])
-    where = f"{sample.get('__url__', '')}:{sample['__key__']}"
-    try:
-        messages = [Message(_ROLES[t["from"]], t["value"]) for t in rec["conversations"]]
-        images = []
-        for name in rec.get("image_keys", []):
-            im = Image.open(io.BytesIO(sample[name]))
-            im.load()
-            images.append(im)
-    except (KeyError, OSError) as e:
-        raise DataError(f"{where}: broken shard sample: {type(e).__name__}: {e}") from None
-    return Conversation(messages, images, id=str(rec.get("id", "")), source=where).validate()
-
-
-def iter_shard_conversations(urls: str | list[str], shuffle_buffer: int = 0, seed: int = 0) -> Iterator[Conversation]:
-    """Stream Conversations (images decoded to PIL) from shards, split by node and by worker.
-
-    With `shuffle_buffer` > 0 the shard order and samples (through a buffer) are shuffled, seeded."""
-    urls = [str(u) for u in urls] if isinstance(urls, (list, tuple)) else str(urls)
-    ds = wds.WebDataset(
-        urls,
-        nodesplitter=wds.split_by_node,
-        workersplitter=wds.split_by_worker,
-        shardshuffle=1000 if shuffle_buffer else False,
-        seed=seed,
-        empty_check=False,  # a worker or node may get no shard when there are fewer shards than them
-    )
-    if shuffle_buffer:
-        ds = ds.shuffle(shuffle_buffer, seed=seed)
-    for sample in ds:
-        yield _conversation(sample)

@@ -56,7 +56,10 @@ class ConversationDataset(Dataset):
         return [bool(c.images) for c in self.conversations]
 
     def __getitem__(self, i: int) -> Sample:
-        conv = self.conversations[i]
+        return self.sample(self.conversations[i])
+
+    def sample(self, conv: Conversation) -> Sample:
+        """Render one conversation and load its images: the one path for files and shard streams."""
         r = render(conv, self.tokenizer, **self.kw)
         if r is None:  # truncation left nothing to learn: a one-pad-token stand-in, counted by the collator
             return Sample(torch.tensor([self.tokenizer.pad_token_id]), torch.tensor([IGNORE]), None, True)
