@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -55,10 +55,22 @@ class LoraConfig:
 
 @dataclass
 class SourceConfig:
-    path: str = ""
+    """One training data source: a conversation file (`path`) or webdataset shards (`shards`).
+
+    weight: a repeat factor per epoch, re-drawn every epoch from (train.seed, epoch). The source
+    gives round(weight * records) records to each epoch: whole passes over a fresh shuffle
+    first, then a fresh random subset for the fraction. 2.5 = every record twice plus a
+    different random half each epoch; 0.5 = a different half each epoch; 0 = unused. A
+    general-text source with a weight is the replay source (against forgetting) in a stage-2 or
+    domain mixture. Shard sources are streamed and take every sample once per epoch (weight 1).
+    """
+
+    path: str = ""  # a JSON list or JSONL file of conversations
+    shards: Optional[Union[str, list[str]]] = None  # instead of path: "dir/shard-{000000..000003}.tar", a glob, or a list
+    name: Optional[str] = None  # shown in the mixture log (default: the file name)
     format: Literal["auto", "llava", "sharegpt", "alpaca", "openai"] = "auto"
-    image_folder: Optional[str] = None  # default: the file's own directory
-    weight: float = 1.0  # repeat factor per epoch: 2.5 = the source twice and a half, 0.5 = half of it
+    image_folder: Optional[str] = None  # default: the file's own directory (shards carry their images)
+    weight: float = 1.0  # repeat factor per epoch (see above)
 
 
 @dataclass
@@ -69,6 +81,15 @@ class DataConfig:
     max_length: int = 2048
     system_prompt: Optional[str] = None
     num_workers: int = 0
+    # Order within an epoch. null: shuffled (length-grouped per train.group_by_modality_length).
+    # "length" | "tags": easy to hard by a difficulty score (text length, an image counting as
+    # 500 characters; or the number of skill tags the data tools' heuristic tagger finds). Batches
+    # are then cut in that order (still one modality per batch) and not shuffled; the draw of
+    # which records make the epoch stays random. Not for shard streams.
+    curriculum: Optional[Literal["length", "tags"]] = None
+    # Shard streams: samples pass through a shuffle buffer of this many (seeded by train.seed,
+    # epoch and reader) and the shard order is shuffled each epoch; 0 keeps the stored order.
+    shuffle_buffer: int = 1000
 
 
 @dataclass
@@ -193,9 +214,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         base = path.parent
         # Relative data/model paths in a config file are relative to the file, so configs can travel.
         for src in raw.get("data", {}).get("sources", []) + raw.get("data", {}).get("eval_sources", []):
-            for k in ("path", "image_folder"):
-                if isinstance(src, dict) and src.get(k) and src[k].startswith("./"):
-                    src[k] = str(base / src[k])
+            for k in ("path", "image_folder", "shards"):
+                value = src.get(k) if isinstance(src, dict) else None
+                if isinstance(value, str) and value.startswith("./"):
+                    src[k] = str(base / value)
+                elif isinstance(value, list):
+                    src[k] = [str(base / v) if isinstance(v, str) and v.startswith("./") else v for v in value]
     full = to_dict(Config())
     _merge(full, raw)
     for o in overrides:

@@ -6,28 +6,39 @@ accelerate, unchanged under `accelerate launch` (DDP, FSDP2, DeepSpeed).
 Gradient accumulation is weighted by supervised tokens: the micro-batches of one optimizer step
 are fetched first, their supervised tokens summed over the window and over all processes, and
 each micro-batch contributes loss_sum / total. A short answer then weighs what its tokens weigh.
+
+Data. File sources form a mixture that is re-drawn every epoch from (train.seed, epoch)
+(`llava_lite.mixture`); shard sources are streamed (`llava_lite.streaming`). Either way an
+epoch's batches are a function of (seed, epoch) and the process layout alone, so `--resume`
+is exact: it skips the batches of the current epoch already taken (files: the sampler's list;
+shards: the skipped samples are read from the tars but not decoded) and goes on with the very
+batch the uninterrupted run would have taken next. Steps per epoch come from the mixed epoch.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
 import shutil
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .config import Config, save_config
+from .config import Config, ConfigError, save_config
 from .dataset import Collator, ConversationDataset
 from .render import IGNORE
 from .sampler import ModalityLengthBatchSampler
-from .train_setup import build_model, build_optimizer, cosine_with_warmup, load_sources, set_trainable
+from .streaming import ShardStream
+from .train_setup import (build_model, build_optimizer, check_data, cosine_with_warmup, load_eval, load_mixture,
+                          set_trainable, shard_paths)
 
 STATE_NAME = "trainer_state.json"
 
@@ -51,6 +62,7 @@ class Trainer:
     def setup(self) -> None:
         cfg, t = self.cfg, self.cfg.train
         set_seed(t.seed)
+        kind = check_data(cfg.data)
         self.log(f"stage {t.stage}: {self.acc.num_processes} process(es), device {self.acc.device}")
         model = build_model(cfg)
         self.counts = set_trainable(model, t.stage, log=self.log)
@@ -59,25 +71,37 @@ class Trainer:
         for p in model.parameters():  # trainable weights stay fp32; frozen ones keep the load dtype
             if p.requires_grad:
                 p.data = p.data.float()
-        self.loader, self.batch_sampler = self._loader(model, cfg.data.sources, shuffle=True)
+        self.stream: ShardStream | None = None
+        self.batch_sampler: ModalityLengthBatchSampler | None = None
+        if kind == "shards":
+            self.loader = self._stream_loader(model)
+        else:
+            self.loader, self.batch_sampler = self._loader(model)
         self.eval_loader = None
         if cfg.data.eval_sources:
-            self.eval_loader, _ = self._loader(model, cfg.data.eval_sources, shuffle=False)
+            self.eval_loader = self._eval_loader(model)
         optimizer = build_optimizer(model, cfg)
-        self.model, self.optimizer, self.loader = self.acc.prepare(model, optimizer, self.loader)
+        if self.stream is None:
+            self.model, self.optimizer, self.loader = self.acc.prepare(model, optimizer, self.loader)
+        else:  # the stream splits itself by process; accelerate would dispatch or re-split it
+            self.model, self.optimizer = self.acc.prepare(model, optimizer)
         if self.eval_loader is not None:
             self.eval_loader = self.acc.prepare(self.eval_loader)
-        self.steps_per_epoch = math.ceil(len(self.loader) / t.grad_accum)
-        self.total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * self.steps_per_epoch)
+        self.steps_per_epoch = self._epoch_steps(0)
+        self.total_steps = t.max_steps if t.max_steps > 0 else self._steps_for_epochs(t.epochs)
+        self.log(f"{self.steps_per_epoch} optimizer steps per epoch, {self.total_steps} in all")
         self.scheduler = cosine_with_warmup(self.optimizer, round(t.warmup_ratio * self.total_steps), self.total_steps)
         self.acc.register_for_checkpointing(self.scheduler)
         self.state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "skipped": 0, "tokens": 0}
+        if self.stream is not None:
+            self.state["stream_readers"] = [self.stream.world_size, self.stream.readers]
         ckpt = latest_checkpoint(self.out) if self.resume else None
         if ckpt is not None:
             self.acc.load_state(str(ckpt))
             self.state = json.loads((ckpt / STATE_NAME).read_text())
             self.log(f"resumed from {ckpt} at step {self.state['step']}")
             _truncate_metrics(self.out / "metrics.jsonl", self.state["step"])
+            self._check_stream_layout()
         else:
             if self.resume:
                 self.log(f"--resume: no checkpoint in {self.out / 'checkpoints'}, starting fresh")
@@ -93,20 +117,99 @@ class Trainer:
             shutil.rmtree(self.out / "checkpoints")
         (self.out / "metrics.jsonl").unlink(missing_ok=True)
 
-    def _loader(self, model, sources, shuffle: bool) -> tuple[DataLoader, ModalityLengthBatchSampler]:
+    def _dataset(self, model, conversations) -> ConversationDataset:
         cfg = self.cfg
-        ds = ConversationDataset(
-            load_sources(sources, cfg.train.stage), model.tokenizer, model.vision.image_to_tensor,
+        return ConversationDataset(
+            conversations, model.tokenizer, model.vision.image_to_tensor,
             image_token_id=model.image_token_id, image_seq_len=model.image_seq_len,
             max_length=cfg.data.max_length, mode=cfg.data.mode, system_prompt=cfg.data.system_prompt,
         )
+
+    def _loader(self, model) -> tuple[DataLoader, ModalityLengthBatchSampler]:
+        """File sources: every record once in the dataset; the sampler asks the mixture for each
+        epoch's draw, so an epoch's batches depend only on (train.seed, epoch)."""
+        cfg = self.cfg
+        mixture = load_mixture(cfg.data.sources, cfg.train.stage, cfg.train.seed, cfg.data.curriculum)
+        self.log(f"data: {mixture.describe()}" + (f", curriculum {cfg.data.curriculum!r}" if cfg.data.curriculum else ""))
+        ds = self._dataset(model, mixture.conversations)
         group = cfg.train.group_by_modality_length
         lengths = ds.lengths() if group else [0] * len(ds)
         has_image = ds.has_image() if group else [False] * len(ds)
-        sampler = ModalityLengthBatchSampler(lengths, has_image, cfg.train.batch_size, seed=cfg.train.seed, shuffle=shuffle)
+        # A curriculum keeps the mixture's easy-to-hard order: batches are cut in order, not shuffled.
+        sampler = ModalityLengthBatchSampler(lengths, has_image, cfg.train.batch_size, seed=cfg.train.seed,
+                                             shuffle=cfg.data.curriculum is None, epoch_indices=mixture.epoch)
         loader = DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(model.tokenizer.pad_token_id),
                             num_workers=cfg.data.num_workers)
         return loader, sampler
+
+    def _stream_loader(self, model) -> DataLoader:
+        cfg = self.cfg
+        shards = shard_paths(cfg.data.sources)
+        self.stream = ShardStream(
+            shards, self._dataset(model, []), batch_size=cfg.train.batch_size, seed=cfg.train.seed,
+            shuffle_buffer=cfg.data.shuffle_buffer, rank=self.acc.process_index, world_size=self.acc.num_processes,
+            num_workers=cfg.data.num_workers, text_only=cfg.train.stage == "text",
+        )
+        self.log(f"data: {len(self.stream)} samples streamed from {len(shards)} shard(s) by "
+                 f"{self.acc.num_processes} process(es) x {self.stream.readers} reader(s); shuffle buffer "
+                 f"{cfg.data.shuffle_buffer}; batches mix modalities (no length grouping for streams)")
+        if self.stream.epoch_batches(0) == 0:
+            raise ConfigError(f"{len(shards)} shard(s) cannot feed {self.acc.num_processes} process(es): some process "
+                              "gets no shard; write more, smaller shards (llava-lite data shards --maxcount)")
+        return DataLoader(self.stream, batch_size=cfg.train.batch_size, num_workers=cfg.data.num_workers,
+                          collate_fn=Collator(model.tokenizer.pad_token_id))
+
+    def _eval_loader(self, model) -> DataLoader:
+        cfg = self.cfg
+        ds = self._dataset(model, load_eval(cfg.data.eval_sources, cfg.train.stage))
+        sampler = ModalityLengthBatchSampler(ds.lengths(), ds.has_image(), cfg.train.batch_size, shuffle=False)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(model.tokenizer.pad_token_id),
+                          num_workers=cfg.data.num_workers)
+
+    def _epoch_batches(self, epoch: int) -> int:
+        """Batches this process takes in `epoch` (a mixture's epochs can differ by a batch or so)."""
+        if self.stream is not None:
+            return self.stream.epoch_batches(epoch)
+        self.batch_sampler.set_epoch(epoch)
+        return len(self.loader)
+
+    def _epoch_steps(self, epoch: int) -> int:
+        return math.ceil(self._epoch_batches(epoch) / self.cfg.train.grad_accum)
+
+    def _steps_for_epochs(self, epochs: float) -> int:
+        """Optimizer steps in `epochs` epochs (2.5 = two whole epochs and half of the third)."""
+        whole, frac = divmod(epochs, 1.0)
+        total = sum(self._epoch_steps(e) for e in range(int(whole)))
+        if frac:
+            total += math.ceil(frac * self._epoch_steps(int(whole)))
+        if total <= 0:
+            raise ConfigError(f"train.epochs={epochs} with this data gives no optimizer step")
+        return total
+
+    def _check_stream_layout(self) -> None:
+        """A stream resumes exactly only with the same processes x readers; otherwise restart the epoch."""
+        if self.stream is None:
+            return
+        now = [self.stream.world_size, self.stream.readers]
+        if self.state.get("stream_readers") != now and self.state["batches_in_epoch"]:
+            self.log(f"the checkpoint streamed with processes x readers = {self.state.get('stream_readers')}, this run "
+                     f"with {now}: epoch {self.state['epoch']} restarts from its first batch")
+            self.state["batches_in_epoch"] = 0
+        self.state["stream_readers"] = now
+
+    def _epoch_iter(self, epoch: int, skip: int) -> Iterator[dict]:
+        """The batches of `epoch` after the first `skip`, as an uninterrupted run would see them."""
+        acc = self.acc
+        if self.stream is not None:
+            self.stream.set_epoch(epoch, skip)  # before iter(): workers copy the stream when they start
+            batches = itertools.islice(iter(self.loader), self.stream.epoch_batches(epoch) - skip)
+            return (send_to_device(b, acc.device) for b in batches)
+        loader = acc.skip_first_batches(self.loader, skip) if skip else self.loader
+        # accelerate re-seeds the sampler from its own per-loader iteration counter, which a resumed
+        # run (or the one-off skipping loader) does not share: set both to the true epoch.
+        loader.set_epoch(epoch)
+        self.batch_sampler.set_epoch(epoch)
+        return iter(loader)
 
     # ---- train -----------------------------------------------------------------------------
     def run(self) -> Path:
@@ -121,12 +224,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=st["step"], disable=not acc.is_main_process, desc=f"{t.stage}")
         self.model.train()
         while st["step"] < self.total_steps:
-            loader = acc.skip_first_batches(self.loader, st["batches_in_epoch"]) if st["batches_in_epoch"] else self.loader
-            # accelerate re-seeds the sampler from its own per-loader iteration counter, which a resumed
-            # run (or the one-off skipping loader) does not share: set both to the true epoch.
-            loader.set_epoch(st["epoch"])
-            self.batch_sampler.set_epoch(st["epoch"])
-            batches = iter(loader)
+            batches = self._epoch_iter(st["epoch"], st["batches_in_epoch"])
             while st["step"] < self.total_steps:
                 window = [b for _, b in zip(range(t.grad_accum), batches)]
                 if not window:

@@ -1,19 +1,26 @@
 """What a run is made of: the model with the right parts trainable, the data, the optimizer.
 
+Data: file sources become a `Mixture` (each record once, re-drawn by weight every epoch);
+shard sources become a list of shards for `llava_lite.streaming.ShardStream`.
+
 `set_trainable` is the one place that decides what trains in each stage, and it prints it.
 """
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .config import Config, LoraConfig
-from .conversation import Conversation
+from .config import Config, ConfigError, LoraConfig
+from .conversation import Conversation, DataError
 from .data import read_conversations
+from .mixture import difficulty, epoch_draw, repeat_counts
 from .model import LlavaLite
 from .pretrained import from_pretrained
+from .streaming import expand_shards
 
 
 def build_model(cfg: Config) -> LlavaLite:
@@ -95,22 +102,112 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def load_sources(sources, stage: str) -> list[Conversation]:
-    """Read every configured source; text-only stages reject records with images."""
-    conversations: list[Conversation] = []
-    for src in sources:
-        if not src.path:
-            raise ValueError("a data source has no 'path'")
-        convs = read_conversations(src.path, src.format, src.image_folder)
-        conversations += _weighted(convs, src.weight)
+def source_kind(sources, key: str = "data.sources") -> str:
+    """"files" or "shards": check that every source names exactly one of `path` / `shards` and
+    that a run does not mix the two (a stream cannot be weighted against files)."""
+    if not sources:
+        raise ConfigError(f"{key} is empty: give at least one {{path: ...}} or {{shards: ...}} source")
+    kinds = []
+    for i, src in enumerate(sources):
+        if bool(src.path) == bool(src.shards):
+            raise ConfigError(f"{key}[{i}] needs exactly one of 'path' (a conversation file) or 'shards' "
+                              f"(webdataset shards); got path={src.path!r}, shards={src.shards!r}")
+        if not src.weight >= 0 or math.isinf(src.weight):
+            raise ConfigError(f"{key}[{i}].weight must be a finite number >= 0, got {src.weight!r}")
+        if src.shards:
+            if src.weight != 1.0:
+                raise ConfigError(f"{key}[{i}].weight={src.weight}: shard sources are streamed once per epoch and "
+                                  "cannot be weighted; write the mixture you want into the shards, or use files")
+            if src.image_folder:
+                raise ConfigError(f"{key}[{i}].image_folder: shards carry their own images")
+        kinds.append("shards" if src.shards else "files")
+    if len(set(kinds)) > 1:
+        raise ConfigError(f"{key} mixes conversation files and shard streams; a run reads one kind "
+                          f"(files at {[i for i, k in enumerate(kinds) if k == 'files']}, "
+                          f"shards at {[i for i, k in enumerate(kinds) if k == 'shards']})")
+    return kinds[0]
+
+
+def check_data(data) -> str:
+    """Check the data config before anything is built; returns the sources' kind."""
+    kind = source_kind(data.sources)
+    if kind == "shards" and data.curriculum:
+        raise ConfigError(f"data.curriculum={data.curriculum!r} orders a whole epoch; shard streams cannot use it")
+    if data.shuffle_buffer < 0:
+        raise ConfigError(f"data.shuffle_buffer must be >= 0, got {data.shuffle_buffer}")
+    if data.eval_sources and source_kind(data.eval_sources, "data.eval_sources") == "shards":
+        raise ConfigError("data.eval_sources must be conversation files ('path'), not shards")
+    return kind
+
+
+def source_name(src, i: int) -> str:
+    if src.name:
+        return src.name
+    return os.path.basename(src.path) if src.path else f"shards[{i}]"
+
+
+@dataclass
+class Mixture:
+    """Every source's records once, and how each epoch draws from them (`llava_lite.mixture`)."""
+
+    conversations: list[Conversation]  # all sources, concatenated, each record once
+    names: list[str]
+    sizes: list[int]  # records per source
+    counts: list[int]  # records per source in every epoch
+    seed: int
+    scores: list[list[float]] | None = None  # difficulty per record, for a curriculum
+
+    def epoch(self, epoch: int) -> list[int]:
+        """Indices into `conversations` for one epoch, in order (shuffled, or easy to hard)."""
+        offsets = [sum(self.sizes[:s]) for s in range(len(self.sizes))]
+        return [offsets[s] + i for s, i in epoch_draw(self.sizes, self.counts, self.seed, epoch, self.scores)]
+
+    def __len__(self) -> int:  # records per epoch
+        return sum(self.counts)
+
+    def describe(self) -> str:
+        parts = [f"{name} {count}/{size}" for name, count, size in zip(self.names, self.counts, self.sizes)]
+        return f"{len(self)} records per epoch ({', '.join(parts)}; drawn afresh each epoch)"
+
+
+def _check_stage(conversations: list[Conversation], stage: str) -> None:
     if stage == "text":
         with_images = [c.where for c in conversations if c.images]
         if with_images:
             raise ValueError(f"stage 'text' got {len(with_images)} record(s) with images, first: {with_images[0]}")
+
+
+def load_mixture(sources, stage: str, seed: int, curriculum: str | None = None) -> Mixture:
+    """Read every file source once; each epoch then draws round(weight * size) records of each
+    (see SourceConfig.weight). Text-only stages reject records with images."""
+    source_kind(sources)
+    convs = [read_conversations(src.path, src.format, src.image_folder) for src in sources]
+    conversations = [c for cs in convs for c in cs]
+    _check_stage(conversations, stage)
+    sizes = [len(cs) for cs in convs]
+    counts = repeat_counts(sizes, [src.weight for src in sources])
+    empty = [src.path for src, n, c in zip(sources, sizes, counts) if c and not n]
+    if empty:
+        raise DataError(f"{empty[0]}: the source has a weight but no records")
+    if not sum(counts):
+        raise ConfigError(f"data.sources: the weights leave no record in an epoch (sizes {sizes}, weights "
+                          f"{[src.weight for src in sources]})")
+    scores = None
+    if curriculum is not None:
+        score = difficulty(curriculum)
+        scores = [[score(c) for c in cs] for cs in convs]
+    return Mixture(conversations, [source_name(s, i) for i, s in enumerate(sources)], sizes, counts, seed, scores)
+
+
+def load_eval(sources, stage: str) -> list[Conversation]:
+    """Eval sources: every record once, in file order (weights do not apply)."""
+    if source_kind(sources, "data.eval_sources") == "shards":
+        raise ConfigError("data.eval_sources must be conversation files ('path'), not shards")
+    conversations = [c for src in sources for c in read_conversations(src.path, src.format, src.image_folder)]
+    _check_stage(conversations, stage)
     return conversations
 
 
-def _weighted(convs: list[Conversation], weight: float) -> list[Conversation]:
-    """A weight of 2.5 repeats a source twice and a half; weights below 1 take a prefix share."""
-    whole, frac = divmod(weight, 1.0)
-    return convs * int(whole) + convs[: round(frac * len(convs))]
+def shard_paths(sources) -> list[str]:
+    """Every shard of the shard sources, in order."""
+    return [p for i, src in enumerate(sources) for p in expand_shards(src.shards, f"data.sources[{i}].shards")]

@@ -1,18 +1,23 @@
 """End-to-end training on tiny models: stages, resume, token-weighted accumulation, bad data."""
 from __future__ import annotations
 
+import collections
 import io
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from tiny import make_llava_data
 
+from data_tools.shards import write_shards
 from llava_lite.cli import main
-from llava_lite.config import load_config
+from llava_lite.config import ConfigError, load_config
+from llava_lite.mixture import length_score
 from llava_lite.conversation import DataError
 from llava_lite.train import Trainer
+from llava_lite.train_setup import load_mixture
 from llava_lite.vision import VisionTower
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -25,6 +30,13 @@ def data(tmp_path_factory):
 
 def source(path, fmt="auto"):
     return f"data.sources=[{{path: {path}, format: {fmt}, image_folder: {Path(path).parent / 'images'}}}]"
+
+
+def two_sources(data, conv_weight, text_weight):
+    """The conversations (images + text-only) and the Alpaca file, weighted."""
+    images = Path(data["conversations"]).parent / "images"
+    return (f"data.sources=[{{path: {data['conversations']}, image_folder: {images}, weight: {conv_weight}}}, "
+            f"{{path: {data['alpaca']}, format: alpaca, weight: {text_weight}, name: replay}}]")
 
 
 def base(tiny_lm, out, *extra):
@@ -168,3 +180,109 @@ def test_bad_image_names_file_and_record(tiny_lm, tmp_path, problem):
     cfg = load_config(CONFIGS / "stage2.yaml", base(tiny_lm, tmp_path / "o", source(path), "train.max_steps=1"))
     with pytest.raises(DataError, match=r"bad\.json:0 \(id='rec7'\) field 'image'.*x\.png"):
         Trainer(cfg).run()
+
+
+def _kill_at(monkeypatch, n):
+    """Make the n-th optimizer step raise, as if the process were killed."""
+    calls = {"n": 0}
+    real_step = Trainer._step
+
+    def dying_step(self, window):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(self, window)
+
+    monkeypatch.setattr(Trainer, "_step", dying_step)
+
+
+def test_fractional_weights_redraw_each_epoch_and_resume_exactly(tiny_lm, data, tmp_path, monkeypatch):
+    """Weights 0.5 / 0.25 draw a different subset every epoch (so even the number of image
+    batches varies); 2.5 epochs of steps are counted from the mixed epochs; killed inside
+    epoch 1 and resumed == never interrupted."""
+    args = ["train.epochs=2.5", "train.save_every=4", "train.lr=3e-3"]
+    cfg = lambda out: load_config(CONFIGS / "stage2.yaml", base(tiny_lm, out, two_sources(data, 0.5, 0.25), *args))
+    rows = collections.defaultdict(list)  # epoch -> the unpadded token ids of every sample trained on
+    real_step = Trainer._step
+
+    def recording_step(self, window):
+        for b in window:
+            rows[self.state["epoch"]] += [tuple(i[m.bool()].tolist()) for i, m in zip(b["input_ids"], b["attention_mask"])]
+        return real_step(self, window)
+
+    monkeypatch.setattr(Trainer, "_step", recording_step)
+    a = Trainer(cfg(tmp_path / "a"))
+    a.run()
+    monkeypatch.undo()
+    mix = load_mixture(cfg(tmp_path / "a").data.sources, "instruct", seed=0)
+    assert mix.counts == [18, 6] and mix.sizes == [36, 24]  # round(36 * 0.5), round(24 * 0.25)
+
+    def steps(epoch):
+        idx = mix.epoch(epoch)
+        n_image = sum(bool(mix.conversations[i].images) for i in idx)
+        return math.ceil(n_image / 4) + math.ceil((len(idx) - n_image) / 4)
+
+    assert a.total_steps == steps(0) + steps(1) + math.ceil(steps(2) / 2) == len(losses(tmp_path / "a"))
+    assert len(rows[0]) == len(rows[1]) == 24 and sorted(rows[0]) != sorted(rows[1])  # a fresh draw each epoch
+
+    _kill_at(monkeypatch, 10)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg(tmp_path / "b")).run()
+    monkeypatch.undo()
+    state = json.loads((tmp_path / "b" / "checkpoints" / "step-0000008" / "trainer_state.json").read_text())
+    assert state["epoch"] == 1 and state["batches_in_epoch"] > 0  # resumes inside the second epoch
+    Trainer(cfg(tmp_path / "b"), resume=True).run()
+    assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), rel=1e-5)
+
+
+def test_curriculum_orders_each_epoch_easy_to_hard(tiny_lm, data, tmp_path):
+    cfg = load_config(CONFIGS / "stage2.yaml", base(tiny_lm, tmp_path / "o", two_sources(data, 1.0, 0.5),
+                                                      "data.curriculum=length"))
+    tr = Trainer(cfg)
+    tr.setup()
+    convs = load_mixture(cfg.data.sources, "instruct", seed=0).conversations
+    epochs = []
+    for epoch in (0, 1):
+        tr.batch_sampler.set_epoch(epoch)
+        batches = list(tr.batch_sampler)
+        assert len(batches) == len(tr.batch_sampler) and sum(map(len, batches)) == 36 + 12
+        assert all(len({bool(convs[i].images) for i in b}) == 1 for b in batches)  # still one modality per batch
+        for modality in (True, False):
+            scores = [length_score(convs[i]) for b in batches for i in b if bool(convs[i].images) == modality]
+            assert scores == sorted(scores)  # easy to hard, batch after batch
+        epochs.append(sorted(i for b in batches for i in b))
+    assert epochs[0] != epochs[1]  # the half of the Alpaca source is drawn afresh
+
+
+def test_train_from_shards_and_resume(tiny_lm, data, tmp_path, monkeypatch):
+    """`llava-lite train` streams webdataset shards; killed and resumed == never interrupted."""
+    images = Path(data["conversations"]).parent / "images"
+    write_shards(data["conversations"], tmp_path / "shards", images, maxcount=5)  # 36 records -> 8 shards
+    source = f"data.sources=[{{shards: '{tmp_path}/shards/shard-{{000000..000007}}.tar'}}]"
+    args = ["train.max_steps=12", "train.save_every=5", "train.lr=3e-3", "data.shuffle_buffer=8"]
+    main(["train", str(CONFIGS / "stage2.yaml"), *base(tiny_lm, tmp_path / "a", source, *args)])
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and [r["epoch"] for r in rows] == [0] * 9 + [1] * 3  # 36 samples / 4 per batch
+    assert (tmp_path / "a" / "llava_lite.json").is_file()
+    _kill_at(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", str(CONFIGS / "stage2.yaml"), *base(tiny_lm, tmp_path / "b", source, *args)])
+    monkeypatch.undo()
+    main(["train", str(CONFIGS / "stage2.yaml"), *base(tiny_lm, tmp_path / "b", source, *args), "--resume"])
+    assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), rel=1e-5)
+
+
+@pytest.mark.parametrize("sources, extra, message", [
+    ("[{path: a.json, shards: a.tar}]", [], r"data.sources\[0\] needs exactly one of 'path'"),
+    ("[{}]", [], r"data.sources\[0\] needs exactly one of 'path'"),
+    ("[]", [], r"data.sources is empty"),
+    ("[{shards: a.tar, weight: 0.5}]", [], r"data.sources\[0\].weight=0.5: shard sources .* cannot be weighted"),
+    ("[{path: a.json}, {shards: a.tar}]", [], r"mixes conversation files and shard streams"),
+    ("[{shards: a.tar}]", ["data.curriculum=length"], r"data.curriculum='length' .* shard streams cannot use it"),
+    ("[{path: a.json, weight: -1}]", [], r"data.sources\[0\].weight must be a finite number >= 0"),
+    ("[{path: a.json}]", ["data.eval_sources=[{shards: b.tar}]"], r"data.eval_sources must be conversation files"),
+])
+def test_bad_data_configs_are_named(tmp_path, sources, extra, message):
+    cfg = load_config(CONFIGS / "stage2.yaml", [f"data.sources={sources}", f"train.output_dir={tmp_path}", *extra])
+    with pytest.raises(ConfigError, match=message):
+        Trainer(cfg).setup()
