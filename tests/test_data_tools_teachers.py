@@ -49,6 +49,7 @@ class FakeOpenAI(ThreadingHTTPServer):
         self.bodies: list[dict] = []
         self.headers_seen: list[dict] = []
         self.reply = default_reply
+        self.unknown_params: set[str] = set()  # an older server: refuses these request fields with a 400
 
     @property
     def base_url(self) -> str:
@@ -80,6 +81,9 @@ class _Handler(BaseHTTPRequestHandler):
             s.max_in_flight = max(s.max_in_flight, s.in_flight)
             s.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
             status = s.fail_first.pop(0) if s.fail_first else None
+            refused = sorted(s.unknown_params & body.keys())
+            if status is None and refused:
+                status = 400
             if status is None and s.fail_after is not None and s.ok >= s.fail_after:
                 status = 500
             if status is None:
@@ -90,6 +94,9 @@ class _Handler(BaseHTTPRequestHandler):
             s.in_flight -= 1
         if self.path != "/v1/chat/completions":
             return self._send(404, {"error": {"message": "not found"}})
+        if refused:
+            return self._send(400, {"error": {"message": f"Unrecognized request argument supplied: {refused[0]}",
+                                              "type": "invalid_request_error", "param": refused[0]}})
         if status is not None:
             return self._send(status, {"error": {"message": f"scripted {status}", "type": "test"}}, {"Retry-After": "0"})
         self._send(200, {
@@ -139,6 +146,26 @@ def test_gives_up_after_max_retries_and_never_retries_a_400(env):
     with pytest.raises(TeacherError, match="BadRequest"):
         OpenAITeacher(max_retries=3, backoff=0.001).complete(_req("x"))
     assert env.calls == 1
+
+
+def test_reply_limit_is_max_completion_tokens_with_a_fallback_for_older_servers(env, monkeypatch):
+    OpenAITeacher(max_tokens=77).complete(_req("a"))
+    assert env.bodies[-1]["max_completion_tokens"] == 77 and "max_tokens" not in env.bodies[-1]
+    env.unknown_params = {"max_completion_tokens"}  # an older OpenAI-compatible server
+    teacher = OpenAITeacher(max_tokens=55, max_retries=0)
+    env.calls = 0
+    assert teacher.complete(_req("b")).startswith("Question:")
+    assert env.calls == 2 and env.bodies[-1]["max_tokens"] == 55 and "max_completion_tokens" not in env.bodies[-1]
+    assert teacher.complete(_req("c")) and env.calls == 3  # it remembers: no second refusal
+    # With the name fixed, there is no fallback: the server's refusal is the error.
+    with pytest.raises(TeacherError, match="Unrecognized request argument supplied: max_completion_tokens"):
+        OpenAITeacher(token_param="max_completion_tokens").complete(_req("d"))
+    monkeypatch.setenv("OPENAI_TOKEN_PARAM", "max_tokens")
+    env.calls = 0
+    assert OpenAITeacher(max_tokens=9).complete(_req("e")) and env.calls == 1 and env.bodies[-1]["max_tokens"] == 9
+    monkeypatch.setenv("OPENAI_TOKEN_PARAM", "max_length")
+    with pytest.raises(ValueError, match="OPENAI_TOKEN_PARAM"):
+        OpenAITeacher()
 
 
 def test_rate_limit_and_concurrency(env):

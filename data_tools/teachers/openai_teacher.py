@@ -4,6 +4,11 @@ Base URL, model and key come from the environment (OPENAI_BASE_URL, OPENAI_MODEL
 OPENAI_API_KEY), so no secret is ever on a command line. Retries (429, 5xx, connection
 errors) back off exponentially with jitter, honouring Retry-After; a shared limiter spaces
 request starts to stay under `requests_per_minute`; `concurrency` bounds requests in flight.
+
+The reply length limit is sent as `max_completion_tokens` (what current OpenAI models require;
+they reject `max_tokens`). An older OpenAI-compatible server that rejects that name (a 400/422
+naming it) is asked again with `max_tokens`, once, and from then on. `token_param` (or
+OPENAI_TOKEN_PARAM) = "max_completion_tokens" or "max_tokens" fixes the name instead of "auto".
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import openai
 from .base import Request, TeacherError
 
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError, openai.APITimeoutError)
+TOKEN_PARAMS = ("auto", "max_completion_tokens", "max_tokens")
 
 
 class RateLimiter:
@@ -51,6 +57,7 @@ class OpenAITeacher:
         temperature: float = 0.7,
         max_tokens: int = 1024,
         timeout: float = 120.0,
+        token_param: str | None = None,  # "auto" (default), "max_completion_tokens" or "max_tokens"
     ) -> None:
         self.model = model or os.environ.get("OPENAI_MODEL")
         if not self.model:
@@ -59,6 +66,11 @@ class OpenAITeacher:
         self.concurrency = concurrency
         self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.temperature, self.max_tokens = temperature, max_tokens
+        token_param = token_param or os.environ.get("OPENAI_TOKEN_PARAM") or "auto"
+        if token_param not in TOKEN_PARAMS:
+            raise ValueError(f"token_param (or OPENAI_TOKEN_PARAM) must be one of {TOKEN_PARAMS}, got {token_param!r}")
+        self.token_param = "max_completion_tokens" if token_param == "auto" else token_param
+        self.fallback = token_param == "auto"  # may still switch to max_tokens for an older server
         self.limiter = RateLimiter(requests_per_minute)
         # The client's own retries are off: ours count attempts, space them and share the rate limit.
         self.client = openai.OpenAI(
@@ -78,26 +90,36 @@ class OpenAITeacher:
                 pass  # an HTTP-date Retry-After: fall back to our own schedule
         return min(self.backoff * 2**attempt, self.max_backoff) * (0.5 + random.random() / 2)
 
+    def _rejects_token_param(self, error: Exception, param: str) -> bool:
+        """An older server refusing `max_completion_tokens` (400 or 422 that names it)."""
+        refused = isinstance(error, (openai.BadRequestError, openai.UnprocessableEntityError))
+        return self.fallback and param == "max_completion_tokens" and refused and param in str(error)
+
     def complete(self, request: Request) -> str:
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while True:
             self.limiter.wait()
+            param = self.token_param
             try:
                 response = self.client.chat.completions.create(
                     model=self.model,
                     messages=request.messages,
                     temperature=self.temperature,
-                    max_tokens=self.max_tokens,
                     seed=request.seed,
+                    **{param: self.max_tokens},
                 )
             except RETRYABLE as e:
                 if attempt == self.max_retries:
                     raise TeacherError(f"gave up after {attempt + 1} attempts: {type(e).__name__}: {e}") from e
                 time.sleep(self._delay(attempt, e))
+                attempt += 1
                 continue
             except openai.APIStatusError as e:  # 400, 401, 404...: retrying cannot help
+                if self._rejects_token_param(e, param):
+                    self.token_param = "max_tokens"  # for this and every later request (all threads)
+                    continue  # the same request with the older name; not a retry
                 raise TeacherError(f"{type(e).__name__}: {e}") from e
             text = response.choices[0].message.content if response.choices else None
             if not text:
                 raise TeacherError("the endpoint returned no message text")
             return text
-        raise AssertionError("unreachable")
