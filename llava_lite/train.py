@@ -81,6 +81,11 @@ class Trainer:
         if cfg.data.eval_sources:
             self.eval_loader = self._eval_loader(model)
         optimizer = build_optimizer(model, cfg)
+        plugin = self.acc.state.deepspeed_plugin
+        if plugin is not None and plugin.is_auto("train_micro_batch_size_per_gpu"):
+            # DeepSpeed reads the micro-batch from the loader's batch_size, which a batch sampler
+            # (files) leaves None and a stream (not prepared) does not show it: say it here.
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t.batch_size
         if self.stream is None:
             self.model, self.optimizer, self.loader = self.acc.prepare(model, optimizer, self.loader)
         else:  # the stream splits itself by process; accelerate would dispatch or re-split it
