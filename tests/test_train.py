@@ -259,10 +259,13 @@ def test_train_from_shards_and_resume(tiny_lm, data, tmp_path, monkeypatch):
     images = Path(data["conversations"]).parent / "images"
     write_shards(data["conversations"], tmp_path / "shards", images, maxcount=5)  # 36 records -> 8 shards
     source = f"data.sources=[{{shards: '{tmp_path}/shards/shard-{{000000..000007}}.tar'}}]"
-    args = ["train.max_steps=12", "train.save_every=5", "train.lr=3e-3", "data.shuffle_buffer=8"]
+    args = ["train.max_steps=12", "train.save_every=5", "train.lr=3e-3", "data.shuffle_buffer=8",
+            f"data.eval_sources=[{{path: {data['alpaca']}, format: alpaca}}]", "train.eval_every=6"]
     main(["train", str(CONFIGS / "stage2.yaml"), *base(tiny_lm, tmp_path / "a", source, *args)])
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and [r["epoch"] for r in rows] == [0] * 9 + [1] * 3  # 36 samples / 4 per batch
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]  # eval sources are files, every record once
+    assert [r["step"] for r in rows if "eval_loss" in r] == [6, 12] and evals[1] < evals[0]
     assert (tmp_path / "a" / "llava_lite.json").is_file()
     _kill_at(monkeypatch, 7)
     with pytest.raises(KeyboardInterrupt):
