@@ -76,7 +76,7 @@ class SourceConfig:
 @dataclass
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)
-    eval_sources: list[SourceConfig] = field(default_factory=list)
+    eval_sources: list[SourceConfig] = field(default_factory=list)  # files; every record once (weights ignored)
     mode: Literal["chat", "plain"] = "chat"  # plain: image then caption, no template (stage-1 alignment)
     max_length: int = 2048
     system_prompt: Optional[str] = None
