@@ -28,7 +28,7 @@ from typing import Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import send_to_device, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, send_to_device, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -55,7 +55,11 @@ class Trainer:
         self.resume = resume
         self.out = Path(cfg.train.output_dir)
         mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "no")
-        self.acc = Accelerator(mixed_precision=mixed if torch.cuda.is_available() else "no")
+        # Stage 2 batches hold one modality, so a text-only batch on one process leaves the projector
+        # without a gradient there while an image batch on another uses it: DDP has to look for
+        # unused parameters, or its gradient all-reduce goes out of step across processes.
+        ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.train.stage == "instruct" else []
+        self.acc = Accelerator(mixed_precision=mixed if torch.cuda.is_available() else "no", kwargs_handlers=ddp)
         self.log = self.acc.print
 
     # ---- setup -----------------------------------------------------------------------------
