@@ -46,7 +46,10 @@ def load_coco(instances: Path, captions: Path | None = None) -> list[Scene]:
         x, y, w, h = ann["bbox"]
         W, H = im["width"], im["height"]
         box = [round(x / W, 4), round(y / H, 4), round((x + w) / W, 4), round((y + h) / H, 4)]
-        scene.objects.append({"category": cats[ann["category_id"]], "color": ann.get("color"), "box": box})
+        obj = {"category": cats[ann["category_id"]], "color": ann.get("color"), "box": box}
+        if ann.get("size"):  # an annotated size word wins over one guessed from the box area
+            obj["size"] = ann["size"]
+        scene.objects.append(obj)
     if captions is not None:
         for ann in sorted(json.loads(Path(captions).read_text())["annotations"], key=lambda a: a["id"]):
             if ann["image_id"] in scenes:

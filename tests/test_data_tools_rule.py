@@ -143,6 +143,34 @@ def test_load_coco_normalizes_boxes_and_keeps_colour(tmp_path):
     assert scenes[0].objects[0]["color"] == a["color"] and scenes[0].captions
 
 
+def test_no_question_never_names_an_avoided_pair():
+    """The demo keeps held-out colour-shape pairs out of training text, "no" questions included."""
+    rng = random.Random(3)
+    colors, shapes = ["red", "green", "blue"], ["circle", "square", "star"]
+    avoid = frozenset({"red star", "blue circle"})
+    asked = Counter()
+    for _ in range(400):
+        objs = [{"category": rng.choice(["circle", "square"]), "color": rng.choice(["red", "green"]),
+                 "box": [0.1, 0.1, 0.3, 0.3]}]
+        for qa in grounded_qa(objs, rng, shapes=shapes, colors=colors, avoid=avoid):
+            m = re.fullmatch(r"Is there an? (.+) in the image\?", qa["question"].removesuffix(SHORT_SUFFIX))
+            if m and qa["answer"] == "no":
+                asked[m[1]] += 1
+    assert asked and not set(asked) & avoid
+    assert len(asked) >= 5  # still a spread of negatives, not one fallback
+
+
+def test_annotated_size_wins_over_box_area(tmp_path):
+    root = make_world(tmp_path, n_images=1, size=64)
+    inst = json.loads((root / "instances_train.json").read_text())
+    for a in inst["annotations"]:
+        a["size"] = "large"  # whatever the box says
+    (root / "instances_train.json").write_text(json.dumps(inst))
+    scene = load_coco(root / "instances_train.json")[0]
+    assert all(o["size"] == "large" for o in scene.objects)
+    assert "medium-sized" not in describe(scene.objects) and "small" not in describe(scene.objects)
+
+
 def test_load_layout_text(tmp_path):
     p = tmp_path / "scenes.txt"
     p.write_text("image: a.png\nA red circle and a square.\nred circle: [0.1, 0.2, 0.3, 0.4]\nsquare: [0.5, 0.5, 0.9, 0.9]\n"

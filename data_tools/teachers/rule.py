@@ -89,8 +89,10 @@ def _position_qa(objects: list[Obj]) -> list[QA]:
     return out
 
 
-def _exists_qa(objects: list[Obj], shapes: list[str], colors: list[str], rng: random.Random) -> list[QA]:
-    """One question whose answer is yes and one whose answer is no, so yes/no stays balanced."""
+def _exists_qa(objects: list[Obj], shapes: list[str], colors: list[str], rng: random.Random,
+               avoid: frozenset[str] = frozenset()) -> list[QA]:
+    """One question whose answer is yes and one whose answer is no, so yes/no stays balanced.
+    A "no" question never names an object in `avoid` (e.g. colour-shape pairs held out of training)."""
     colored = all(o.get("color") for o in objects)  # "is there a red circle" is undecidable for an uncoloured circle
     present = {name(o) for o in objects} if colored else {o["category"] for o in objects}
     if colored:
@@ -99,7 +101,7 @@ def _exists_qa(objects: list[Obj], shapes: list[str], colors: list[str], rng: ra
         pool = hard if rng.random() < 0.5 else [f"{c} {s}" for c in colors for s in shapes]  # half hard negatives
     else:
         pool = list(shapes)
-    negatives = sorted(set(pool) - present)
+    negatives = sorted(set(pool) - present - avoid) or sorted({f"{c} {s}" for c in colors for s in shapes} - present - avoid)
     yes, no = rng.choice(sorted(present)), rng.choice(negatives)
     return [
         ("exists", f"Is there {article(yes)} {yes} in the image?", "yes", f"Yes, there is {article(yes)} {yes} in the image."),
@@ -108,19 +110,21 @@ def _exists_qa(objects: list[Obj], shapes: list[str], colors: list[str], rng: ra
 
 
 def grounded_qa(
-    objects: list[Obj], rng: random.Random, short: bool = True, *, shapes: list[str] | None = None, colors: list[str] | None = None
+    objects: list[Obj], rng: random.Random, short: bool = True, *, shapes: list[str] | None = None,
+    colors: list[str] | None = None, avoid: frozenset[str] = frozenset(),
 ) -> list[dict[str, str]]:
     """Questions about `objects` with answers computed from them, one or two per question type.
 
     `short=True`: single-word answers and LLaVA-1.5's short-answer suffix on the question;
     `short=False`: full-sentence answers. `shapes`/`colors` are the vocabulary that "no" questions
-    and zero counts draw from (default SHAPES/COLORS); pass the data set's own so they stay in-world."""
+    and zero counts draw from (default SHAPES/COLORS); pass the data set's own so they stay in-world.
+    `avoid`: object names ("red star") no "no" question may mention, such as held-out pairs."""
     if not objects:
         return []
     shapes = sorted(set(shapes or SHAPES) | {o["category"] for o in objects})
     colors = sorted(set(colors or COLORS) | {o["color"] for o in objects if o.get("color")})
     groups = [_color_qa(objects), _shape_qa(objects), _count_qa(objects, shapes, rng), _position_qa(objects)]
-    chosen = [rng.choice(g) for g in groups if g] + _exists_qa(objects, shapes, colors, rng)
+    chosen = [rng.choice(g) for g in groups if g] + _exists_qa(objects, shapes, colors, rng, avoid)
     rng.shuffle(chosen)
     return [
         {"question": q + SHORT_SUFFIX if short else q, "answer": sa if short else la, "type": t} for t, q, sa, la in chosen
@@ -138,10 +142,14 @@ class RuleTeacher:
     name = "rule"
     concurrency = 1
 
+    def __init__(self, avoid: set[str] | frozenset[str] = frozenset()):
+        self.avoid = frozenset(avoid)  # names ("red star") that "no" questions must not mention
+
     def complete(self, request: Request) -> str:
         rng, p = random.Random(request.seed), request.payload
         if request.task == "conversation":
-            return render_qa(grounded_qa(p["objects"], rng, short=p.get("short", False), shapes=p.get("shapes"), colors=p.get("colors")))
+            return render_qa(grounded_qa(p["objects"], rng, short=p.get("short", False), shapes=p.get("shapes"),
+                                         colors=p.get("colors"), avoid=self.avoid))
         if request.task == "detail":
             return describe(p["objects"])
         if request.task == "reasoning":

@@ -19,6 +19,9 @@ def number(n: int) -> str:
 
 
 def size_word(obj: Obj) -> str:
+    """The annotated size when there is one (the demo world's "small"/"large"), else from the box area."""
+    if obj.get("size"):
+        return obj["size"]
     a = area(obj)
     return "small" if a < 0.03 else "medium-sized" if a < 0.12 else "large"
 

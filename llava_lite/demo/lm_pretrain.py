@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from .corpus import assert_no_heldout, chatml, qa_pairs, text_task_documents, world_documents
+from .corpus import CORPUS_VERSION, assert_no_heldout, chatml, qa_pairs, text_task_documents, world_documents
 from .presets import finished, mark_finished, resolve, world_fingerprint
 from .world import load_objects
 
@@ -85,7 +85,8 @@ def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str |
     p = resolve(preset)
     c = p["lm"]
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    cfg = {"lm": c, "seed": p["seed"], "world": world_fingerprint(world_dir), "vocab": len(tokenizer)}
+    cfg = {"lm": c, "seed": p["seed"], "world": world_fingerprint(world_dir), "vocab": len(tokenizer),
+           "corpus": CORPUS_VERSION}
     if (done := finished(out_dir, cfg)) is not None:
         print(f"[lm] reusing {out_dir}")
         return done

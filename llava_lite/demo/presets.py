@@ -5,6 +5,10 @@ One place for every number: `PRESETS["fast"]` is a smoke run (~20 s of pre-train
 On 2 CPU cores the step counts are what matters: a quiet 2-core machine does a full CLIP step
 (batch 128) in ~0.24 s and a full LM step (2 x 512 tokens) in ~0.1 s; more, smaller LM steps
 beat fewer large ones here (held-out world loss 0.67 after 240 x 2 rows vs 1.01 after 120 x 4).
+The LM learning rate is the number that decides whether the LM ever reads its context: at 3e-3
+a 256-wide Llama stays an n-gram model (answers ignore the caption, and later the image); at
+1e-3 and below it learns in-context look-up (a 2-layer toy: 3 key-value pairs recalled 100%
+after 600 steps at 5e-4, 45% at 2e-3).
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lm": {
             "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
             "intermediate_size": 344, "max_position_embeddings": 1024,
-            "seq_len": 256, "batch_size": 8, "steps": 150, "lr": 3e-3, "weight_decay": 0.01, "warmup": 0.1,
+            "seq_len": 256, "batch_size": 4, "steps": 600, "lr": 1e-3, "weight_decay": 0.01, "warmup": 0.05,
         },
     },
     "full": {
@@ -47,7 +51,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lm": {
             "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
             "intermediate_size": 688, "max_position_embeddings": 1024,
-            "seq_len": 512, "batch_size": 2, "steps": 250, "lr": 3e-3, "weight_decay": 0.01, "warmup": 0.05,
+            "seq_len": 256, "batch_size": 4, "steps": 500, "lr": 1e-3, "weight_decay": 0.01, "warmup": 0.05,
         },
     },
 }

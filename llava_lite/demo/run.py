@@ -16,8 +16,13 @@ from data_tools.teachers.rule import SHORT_SUFFIX  # the training data's VQA pro
 from ..config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
-SHORT_FRACTION = 0.5  # share of conversation records in the short-answer (VQA) style
-TEXT_WEIGHT = 1.0  # text-only instructions mixed into stage 2, relative to their file size
+SHORT_FRACTION = 0.5  # held-out instructions: share of conversation records in the short-answer (VQA) style
+# Stage-2 mixture, as repeat factors per epoch (re-drawn every epoch). Descriptions and reasoning
+# answers are long, and the loss is a mean over response tokens: at weight 1 they would drown
+# the one-word VQA answers, which is what the short-answer record of every image teaches.
+LONG_WEIGHT = 0.1  # conversations, detailed descriptions, reasoning
+SHORT_WEIGHT = 1.0  # one short-answer (VQA-style) multi-turn record per image
+TEXT_WEIGHT = 0.25  # text-only instructions
 
 
 def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
@@ -27,18 +32,29 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
     from data_tools.generate import generate
     from data_tools.teachers.rule import RuleTeacher, grounded_qa
 
+    from .corpus import assert_no_heldout
+
     d, wd = out / "data", out / "world"
-    paths = {"instruct_train": d / "instruct_train.json", "instruct_test": d / "instruct_test.json",
+    paths = {"instruct_train": d / "instruct_train.json", "short_train": d / "short_train.json",
+             "instruct_test": d / "instruct_test.json",
              "vqa": d / "vqa_test.jsonl", "general": d / "general_test.txt"}
     paths |= {f"text_{k}": wd / "text_tasks" / f"{k}.json" for k in ("train", "test")}  # written with the world
     if all(p.is_file() for p in paths.values()):
         return paths
     vocab = {"shapes": world["shapes"], "colors": list(world["colors"])}
-    for split, key in (("train", "instruct_train"), ("test", "instruct_test")):
+    jobs = (("train", "instruct_train", {"short_fraction": 0.0}),  # conversation, detail, reasoning
+            ("train", "short_train", {"kinds": ("conversation",), "short_fraction": 1.0}),
+            ("test", "instruct_test", {"short_fraction": SHORT_FRACTION}))
+    heldout = {f"{c} {s}" for c, s in world["heldout_pairs"]}
+    for split, key, kw in jobs:
         scenes = load_coco(wd / "annotations" / f"instances_{split}.json", wd / "annotations" / f"captions_{split}.json")
-        result = generate(scenes, RuleTeacher(), short_fraction=SHORT_FRACTION, seed=preset["seed"])
+        # Training text never names a held-out pair, not even in a "no" question.
+        teacher = RuleTeacher(avoid=heldout if split == "train" else frozenset())
+        result = generate(scenes, teacher, seed=preset["seed"], **kw)
         if result.rejects:
             raise RuntimeError(f"rule teacher produced {len(result.rejects)} rejects for {split}")
+        if split == "train":
+            assert_no_heldout([m.content for c in result.conversations for m in c.messages], str(paths[key]))
         write_records([to_llava(c) for c in result.conversations], paths[key])
     rng = random.Random(preset["seed"])
     rows = []
@@ -82,11 +98,14 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
         f"train.output_dir={out / 'stage1'}"])
     s2 = _train(CONFIGS / f"{preset_name}_stage2.yaml", [
         f"model.init_from={s1}",
-        f"data.sources=[{{path: {data['instruct_train']}, image_folder: {images}}}, "
+        f"data.sources=[{{path: {data['instruct_train']}, image_folder: {images}, weight: {LONG_WEIGHT}}}, "
+        f"{{path: {data['short_train']}, image_folder: {images}, weight: {SHORT_WEIGHT}}}, "
         f"{{path: {data['text_train']}, format: alpaca, weight: {TEXT_WEIGHT}}}]",
         f"train.output_dir={out / 'stage2'}"])
     t_eval = time.time()
-    kw = dict(vqa=str(data["vqa"]), image_folder=str(images), general=str(data["general"]))
+    # Every right answer is a word or two: 8 new tokens are plenty, and a caption-only stage-1
+    # model does not spend 16 tokens per question on a caption.
+    kw = dict(vqa=str(data["vqa"]), image_folder=str(images), general=str(data["general"]), max_new_tokens=8)
     report2 = evaluate(str(s2), instructions=str(data["instruct_test"]), out_dir=str(out / "eval" / "stage2"), **kw)
     report1 = evaluate(str(s1), out_dir=str(out / "eval" / "stage1"), **{**kw, "general": None})
     report = {**{k: v for k, v in report2.items() if k != "model"},
