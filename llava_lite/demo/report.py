@@ -53,6 +53,20 @@ def write_summary(out: Path, report: dict) -> None:
         "| question type | stage 1 | stage 2 |", "|---|---|---|",
         *[f"| {t} | {report['stage1_vqa_accuracy_by_type'].get(t, 0):.1%} | {report['vqa_accuracy_by_type'][t]:.1%} |"
           for t in types],
+        *_base_lines(report.get("base_models") or {}),
         "", "![loss](loss_curves.png)", "", "![accuracy](vqa_accuracy.png)", "",
     ]
     (out / "report.md").write_text("\n".join(lines))
+
+
+def _base_lines(base: dict) -> list[str]:
+    """What the base models bring: the CLIP's linear probes and the LM's reading comprehension
+    (caption + question, no image). A weak LM here caps what stage 2 can learn."""
+    clip, lm = base.get("clip") or {}, base.get("lm") or {}
+    rows = [("CLIP probe: object colour", clip.get("object_color")), ("CLIP probe: object shape", clip.get("object_shape")),
+            ("CLIP probe: patch position", clip.get("patch_position")),
+            ("LM reading QA (caption + question, exact match)", lm.get("reading_qa_exact_match"))]
+    rows = [(k, v) for k, v in rows if v is not None]
+    if not rows:
+        return []
+    return ["", "| base model check | value |", "|---|---|", *[f"| {k} | {v:.1%} |" for k, v in rows]]

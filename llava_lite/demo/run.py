@@ -103,9 +103,9 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
         f"{{path: {data['text_train']}, format: alpaca, weight: {TEXT_WEIGHT}}}]",
         f"train.output_dir={out / 'stage2'}"])
     t_eval = time.time()
-    # Every right answer is a word or two: 8 new tokens are plenty, and a caption-only stage-1
-    # model does not spend 16 tokens per question on a caption.
-    kw = dict(vqa=str(data["vqa"]), image_folder=str(images), general=str(data["general"]), max_new_tokens=8)
+    # Every right answer is one word (one token of the world tokenizer): 4 new tokens are plenty,
+    # and the caption-only stage-1 model does not spend 16 tokens per question on a caption.
+    kw = dict(vqa=str(data["vqa"]), image_folder=str(images), general=str(data["general"]), max_new_tokens=4)
     report2 = evaluate(str(s2), instructions=str(data["instruct_test"]), out_dir=str(out / "eval" / "stage2"), **kw)
     report1 = evaluate(str(s1), out_dir=str(out / "eval" / "stage1"), **{**kw, "general": None})
     report = {**{k: v for k, v in report2.items() if k != "model"},
