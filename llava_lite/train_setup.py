@@ -92,12 +92,13 @@ def build_optimizer(model: LlavaLite, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()])
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int):
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int, floor: float = 0.0):
+    """Linear warmup over `warmup` steps, then a cosine from the peak down to `floor` x peak."""
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

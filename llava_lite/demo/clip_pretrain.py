@@ -29,6 +29,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from ..train_setup import cosine_with_warmup
 from .corpus import assert_no_heldout, assert_train_clean
 from .presets import finished, mark_finished, resolve, world_fingerprint
 from .probe import patch_labels, patch_tokens, probe_patch_features, retrieval_and_zero_shot
@@ -69,11 +70,6 @@ def normalize(u8: torch.Tensor) -> torch.Tensor:
     """uint8 [N, 3, H, W] -> normalised float, as open_clip's preprocess does for a same-size image."""
     x = u8.float() / 255
     return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-
-
-def _lr(step: int, total: int, peak: float, warmup: float) -> float:
-    w = max(1, int(total * warmup))
-    return peak * (step + 1) / w if step < w else peak * 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
 
 
 @torch.no_grad()
@@ -121,6 +117,7 @@ def pretrain_clip(world_dir: str | Path, out_dir: str | Path, preset: str | dict
     no_decay = [q for q in params if q.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": c["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=c["lr"], betas=(0.9, 0.98), eps=1e-6)
+    sched = cosine_with_warmup(opt, max(1, int(c["steps"] * c["warmup"])), c["steps"])
     loss_fn = ClipLoss()
     gen = torch.Generator().manual_seed(p["seed"])
     if len(u8) < c["batch_size"]:
@@ -135,8 +132,6 @@ def pretrain_clip(world_dir: str | Path, out_dir: str | Path, preset: str | dict
         idx = order[s * c["batch_size"]:(s + 1) * c["batch_size"]]
         text = torch.stack([cap_ids[images[i]["id"]][torch.randint(len(cap_ids[images[i]["id"]]), (1,), generator=gen)][0]
                             for i in idx.tolist()])
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, total, c["lr"], c["warmup"])
         with torch.autocast("cpu", dtype=torch.bfloat16):
             r = model.visual.forward_intermediates(normalize(u8[idx]), indices=[-2], output_fmt="NLC")
             img_f = F.normalize(r["image_features"].float(), dim=-1)
@@ -150,6 +145,7 @@ def pretrain_clip(world_dir: str | Path, out_dir: str | Path, preset: str | dict
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        sched.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         bar.set_postfix(clip=f"{clip_loss.item():.3f}", patch=f"{patch_loss.item():.3f}")

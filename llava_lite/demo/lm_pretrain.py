@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+from ..train_setup import cosine_with_warmup
 from .corpus import CORPUS_VERSION, assert_no_heldout, chatml, qa_pairs, text_task_documents, world_documents
 from .presets import finished, mark_finished, resolve, world_fingerprint
 from .world import load_objects
@@ -73,11 +74,6 @@ def qa_exact_match(model, tokenizer, world_dir: Path, n: int = 200, seed: int = 
     return right / min(n, len(images))
 
 
-def _lr(step: int, total: int, peak: float, warmup: float) -> float:
-    w = max(1, int(total * warmup))
-    return peak * (step + 1) / w if step < w else peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w))))
-
-
 def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path, preset: str | dict = "full") -> dict:
     """Train, `save_pretrained` (model + tokenizer) into `out_dir`, report held-out loss.
     Skipped when `out_dir` already holds a model finished with the same config."""
@@ -105,6 +101,7 @@ def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str |
     no_decay = [q for q in model.parameters() if q.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": c["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=c["lr"], betas=(0.9, 0.95))
+    sched = cosine_with_warmup(opt, max(1, int(c["steps"] * c["warmup"])), c["steps"], floor=0.1)
     gen = torch.Generator().manual_seed(p["seed"])
     order = torch.randperm(len(rows), generator=gen)
     model.train()
@@ -114,14 +111,13 @@ def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str |
         if start + c["batch_size"] > len(rows):  # next epoch
             order, start = torch.randperm(len(rows), generator=gen), 0
         x = rows[order[start:start + c["batch_size"]]]
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, c["steps"], c["lr"], c["warmup"])
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = model(input_ids=x, labels=x).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     train_s = time.time() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
