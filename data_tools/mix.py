@@ -13,7 +13,7 @@ from typing import Callable
 
 from llava_lite.conversation import Conversation
 from llava_lite.data import read_conversations
-from llava_lite.mixture import epoch_draw, length_score, proportional_counts
+from llava_lite.mixture import difficulty, epoch_draw, proportional_counts
 
 from .tagging import heuristic_tags
 
@@ -38,9 +38,6 @@ class Source:
 def tag_score(conv: Conversation) -> float:
     """The number of skill tags the heuristic tagger gives the request (the curriculum "tags")."""
     return float(len(heuristic_tags(conv)))
-
-
-DIFFICULTY: dict[str, Callable[[Conversation], float]] = {"length": length_score, "tags": tag_score}
 
 
 def mix_epoch(
@@ -70,7 +67,7 @@ def mix_epoch(
         raise ValueError(f"sources {empty} have a weight but no records")
     scores = None
     if curriculum is not None:
-        score = DIFFICULTY[curriculum] if isinstance(curriculum, str) else curriculum
+        score = difficulty(curriculum) if isinstance(curriculum, str) else curriculum
         scores = [[score(c) for c in d] for d in data]
     pairs = epoch_draw([len(d) for d in data], counts, seed, epoch, scores)
     return [data[s][i] for s, i in pairs]

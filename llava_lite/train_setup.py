@@ -201,9 +201,8 @@ def load_mixture(sources, stage: str, seed: int, curriculum: str | None = None) 
 
 
 def load_eval(sources, stage: str) -> list[Conversation]:
-    """Eval sources: every record once, in file order (weights do not apply)."""
-    if source_kind(sources, "data.eval_sources") == "shards":
-        raise ConfigError("data.eval_sources must be conversation files ('path'), not shards")
+    """Eval sources (already checked to be files by `check_data`): every record once, in file
+    order (weights do not apply)."""
     conversations = [c for src in sources for c in read_conversations(src.path, src.format, src.image_folder)]
     _check_stage(conversations, stage)
     return conversations
