@@ -101,6 +101,21 @@ class Assistant:
         return Reply(text, ids.shape[1], len(tokens), finish)
 
 
+    def reply_batch(self, chats: list[tuple[list[Message], list]], max_new_tokens: int = 16) -> list[str]:
+        """Greedy answers to several independent conversations at once (evaluation)."""
+        encoded = [self.encode(messages, list(images)) for messages, images in chats]
+        context = getattr(self.model.lm.config, "max_position_embeddings", None)
+        longest = max(ids.shape[1] for ids, _ in encoded)
+        if context is not None and longest + max_new_tokens > context:
+            raise ValueError(f"a prompt of {longest} tokens + {max_new_tokens} new ones exceeds the model's "
+                             f"context of {context}")
+        pixels = [p for _, p in encoded if p is not None]
+        with self.lock:
+            new = self.model.generate_greedy([ids[0].tolist() for ids, _ in encoded],
+                                             torch.cat(pixels) if pixels else None, max_new_tokens=max_new_tokens)
+        return [self.model.tokenizer.decode(t, skip_special_tokens=True) for t in new]
+
+
 def _stable_prefix(text: str, stop: list[str]) -> str:
     text = text.rstrip("\ufffd")  # a multi-byte character still being decoded
     for s in stop:  # a suffix that is the start of a stop string may still turn into it

@@ -26,7 +26,7 @@ def _eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate
 
     report = evaluate(args.model, args.vqa, args.image_folder, args.instructions, args.instructions_format,
-                      args.general, args.out, args.max_new_tokens)
+                      args.general, args.out, args.max_new_tokens, args.batch_size)
     print(json.dumps(report, indent=2))
 
 
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--general", help="plain text file, one document per line, for general perplexity")
     p.add_argument("--out", help="directory for report.json and vqa_answers.jsonl")
     p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32, help="VQA questions decoded together (greedy)")
     p.set_defaults(func=_eval)
 
     # Commands living in other modules; their parser modules import nothing heavy, so --help is fast.

@@ -55,21 +55,28 @@ def chance_accuracy(questions: list[dict]) -> tuple[float, float]:
 
 
 def vqa_accuracy(assistant: Assistant, questions: list[dict], image_folder: str | Path,
-                 answers_path: Path | None = None, max_new_tokens: int = 16) -> dict:
+                 answers_path: Path | None = None, max_new_tokens: int = 16, batch_size: int = 32) -> dict:
+    """Greedy answers, `batch_size` questions per forward pass (same answers as one at a time)."""
     hits: dict[str, list[bool]] = defaultdict(list)
     unseen: list[bool] = []
     out = open(answers_path, "w") if answers_path else None
-    for q in tqdm(questions, desc="vqa", leave=False):
-        prompt = q["text"] if IMAGE_PLACEHOLDER in q["text"] else IMAGE_PLACEHOLDER + "\n" + q["text"]
-        reply = assistant.reply([Message("user", prompt)], [str(Path(image_folder) / q["image"])],
-                                max_new_tokens=max_new_tokens)
-        ok = normalize_answer(reply.text) == normalize_answer(q["answer"])
-        hits[q.get("category", "all")].append(ok)
-        if q.get("unseen_combo"):
-            unseen.append(ok)
-        if out:
-            out.write(json.dumps({"question_id": q["question_id"], "prompt": q["text"], "text": reply.text,
-                                  "answer": q["answer"], "correct": ok}) + "\n")
+    bar = tqdm(total=len(questions), desc="vqa", leave=False)
+    for start in range(0, len(questions), batch_size):
+        batch = questions[start:start + batch_size]
+        chats = []
+        for q in batch:
+            prompt = q["text"] if IMAGE_PLACEHOLDER in q["text"] else IMAGE_PLACEHOLDER + "\n" + q["text"]
+            chats.append(([Message("user", prompt)], [str(Path(image_folder) / q["image"])]))
+        for q, text in zip(batch, assistant.reply_batch(chats, max_new_tokens=max_new_tokens)):
+            ok = normalize_answer(text) == normalize_answer(q["answer"])
+            hits[q.get("category", "all")].append(ok)
+            if q.get("unseen_combo"):
+                unseen.append(ok)
+            if out:
+                out.write(json.dumps({"question_id": q["question_id"], "prompt": q["text"], "text": text,
+                                      "answer": q["answer"], "correct": ok}) + "\n")
+        bar.update(len(batch))
+    bar.close()
     if out:
         out.close()
     everything = [h for v in hits.values() for h in v]
@@ -129,7 +136,7 @@ def text_perplexity(model: LlavaLite, path: str, max_length: int = 2048, batch_s
 
 def evaluate(model_dir: str, vqa: str | None = None, image_folder: str | None = None,
              instructions: str | None = None, instructions_format: str = "auto", general: str | None = None,
-             out_dir: str | None = None, max_new_tokens: int = 16) -> dict:
+             out_dir: str | None = None, max_new_tokens: int = 16, batch_size: int = 32) -> dict:
     model = LlavaLite.from_pretrained(model_dir)
     report: dict = {"model": str(model_dir)}
     out = Path(out_dir) if out_dir else None
@@ -138,7 +145,7 @@ def evaluate(model_dir: str, vqa: str | None = None, image_folder: str | None = 
     if vqa:
         folder = image_folder or str(Path(vqa).parent)
         report |= vqa_accuracy(Assistant(model), read_questions(vqa), folder,
-                               out / "vqa_answers.jsonl" if out else None, max_new_tokens)
+                               out / "vqa_answers.jsonl" if out else None, max_new_tokens, batch_size)
     if instructions:
         report["instruction_ppl"] = response_perplexity(model, instructions, instructions_format, image_folder)
     if general:

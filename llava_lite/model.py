@@ -206,6 +206,38 @@ class LlavaLite(nn.Module):
             out = self.lm(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
         return new
 
+    @torch.no_grad()
+    def generate_greedy(
+        self,
+        prompts: list[list[int]],  # B rendered prompts, any lengths
+        pixel_values: torch.Tensor | None = None,  # [N, 3, H, W], the prompts' images in order
+        max_new_tokens: int = 16,
+    ) -> list[list[int]]:
+        """Greedy decoding of B prompts at once: left-padded, one KV cache. Gives the same tokens as
+        `generate(..., temperature=0)` on each prompt alone, in a fraction of the time (evaluation)."""
+        stop = set(self.stop_token_ids())
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(stop)
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.lm(inputs_embeds=self.embed(ids, pixel_values), attention_mask=mask, position_ids=positions,
+                      use_cache=True, logits_to_keep=1)
+        new: list[list[int]] = [[] for _ in prompts]
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=self.device)
+        for _ in range(max_new_tokens):
+            token = out.logits[:, -1].argmax(-1)  # [B]
+            done |= torch.isin(token, torch.tensor(sorted(stop), device=self.device))
+            for row in (~done).nonzero().flatten().tolist():
+                new[row].append(int(token[row]))
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+            out = self.lm(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
+                          past_key_values=out.past_key_values, use_cache=True)
+        return new
+
     def stop_token_ids(self) -> list[int]:
         from .render import end_of_turn_token
 

@@ -120,6 +120,25 @@ def test_generate_greedy_streams_and_stops(model):
     assert s1 == model.generate(ids, max_new_tokens=6, temperature=1.0, top_p=0.9, generator=g2)
 
 
+def test_batched_greedy_equals_one_at_a_time(model):
+    """Left padding, per-row positions and the shared KV cache change nothing: each prompt of a batch
+    gets the tokens it gets alone (prompts of different lengths, with 0, 1 and 2 images)."""
+    from llava_lite.chat import Assistant
+
+    assistant = Assistant(model)
+    chats = [([Message("user", c.messages[0].content)], c.images) for c in convs()]
+    chats.append(([Message("user", "A much longer question, so that the others need left padding. " * 3)], []))
+    encoded = [assistant.encode(m, list(im)) for m, im in chats]
+    alone = [model.generate(ids, pixels, max_new_tokens=5) for ids, pixels in encoded]
+    pixels = torch.cat([p for _, p in encoded if p is not None])
+    batched = model.generate_greedy([ids[0].tolist() for ids, _ in encoded], pixels, max_new_tokens=5)
+    assert batched == alone
+    assert len({len(ids[0]) for ids, _ in encoded}) == len(encoded)  # all prompt lengths differ
+    assert any(len(t) == 5 for t in alone)  # the comparison covers several decoding steps
+    assert assistant.reply_batch(chats, max_new_tokens=5) == [model.tokenizer.decode(t, skip_special_tokens=True)
+                                                               for t in alone]
+
+
 def _same_logits(a, b, batch):
     kw = {k: v for k, v in inputs(batch).items() if k != "labels"}
     return torch.allclose(a(**kw).logits, b(**kw).logits, atol=1e-5)
