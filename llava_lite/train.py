@@ -59,7 +59,9 @@ class Trainer:
         # without a gradient there while an image batch on another uses it: DDP has to look for
         # unused parameters, or its gradient all-reduce goes out of step across processes.
         ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.train.stage == "instruct" else []
-        self.acc = Accelerator(mixed_precision=mixed if torch.cuda.is_available() else "no", kwargs_handlers=ddp)
+        if not torch.cuda.is_available() and mixed == "fp16":
+            mixed = "no"  # CPU autocast has bf16 only
+        self.acc = Accelerator(mixed_precision=mixed, kwargs_handlers=ddp)
         self.log = self.acc.print
 
     # ---- setup -----------------------------------------------------------------------------

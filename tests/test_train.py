@@ -99,6 +99,24 @@ def test_lora_stage2_with_gradient_checkpointing(tiny_lm, data, tmp_path):
     assert sum(curve[-3:]) < sum(curve[:3]), curve
 
 
+def test_bfloat16_trains_under_cpu_autocast(tiny_lm, data, tmp_path, monkeypatch):
+    """model.dtype=bfloat16 on a CPU: frozen weights stay bf16, trainable ones are fp32 masters, the
+    forward runs under bf16 autocast, and the loss goes down."""
+    seen = []
+    real_forward = torch.nn.Linear.forward
+    monkeypatch.setattr(torch.nn.Linear, "forward",
+                        lambda self, x: seen.append(torch.is_autocast_enabled("cpu")) or real_forward(self, x))
+    t = Trainer(load_config(CONFIGS / "stage2.yaml", base(tiny_lm, tmp_path / "bf16", source(data["conversations"]),
+                                                          "model.dtype=bfloat16", "train.max_steps=12", "train.lr=3e-3")))
+    t.run()
+    assert t.acc.mixed_precision == "bf16" and seen and all(seen)
+    model = t.acc.unwrap_model(t.model)
+    assert {p.dtype for p in model.vision.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    curve = losses(tmp_path / "bf16")
+    assert all(math.isfinite(x) for x in curve) and sum(curve[-3:]) < sum(curve[:3]), curve
+
+
 def test_resume_gives_the_same_losses(tiny_lm, data, tmp_path, monkeypatch):
     """Killed after the step-4 checkpoint and resumed == never interrupted (crosses an epoch: 32 samples / 4)."""
     args = ["train.max_steps=10", "train.save_every=4", "train.lr=3e-3"]
