@@ -16,7 +16,7 @@ from llava_lite.demo.corpus import assert_no_heldout
 from llava_lite.demo.run import SHORT_SUFFIX
 
 REQUIRED = ("vqa_accuracy", "vqa_accuracy_by_type", "vqa_accuracy_unseen_combos", "chance_accuracy",
-            "stage1_vqa_accuracy", "instruction_ppl", "general_ppl", "wall_seconds")
+            "stage1_vqa_accuracy", "instruction_ppl", "general_ppl", "wall_seconds", "other_image_vqa_accuracy")
 
 
 @pytest.fixture(scope="module")

@@ -46,13 +46,14 @@ def write_summary(out: Path, report: dict) -> None:
         f"| chance (uniform guess per question type) | {report['chance_accuracy']:.1%} |",
         f"| majority answer per type | {report['majority_accuracy']:.1%} |",
         f"| VQA after stage 1 only | {report['stage1_vqa_accuracy']:.1%} |",
+        f"| VQA with each question asked about another image (answer priors) | {report['other_image_vqa_accuracy']:.1%} |",
         f"| instruction perplexity (held-out, response tokens) | {report['instruction_ppl']:.2f} |",
         f"| general-text perplexity | {report['general_ppl']:.2f} |",
         f"| text-task perplexity (held-out, response tokens) | {report['text_task_ppl']:.2f} |",
         f"| wall time | {report['wall_seconds']:.0f} s |", "",
-        "| question type | stage 1 | stage 2 |", "|---|---|---|",
-        *[f"| {t} | {report['stage1_vqa_accuracy_by_type'].get(t, 0):.1%} | {report['vqa_accuracy_by_type'][t]:.1%} |"
-          for t in types],
+        "| question type | stage 1 | stage 2 | stage 2, another image |", "|---|---|---|---|",
+        *[f"| {t} | {report['stage1_vqa_accuracy_by_type'].get(t, 0):.1%} | {report['vqa_accuracy_by_type'][t]:.1%} | "
+          f"{report['other_image_vqa_accuracy_by_type'][t]:.1%} |" for t in types],
         *_base_lines(report.get("base_models") or {}),
         "", "![loss](loss_curves.png)", "", "![accuracy](vqa_accuracy.png)", "",
     ]

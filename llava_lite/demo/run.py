@@ -108,9 +108,12 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
     kw = dict(vqa=str(data["vqa"]), image_folder=str(images), general=str(data["general"]), max_new_tokens=4)
     report2 = evaluate(str(s2), instructions=str(data["instruct_test"]), out_dir=str(out / "eval" / "stage2"), **kw)
     report1 = evaluate(str(s1), out_dir=str(out / "eval" / "stage1"), **{**kw, "general": None})
+    other = other_image_accuracy(s2, data["vqa"], images)
     report = {**{k: v for k, v in report2.items() if k != "model"},
               "stage1_vqa_accuracy": report1["vqa_accuracy"],
               "stage1_vqa_accuracy_by_type": report1["vqa_accuracy_by_type"],
+              "other_image_vqa_accuracy": other["vqa_accuracy"],
+              "other_image_vqa_accuracy_by_type": other["vqa_accuracy_by_type"],
               "text_task_ppl": None, "preset": preset_name,
               "base_models": {"clip": base["clip"], "lm": base["lm"], "seconds": base["seconds"]},
               "seconds": {"data_and_base_models": round(t_train - t0, 1), "training": round(t_eval - t_train, 1),
@@ -126,6 +129,20 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
     write_summary(out, report)
     chat_sample(s2, world_dir, out)
     return report
+
+
+def other_image_accuracy(model_dir: Path, vqa: Path, images: Path) -> dict:
+    """The same questions, each asked about another test image: what the model scores from answer
+    priors alone. The gap to `vqa_accuracy` is what it reads from the image."""
+    from ..chat import Assistant
+    from ..evaluate import read_questions, vqa_accuracy
+    from ..model import LlavaLite
+
+    questions = read_questions(vqa)
+    files = sorted({q["image"] for q in questions})
+    nxt = dict(zip(files, files[1:] + files[:1]))
+    return vqa_accuracy(Assistant(LlavaLite.from_pretrained(model_dir)),
+                        [{**q, "image": nxt[q["image"]]} for q in questions], images, max_new_tokens=4)
 
 
 def chat_sample(model_dir: Path, world_dir: Path, out: Path) -> None:
