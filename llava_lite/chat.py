@@ -100,7 +100,6 @@ class Assistant:
         finish = "length" if len(tokens) >= max_new_tokens and not state["hit_stop"] else "stop"
         return Reply(text, ids.shape[1], len(tokens), finish)
 
-
     def reply_batch(self, chats: list[tuple[list[Message], list]], max_new_tokens: int = 16) -> list[str]:
         """Greedy answers to several independent conversations at once (evaluation)."""
         encoded = [self.encode(messages, list(images)) for messages, images in chats]

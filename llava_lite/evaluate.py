@@ -56,7 +56,8 @@ def chance_accuracy(questions: list[dict]) -> tuple[float, float]:
 
 def vqa_accuracy(assistant: Assistant, questions: list[dict], image_folder: str | Path,
                  answers_path: Path | None = None, max_new_tokens: int = 16, batch_size: int = 32) -> dict:
-    """Greedy answers, `batch_size` questions per forward pass (same answers as one at a time)."""
+    """Greedy answers, `batch_size` questions per forward pass (the answers one at a time would get,
+    up to float rounding in bf16)."""
     hits: dict[str, list[bool]] = defaultdict(list)
     unseen: list[bool] = []
     out = open(answers_path, "w") if answers_path else None

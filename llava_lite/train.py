@@ -59,9 +59,10 @@ class Trainer:
         # without a gradient there while an image batch on another uses it: DDP has to look for
         # unused parameters, or its gradient all-reduce goes out of step across processes.
         ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.train.stage == "instruct" else []
-        if not torch.cuda.is_available() and mixed == "fp16":
-            mixed = "no"  # CPU autocast has bf16 only
-        self.acc = Accelerator(mixed_precision=mixed, kwargs_handlers=ddp)
+        # On CPU, bf16 autocast is ours, not accelerate's: its mixed precision setting is fixed for the
+        # life of a process, and one process may train a float32 stage after a bf16 one.
+        self.cpu_bf16 = not torch.cuda.is_available() and mixed == "bf16"
+        self.acc = Accelerator(mixed_precision=mixed if torch.cuda.is_available() else "no", kwargs_handlers=ddp)
         self.log = self.acc.print
 
     # ---- setup -----------------------------------------------------------------------------
@@ -278,7 +279,7 @@ class Trainer:
         for i, batch in enumerate(window):
             sync = contextlib.nullcontext() if i == len(window) - 1 else acc.no_sync(model)
             inputs = {k: v for k, v in batch.items() if k != "num_skipped"}
-            with sync, acc.autocast():
+            with sync, (torch.autocast("cpu", dtype=torch.bfloat16) if self.cpu_bf16 else acc.autocast()):
                 out = model(**inputs)
                 # DDP averages gradients over processes, hence the num_processes factor.
                 acc.backward(out.loss_sum * acc.num_processes / max(total, 1))
