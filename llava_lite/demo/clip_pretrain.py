@@ -12,6 +12,9 @@ contrastive training learns colour and layout first and shape slowly, because co
 already tell the captions of a batch apart. Measured on the full world (186 steps of 128, test
 split): object-shape probe 0.94 with ClipLoss alone vs 0.99 with the aux loss (held-out pairs
 0.84 vs 0.97), per-patch shape map on object patches 0.38 vs 0.82, zero-shot 0.40 vs 0.88.
+Its weight matters downstream, because "What color is the star?" finds the star by the shape in
+each token: with the full preset's stages on top, weights 1 / 3 / 6 give demo VQA 69.8% / 72.8% /
+68.3% (colour questions 62.5% / 82.0% / 62.5%; at 6 the colour probe falls to 0.97).
 """
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "vision": {"width": 128, "layers": 3, "heads": 4, "patch_size": 8},
             "text": {"width": 128, "layers": 1, "heads": 4, "context_length": 64},
             "embed_dim": 128, "batch_size": 128, "steps": 160, "lr": 3e-3, "weight_decay": 0.1, "warmup": 0.1,
-            "patch_loss_weight": 1.0,
+            "patch_loss_weight": 3.0,
         },
         "lm": {
             "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
