@@ -108,7 +108,12 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
     kw = dict(vqa=str(data["vqa"]), image_folder=str(images), general=str(data["general"]), max_new_tokens=4)
     report2 = evaluate(str(s2), instructions=str(data["instruct_test"]), out_dir=str(out / "eval" / "stage2"), **kw)
     report1 = evaluate(str(s1), out_dir=str(out / "eval" / "stage1"), **{**kw, "general": None})
-    other = other_image_accuracy(s2, data["vqa"], images)
+    from ..chat import Assistant
+    from ..evaluate import response_perplexity
+    from ..model import LlavaLite
+
+    assistant = Assistant(LlavaLite.from_pretrained(s2))  # loaded once: other images, text tasks, chat sample
+    other = other_image_accuracy(assistant, data["vqa"], images)
     report = {**{k: v for k, v in report2.items() if k != "model"},
               "stage1_vqa_accuracy": report1["vqa_accuracy"],
               "stage1_vqa_accuracy_by_type": report1["vqa_accuracy_by_type"],
@@ -118,43 +123,34 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
               "base_models": {"clip": base["clip"], "lm": base["lm"], "seconds": base["seconds"]},
               "seconds": {"data_and_base_models": round(t_train - t0, 1), "training": round(t_eval - t_train, 1),
                           "evaluation": round(time.time() - t_eval, 1)}}
-    from ..evaluate import response_perplexity
-    from ..model import LlavaLite
-
-    report["text_task_ppl"] = response_perplexity(LlavaLite.from_pretrained(s2), str(data["text_test"]), "alpaca")
+    report["text_task_ppl"] = response_perplexity(assistant.model, str(data["text_test"]), "alpaca")
     report["wall_seconds"] = round(time.time() - t0, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     from .report import write_summary
 
     write_summary(out, report)
-    chat_sample(s2, world_dir, out)
+    chat_sample(assistant, s2, world_dir)
     return report
 
 
-def other_image_accuracy(model_dir: Path, vqa: Path, images: Path) -> dict:
+def other_image_accuracy(assistant, vqa: Path, images: Path) -> dict:
     """The same questions, each asked about another test image: what the model scores from answer
     priors alone. The gap to `vqa_accuracy` is what it reads from the image."""
-    from ..chat import Assistant
     from ..evaluate import read_questions, vqa_accuracy
-    from ..model import LlavaLite
 
     questions = read_questions(vqa)
     files = sorted({q["image"] for q in questions})
     nxt = dict(zip(files, files[1:] + files[:1]))
-    return vqa_accuracy(Assistant(LlavaLite.from_pretrained(model_dir)),
-                        [{**q, "image": nxt[q["image"]]} for q in questions], images, max_new_tokens=4)
+    return vqa_accuracy(assistant, [{**q, "image": nxt[q["image"]]} for q in questions], images, max_new_tokens=4)
 
 
-def chat_sample(model_dir: Path, world_dir: Path, out: Path) -> None:
+def chat_sample(assistant, model_dir: Path, world_dir: Path) -> None:
     """Show one held-out image and a few questions, as a user would ask them."""
-    from ..chat import Assistant
     from ..conversation import Message
-    from ..model import LlavaLite
 
     inst = json.loads((world_dir / "annotations" / "instances_test.json").read_text())
     image = next(im for im in inst["images"] if im.get("unseen_combo"))
     path = world_dir / "images" / image["file_name"]
-    assistant = Assistant(LlavaLite.from_pretrained(model_dir))
     print(f"\n--- chat sample: {path} (holds a colour-shape pair never seen in training) ---")
     history: list[Message] = []
     questions = ["Describe the image in detail.", "What color is the largest object?" + SHORT_SUFFIX,
