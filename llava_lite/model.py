@@ -215,8 +215,8 @@ class LlavaLite(nn.Module):
     ) -> list[list[int]]:
         """Greedy decoding of B prompts at once: left-padded, one KV cache. Gives the same tokens as
         `generate(..., temperature=0)` on each prompt alone, in a fraction of the time (evaluation)."""
-        stop = set(self.stop_token_ids())
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(stop)
+        stop = torch.tensor(self.stop_token_ids(), device=self.device)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else int(stop.min())
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=self.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
@@ -227,7 +227,7 @@ class LlavaLite(nn.Module):
         done = torch.zeros(len(prompts), dtype=torch.bool, device=self.device)
         for _ in range(max_new_tokens):
             token = out.logits[:, -1].argmax(-1)  # [B]
-            done |= torch.isin(token, torch.tensor(sorted(stop), device=self.device))
+            done |= torch.isin(token, stop)
             for row in (~done).nonzero().flatten().tolist():
                 new[row].append(int(token[row]))
             if bool(done.all()):
