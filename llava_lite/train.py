@@ -61,8 +61,9 @@ class Trainer:
         ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.train.stage == "instruct" else []
         # On CPU, bf16 autocast is ours, not accelerate's: its mixed precision setting is fixed for the
         # life of a process, and one process may train a float32 stage after a bf16 one.
-        self.cpu_bf16 = not torch.cuda.is_available() and mixed == "bf16"
         self.acc = Accelerator(mixed_precision=mixed if torch.cuda.is_available() else "no", kwargs_handlers=ddp)
+        cpu_bf16 = not torch.cuda.is_available() and mixed == "bf16"
+        self.autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cpu_bf16 else self.acc.autocast
         self.log = self.acc.print
 
     # ---- setup -----------------------------------------------------------------------------
@@ -279,7 +280,7 @@ class Trainer:
         for i, batch in enumerate(window):
             sync = contextlib.nullcontext() if i == len(window) - 1 else acc.no_sync(model)
             inputs = {k: v for k, v in batch.items() if k != "num_skipped"}
-            with sync, (torch.autocast("cpu", dtype=torch.bfloat16) if self.cpu_bf16 else acc.autocast()):
+            with sync, self.autocast():
                 out = model(**inputs)
                 # DDP averages gradients over processes, hence the num_processes factor.
                 acc.backward(out.loss_sum * acc.num_processes / max(total, 1))
