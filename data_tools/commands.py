@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from llava_lite.data import read_conversations
+from llava_lite.data.readers import read_conversations
 
 from .formats import write_conversations, write_records
 from .teachers import Teacher, make_teacher

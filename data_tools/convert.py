@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from llava_lite.data import read_conversations
+from llava_lite.data.readers import read_conversations
 
 from .formats import write_conversations
 

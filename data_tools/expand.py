@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from llava_lite.data import read_conversations
+from llava_lite.data.readers import read_conversations
 
 from .filters import InstructionFilter, normalize
 from .parse import ParseError, parse_instruction

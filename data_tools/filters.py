@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from llava_lite.conversation import Conversation
+from llava_lite.data.conversation import Conversation
 
 from .rouge import rouge_l, tokens
 from .tagging import query_text

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from PIL import Image
 
-from llava_lite.conversation import IMAGE_PLACEHOLDER, Conversation, DataError, ImageRef
+from llava_lite.data.conversation import IMAGE_PLACEHOLDER, Conversation, DataError, ImageRef
 
 FORMATS = ("llava", "sharegpt", "alpaca", "openai")
 _FROM = {"user": "human", "assistant": "gpt", "system": "system"}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from llava_lite.conversation import IMAGE_PLACEHOLDER, Conversation, DataError, Message
+from llava_lite.data.conversation import IMAGE_PLACEHOLDER, Conversation, DataError, Message
 
 from .annotations import Scene, vocabulary
 from .parse import ParseError, parse_description, parse_qa

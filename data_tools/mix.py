@@ -2,7 +2,7 @@
 
 `mix_epoch` writes one epoch of a mixture as a list of Conversations (`llava-lite data mix`):
 the same (seed, epoch) always gives the same list, and a different epoch gives a fresh draw.
-The draw itself is `llava_lite.mixture.epoch_draw`, shared with `llava-lite train`, which
+The draw itself is `llava_lite.data.mixture.epoch_draw`, shared with `llava-lite train`, which
 re-draws its `data.sources` the same way every epoch.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from llava_lite.conversation import Conversation
-from llava_lite.data import read_conversations
-from llava_lite.mixture import difficulty, epoch_draw, proportional_counts
+from llava_lite.data.conversation import Conversation
+from llava_lite.data.readers import read_conversations
+from llava_lite.data.mixture import difficulty, epoch_draw, proportional_counts
 
 from .tagging import heuristic_tags
 
@@ -53,7 +53,7 @@ def mix_epoch(
 
     `size` (default: all sources' records together) is split across sources in proportion to
     their weights; a source asked for more than it has gives whole shuffled passes, then a random
-    subset (`llava_lite.mixture.epoch_draw`, the same draw the trainer uses). `replay` adds
+    subset (`llava_lite.data.mixture.epoch_draw`, the same draw the trainer uses). `replay` adds
     `replay_fraction * size` general-text records on top, against forgetting. Order is shuffled,
     or easy-to-hard by `curriculum` ("length", "tags" or a score function)."""
     data = [s.load() for s in sources]

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from llava_lite.conversation import Conversation  # noqa: E402
+from llava_lite.data.conversation import Conversation  # noqa: E402
 
 from .tagging import complexity, diversity, query_text  # noqa: E402
 

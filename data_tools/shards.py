@@ -3,7 +3,7 @@
 Each sample is `<key>.json` (the LLaVA record, plus `image_keys` naming its image members in
 order) and the image file's bytes as stored on disk (`<key>.png`, or `<key>.0.png`,
 `<key>.1.jpg`... for several), never re-encoded, so pixels match the JSON path exactly.
-Reading lives in `llava_lite.streaming` (training streams the shards with the same code);
+Reading lives in `llava_lite.data.streaming` (training streams the shards with the same code);
 `iter_shard_conversations` is re-exported here.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from llava_lite.data import read_conversations
-from llava_lite.streaming import iter_shard_conversations
+from llava_lite.data.readers import read_conversations
+from llava_lite.data.streaming import iter_shard_conversations
 
 from .formats import to_llava
 

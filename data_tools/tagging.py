@@ -10,7 +10,7 @@ import random
 import re
 from pathlib import Path
 
-from llava_lite.conversation import IMAGE_PLACEHOLDER, Conversation
+from llava_lite.data.conversation import IMAGE_PLACEHOLDER, Conversation
 
 from .parse import ParseError, parse_tags
 from .prompts import few_shot_messages, load_prompt

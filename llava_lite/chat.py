@@ -1,7 +1,8 @@
-"""One generation path for `llava-lite chat`, `llava-lite serve` and evaluation.
+"""The assistant behind `llava-lite chat`, `llava-lite serve` and evaluation.
 
 `Assistant.reply(messages, images)` renders the conversation with the same code as training,
-decodes with the model's KV cache, streams text deltas through `on_text`, and honours stop strings.
+decodes through the one decoding loop (`decode.generate`), streams text deltas through `on_text`,
+and honours stop strings. `reply_batch` answers many conversations at once, greedily.
 """
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from .conversation import IMAGE_PLACEHOLDER, Message
-from .data import load_image
+from .data.conversation import IMAGE_PLACEHOLDER, Message
+from .data.images import load_image
 from .model import LlavaLite
-from .render import render_prompt
+from .data.render import render_prompt
+from .decode import generate
 
 
 @dataclass
@@ -72,7 +74,7 @@ class Assistant:
         tokens: list[int] = []
         state = {"sent": "", "hit_stop": False}
 
-        def on_token(token: int) -> bool:
+        def on_token(_row: int, token: int) -> bool:
             tokens.append(token)
             text = tok.decode(tokens, skip_special_tokens=True)
             cut = min((text.find(s) for s in stop if s in text), default=-1)
@@ -89,8 +91,8 @@ class Assistant:
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         with self.lock:
-            self.model.generate(ids, pixels, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                on_token=on_token, generator=generator)
+            generate(self.model, [ids[0].tolist()], pixels, max_new_tokens=max_new_tokens, temperature=temperature,
+                     top_p=top_p, on_token=on_token, generator=generator)
         text = tok.decode(tokens, skip_special_tokens=True)
         cut = min((text.find(s) for s in stop if s in text), default=-1)
         if cut >= 0:
@@ -110,8 +112,8 @@ class Assistant:
                              f"context of {context}")
         pixels = [p for _, p in encoded if p is not None]
         with self.lock:
-            new = self.model.generate_greedy([ids[0].tolist() for ids, _ in encoded],
-                                             torch.cat(pixels) if pixels else None, max_new_tokens=max_new_tokens)
+            new = generate(self.model, [ids[0].tolist() for ids, _ in encoded], torch.cat(pixels) if pixels else None,
+                           max_new_tokens=max_new_tokens)
         return [self.model.tokenizer.decode(t, skip_special_tokens=True) for t in new]
 
 

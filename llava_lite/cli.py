@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     # Commands living in other modules; their parser modules import nothing heavy, so --help is fast.
-    for module in ("llava_lite.demo.run", "data_tools.cli", "llava_lite.serve.cli"):
+    for module in ("llava_lite.demo.run", "data_tools.cli", "llava_lite.serve.cli", "llava_lite.export"):
         _mount(sub, module)
     return parser
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .conversation import IMAGE_PLACEHOLDER, Message
+from .data.conversation import IMAGE_PLACEHOLDER, Message
 
 
 def run_chat(args: argparse.Namespace) -> None:
     from .chat import Assistant
-    from .data import load_image
+    from .data.images import load_image
     from .model import LlavaLite
 
     assistant = Assistant(LlavaLite.from_pretrained(args.model))

@@ -77,9 +77,12 @@ class SourceConfig:
 class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)
     eval_sources: list[SourceConfig] = field(default_factory=list)  # files; every record once (weights ignored)
-    mode: Literal["chat", "plain"] = "chat"  # plain: image then caption, no template (stage-1 alignment)
+    # How records are rendered; default: the stage's (align: plain, instruct and text: chat).
+    # plain: image then caption, no template (stage-1 alignment); chat: the tokenizer's template.
+    mode: Optional[Literal["chat", "plain"]] = None
     max_length: int = 2048
     system_prompt: Optional[str] = None
+    chat_template: Optional[str] = None  # vicuna_v1 | llava_llama_2 | mistral_instruct | chatml | path/to/template.jinja; overrides the tokenizer's
     num_workers: int = 0
     # Order within an epoch. null: shuffled (length-grouped per train.group_by_modality_length).
     # "length" | "tags": easy to hard by a difficulty score (text length, an image counting as

@@ -17,9 +17,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .chat import Assistant
-from .conversation import IMAGE_PLACEHOLDER, Message
-from .data import read_conversations
-from .dataset import Collator, ConversationDataset
+from .data.conversation import IMAGE_PLACEHOLDER, Message
+from .data.readers import read_conversations
+from .data.dataset import Collator, Sample
+from .data.loader import dataset_for
 from .model import LlavaLite
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -108,9 +109,8 @@ def _perplexity(model: LlavaLite, dataset, batch_size: int) -> float:
 def response_perplexity(model: LlavaLite, path: str, fmt: str = "auto", image_folder: str | None = None,
                         max_length: int = 2048, batch_size: int = 8) -> float:
     """Perplexity of the assistant tokens of held-out conversations (the training objective)."""
-    ds = ConversationDataset(read_conversations(path, fmt, image_folder), model.tokenizer, model.vision.image_to_tensor,
-                             image_token_id=model.image_token_id, image_seq_len=model.image_seq_len,
-                             max_length=max_length, mode=model.render_mode, system_prompt=model.system_prompt)
+    ds = dataset_for(model, read_conversations(path, fmt, image_folder), max_length, model.render_mode,
+                     model.system_prompt)
     return _perplexity(model, ds, batch_size)
 
 
@@ -123,9 +123,7 @@ class _TextDataset:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int):
-        from .dataset import Sample
-
+    def __getitem__(self, i: int) -> Sample:
         ids = torch.tensor(self.rows[i])
         return Sample(ids, ids.clone(), None, False)
 

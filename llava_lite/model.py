@@ -1,26 +1,47 @@
-"""LlavaLite: frozen CLIP tower -> trainable projector -> causal LM.
+"""LlavaLite: frozen CLIP tower -> trainable projector -> causal LM, and its model directory.
 
 Image fusion is one masked scatter: each `<image>` placeholder token (expanded to P copies when the
 conversation was rendered) is replaced by one projected patch feature. Text-only batches carry no
 pixel_values and never touch the vision tower. The loss applies the LM head only at positions that
 carry a label, so no logits are computed for image or prompt positions.
+
+A model directory (`save_pretrained` / `from_pretrained`):
+
+    dir/llava_lite.json          resolved model config + how the LM is stored + prompt mode
+    dir/projector.safetensors
+    dir/tokenizer/               tokenizer with the <image> token (and its chat template)
+    dir/lm/                      full LM weights (when the LM was trained), or
+    dir/lm_adapter/              a peft LoRA adapter over the base LM named in the config, or nothing
+                                 (LM untouched, e.g. after stage 1: the base LM is referenced)
+    dir/vision/                  open_clip local-dir copy, unless the tower is a hub name + tag
+
+A model is staged in a temporary directory and moved into place with its config file last, so a
+crash never leaves a half-written directory that looks loadable. The directory may also hold a
+training run's checkpoints/ and logs, which saving leaves alone.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .config import ModelConfig
-from .conversation import IMAGE_PLACEHOLDER
+from .backbones import DTYPES, is_peft, load_lm, load_tokenizer
+from .config import ModelConfig, from_dict
+from .data.conversation import IMAGE_PLACEHOLDER
+from .data.render import IGNORE, end_of_turn_token
 from .projector import build_projector
-from .render import IGNORE
 from .vision import VisionTower
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CONFIG_NAME = "llava_lite.json"
 
 
 @dataclass
@@ -29,67 +50,6 @@ class LlavaOutput:
     loss_sum: torch.Tensor | None = None  # summed CE, for token-weighted accumulation
     num_tokens: torch.Tensor | None = None  # supervised tokens in this batch
     logits: torch.Tensor | None = None  # only when no labels are given: [B, T, V]
-
-
-def pick_attention(requested: str, dtype: torch.dtype) -> str:
-    """flash_attention_2 when asked for (or 'auto') and usable; SDPA otherwise."""
-    if requested not in ("auto", "flash_attention_2"):
-        return requested
-    usable = torch.cuda.is_available() and dtype in (torch.bfloat16, torch.float16)
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        usable = False
-    if requested == "flash_attention_2" and not usable:
-        raise RuntimeError("attn_implementation=flash_attention_2 needs a CUDA GPU, bf16/fp16 and `pip install llava-lite[flash]`")
-    return "flash_attention_2" if usable else "sdpa"
-
-
-def load_tokenizer(path: str):
-    tok = AutoTokenizer.from_pretrained(path)
-    if IMAGE_PLACEHOLDER not in tok.get_vocab():
-        tok.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]}, replace_extra_special_tokens=False)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token  # padded positions are masked out and never supervised
-    return tok
-
-
-def load_lm(path: str, cfg: ModelConfig, vocab_size: int, quantize: str | None = None) -> nn.Module:
-    dtype = DTYPES[cfg.dtype]
-    kwargs = dict(dtype=dtype, attn_implementation=pick_attention(cfg.attn_implementation, dtype))
-    if quantize:
-        kwargs["quantization_config"] = _bnb_config(quantize, dtype)
-    lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    _resize_embeddings(lm, vocab_size)
-    return lm
-
-
-def _bnb_config(bits: str, dtype: torch.dtype):
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as e:
-        raise RuntimeError("QLoRA needs bitsandbytes and a CUDA GPU: pip install llava-lite[qlora]") from e
-    if not torch.cuda.is_available():
-        raise RuntimeError("QLoRA (lora.quantize) needs a CUDA GPU; run LoRA without quantize on CPU")
-    from transformers import BitsAndBytesConfig
-
-    if bits == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
-    )
-
-
-@torch.no_grad()
-def _resize_embeddings(lm: nn.Module, vocab_size: int) -> None:
-    """Grow the vocabulary for new special tokens; new rows = mean of old rows (deterministic, so
-    reloading a LoRA adapter over the base model rebuilds exactly the same rows)."""
-    old = lm.get_input_embeddings().weight.shape[0]
-    if vocab_size <= old:
-        return
-    lm.resize_token_embeddings(vocab_size, mean_resizing=False)
-    for emb in {id(m): m for m in (lm.get_input_embeddings(), lm.get_output_embeddings()) if m is not None}.values():
-        emb.weight[old:] = emb.weight[:old].mean(dim=0, keepdim=True)
 
 
 class LlavaLite(nn.Module):
@@ -103,18 +63,7 @@ class LlavaLite(nn.Module):
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
         self.render_mode = "chat"  # how prompts are built: "chat" (template) or "plain" (stage-1 captions)
         self.system_prompt: str | None = None
-        self.lm_weights: str | None = None  # how the loaded directory stored the LM (see pretrained.py)
-
-    def save_pretrained(self, out_dir) -> "Path":
-        from .pretrained import save_pretrained
-
-        return save_pretrained(self, out_dir)
-
-    @classmethod
-    def from_pretrained(cls, model_dir, **kwargs) -> "LlavaLite":
-        from .pretrained import from_pretrained
-
-        return from_pretrained(model_dir, **kwargs)
+        self.lm_weights: str | None = None  # how the loaded directory stored the LM (see from_pretrained)
 
     @classmethod
     def build(cls, cfg: ModelConfig, quantize: str | None = None) -> "LlavaLite":
@@ -178,84 +127,114 @@ class LlavaLite(nn.Module):
         n = keep.sum()
         return LlavaOutput(loss=loss_sum / n.clamp(min=1), loss_sum=loss_sum, num_tokens=n)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,  # [1, T] a rendered prompt
-        pixel_values: torch.Tensor | None = None,  # [N, 3, H, W]
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,  # 0 = greedy
-        top_p: float = 1.0,
-        stop_token_ids: list[int] | None = None,
-        on_token=None,  # callback(token_id) for streaming; return True to stop early
-        generator: torch.Generator | None = None,
-    ) -> list[int]:
-        """Decode one continuation with a KV cache; returns the new token ids (stop token excluded)."""
-        stop = set(stop_token_ids if stop_token_ids is not None else self.stop_token_ids())
-        embeds = self.embed(input_ids, pixel_values)
-        out = self.lm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
-        new: list[int] = []
-        for _ in range(max_new_tokens):
-            token = sample_token(out.logits[0, -1].float(), temperature, top_p, generator)
-            if token in stop:
-                break
-            new.append(token)
-            if on_token is not None and on_token(token):
-                break
-            nxt = torch.tensor([[token]], device=input_ids.device)
-            out = self.lm(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
-        return new
-
-    @torch.no_grad()
-    def generate_greedy(
-        self,
-        prompts: list[list[int]],  # B rendered prompts, any lengths
-        pixel_values: torch.Tensor | None = None,  # [N, 3, H, W], the prompts' images in order
-        max_new_tokens: int = 16,
-    ) -> list[list[int]]:
-        """Greedy decoding of B prompts at once: left-padded, one KV cache. Gives the same tokens as
-        `generate(..., temperature=0)` on each prompt alone, in a fraction of the time (evaluation)."""
-        stop = torch.tensor(self.stop_token_ids(), device=self.device)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else int(stop.min())
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=self.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.lm(inputs_embeds=self.embed(ids, pixel_values), attention_mask=mask, position_ids=positions,
-                      use_cache=True, logits_to_keep=1)
-        new: list[list[int]] = [[] for _ in prompts]
-        done = torch.zeros(len(prompts), dtype=torch.bool, device=self.device)
-        for _ in range(max_new_tokens):
-            token = out.logits[:, -1].argmax(-1)  # [B]
-            done |= torch.isin(token, stop)
-            for row in (~done).nonzero().flatten().tolist():
-                new[row].append(int(token[row]))
-            if bool(done.all()):
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = positions[:, -1:] + 1
-            out = self.lm(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
-                          past_key_values=out.past_key_values, use_cache=True)
-        return new
-
     def stop_token_ids(self) -> list[int]:
-        from .render import end_of_turn_token
-
         ids = {self.tokenizer.eos_token_id}
         eot = end_of_turn_token(self.tokenizer) if self.tokenizer.chat_template else None
         if eot is not None:
             ids.add(self.tokenizer.convert_tokens_to_ids(eot))
         return sorted(i for i in ids if i is not None)
 
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        return save_pretrained(self, out_dir)
 
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator=None) -> int:
-    """[V] logits -> token id: greedy when temperature == 0, else nucleus sampling."""
-    if temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set whose mass reaches top_p
-        sorted_p[drop] = 0.0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, **kwargs) -> "LlavaLite":
+        return from_pretrained(model_dir, **kwargs)
+
+
+def _publish(staged: Path, out_dir: Path) -> None:
+    """Move a staged model into `out_dir`, which may also hold checkpoints and logs. The config file
+    is removed first and written last: a directory is a loadable model only once it is complete."""
+    (out_dir / CONFIG_NAME).unlink(missing_ok=True)
+    for entry in staged.iterdir():
+        if entry.name == CONFIG_NAME:
+            continue
+        target = out_dir / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    os.replace(staged / CONFIG_NAME, out_dir / CONFIG_NAME)
+
+
+def save_pretrained(model: LlavaLite, out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    cfg = dataclasses.asdict(model.cfg)
+    if Path(cfg["lm"]).exists():  # a local base LM is referenced by absolute path, so the directory can move
+        cfg["lm"] = str(Path(cfg["lm"]).resolve())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".save-", dir=out_dir) as staging:
+        tmp = Path(staging)
+        if model.vision.needs_weights_saved():
+            model.vision.save_local(tmp / "vision")
+            cfg["vision"].update(model="local-dir:vision", pretrained=None)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.projector.state_dict().items()},
+                  str(tmp / "projector.safetensors"))
+        model.tokenizer.save_pretrained(tmp / "tokenizer")
+        if is_peft(model.lm):
+            # The resized embedding rows are rebuilt deterministically on load (backbones.resize_embeddings),
+            # so the adapter need not carry a copy of the whole embedding matrix.
+            model.lm.save_pretrained(tmp / "lm_adapter", save_embedding_layers=False)
+            lm_weights = "lora"
+        elif any(p.requires_grad for p in model.lm.parameters()) or getattr(model, "lm_weights", "") == "full":
+            model.lm.save_pretrained(tmp / "lm")
+            cfg["lm"], lm_weights = "lm", "full"
+        else:
+            lm_weights = "reference"
+        meta = {
+            "model": cfg,
+            "lm_weights": lm_weights,
+            "mode": getattr(model, "render_mode", "chat"),
+            "system_prompt": getattr(model, "system_prompt", None),
+            "image_seq_len": model.image_seq_len,
+        }
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        _publish(tmp, out_dir)
+    return out_dir
+
+
+def _resolve(ref: str, base: Path) -> str:
+    """Paths saved relative to a model directory ("lm", "local-dir:vision") become absolute."""
+    if ref.startswith("local-dir:"):
+        path = Path(ref[len("local-dir:"):])
+        return f"local-dir:{path if path.is_absolute() else base / path}"
+    return str(base / ref) if (base / ref).exists() and not Path(ref).is_absolute() else ref
+
+
+def read_meta(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir} is not a llava-lite model directory: {CONFIG_NAME} is missing")
+    return json.loads(path.read_text())
+
+
+def from_pretrained(
+    model_dir: str | Path,
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+    trainable_lora: bool = False,
+    quantize: str | None = None,
+) -> LlavaLite:
+    model_dir = Path(model_dir).resolve()
+    meta = read_meta(model_dir)
+    cfg: ModelConfig = from_dict(ModelConfig, meta["model"])
+    cfg.vision.model = _resolve(cfg.vision.model, model_dir)
+    cfg.lm = _resolve(cfg.lm, model_dir)
+    cfg.init_from = None
+    cfg.dtype = dtype or cfg.dtype
+    cfg.attn_implementation = attn_implementation or cfg.attn_implementation
+    tokenizer = load_tokenizer(str(model_dir / "tokenizer"))
+    lm = load_lm(cfg.lm, cfg, len(tokenizer), quantize)
+    if meta["lm_weights"] == "lora":
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, model_dir / "lm_adapter", is_trainable=trainable_lora)
+    vision = VisionTower(cfg.vision).to(DTYPES[cfg.dtype])
+    projector = build_projector(cfg.projector, vision.width, lm.config.hidden_size)
+    projector.load_state_dict(load_file(str(model_dir / "projector.safetensors")))
+    model = LlavaLite(vision, projector.to(DTYPES[cfg.dtype]), lm, tokenizer, cfg)
+    model.render_mode = meta.get("mode", "chat")
+    model.system_prompt = meta.get("system_prompt")
+    model.lm_weights = meta["lm_weights"]
+    model.eval()
+    return model
+

@@ -90,7 +90,7 @@ class VisionTower(nn.Module):
     def image_to_tensor(self, image: Image.Image) -> torch.Tensor:
         """PIL RGB image -> [3, H, W] with open_clip's own resize/crop/normalise."""
         if self.cfg.pad_to_square:
-            from .data import expand_to_square
+            from .data.images import expand_to_square
 
             image = expand_to_square(image, tuple(int(m * 255) for m in self.mean))
         return self.preprocess(image)

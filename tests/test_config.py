@@ -10,6 +10,7 @@ from llava_lite.config import Config, ConfigError, load_config
 
 ROOT = Path(__file__).parent.parent
 RUN_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "accelerate" not in p.parts)
+RUN_CONFIGS += sorted((ROOT / "llava_lite" / "demo" / "configs").glob("*.yaml"))  # the demo's presets (package data)
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))

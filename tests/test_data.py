@@ -11,13 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llava_lite.data import (
-    DataError,
-    expand_to_square,
-    iter_conversations,
-    load_image,
-    read_conversations,
-)
+from llava_lite.data.conversation import DataError
+from llava_lite.data.images import expand_to_square, load_image
+from llava_lite.data.readers import iter_conversations, read_conversations
 
 
 def write_json(path: Path, records: list) -> Path:

@@ -15,8 +15,8 @@ from data_tools.rouge import lcs_length, rouge_l, tokens
 from data_tools.tagging import complexity, diversity, heuristic_tags, select, teacher_tags
 from data_tools.teachers import RuleTeacher
 from data_tools.teachers.base import Request
-from llava_lite.conversation import Conversation, Message
-from llava_lite.data import read_conversations
+from llava_lite.data.conversation import Conversation, Message
+from llava_lite.data.readers import read_conversations
 from test_data_tools_world import make_world
 
 SEEDS = ["Explain how photosynthesis works.", "Write a Python function that reverses a string.",

@@ -13,8 +13,8 @@ from data_tools.cli import main
 from data_tools.convert import convert, validate
 from data_tools.formats import FORMATS, to_openai, write_conversations
 from data_tools.shards import iter_shard_conversations, write_shards
-from llava_lite.conversation import Conversation, Message
-from llava_lite.data import read_conversations
+from llava_lite.data.conversation import Conversation, Message
+from llava_lite.data.readers import read_conversations
 from test_data_tools_world import make_world
 
 
@@ -154,7 +154,7 @@ def test_shards_cli_on_generated_world(tmp_path):
 
 
 def test_every_format_is_known_to_the_reader():
-    from llava_lite.data import FORMATS as READ
+    from llava_lite.data.readers import FORMATS as READ
 
     assert set(FORMATS) == set(READ)
 

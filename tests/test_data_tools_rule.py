@@ -15,7 +15,7 @@ from data_tools.parse import ParseError, parse_description, parse_qa, parse_tags
 from data_tools.teachers.rule import SHORT_SUFFIX, grounded_qa
 from data_tools.teachers.rule_scene import describe, reasoning_qa
 from data_tools.teachers.scene import CENTER_MARGIN, PAIR_MARGIN, area, center
-from llava_lite.data import read_conversations
+from llava_lite.data.readers import read_conversations
 from test_data_tools_world import make_world, random_objects
 
 

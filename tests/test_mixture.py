@@ -1,4 +1,4 @@
-"""The one mixture draw (llava_lite.mixture), shared by training and `llava-lite data mix`:
+"""The one mixture draw (llava_lite.data.mixture), shared by training and `llava-lite data mix`:
 proportions, fresh subsets per epoch, determinism per (seed, epoch), curriculum order."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import json
 import pytest
 
 from llava_lite.config import ConfigError, SourceConfig
-from llava_lite.conversation import Conversation, Message
-from llava_lite.mixture import difficulty, draw, epoch_draw, epoch_rng, length_score, proportional_counts, repeat_counts
-from llava_lite.train_setup import load_mixture
+from llava_lite.data.conversation import Conversation, Message
+from llava_lite.data.mixture import difficulty, draw, epoch_draw, epoch_rng, length_score, proportional_counts, repeat_counts
+from llava_lite.data.mixture import load_mixture
 
 
 def test_counts():
@@ -85,7 +85,7 @@ def test_load_mixture_maps_epochs_to_dataset_indices(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps(b))
     sources = [SourceConfig(path=str(tmp_path / "a.json"), weight=0.5),
                SourceConfig(path=str(tmp_path / "b.json"), weight=1.5, name="replay")]
-    mix = load_mixture(sources, "text", seed=0)
+    mix = load_mixture(sources, seed=0, images=False)
     assert len(mix.conversations) == 12 and mix.counts == [4, 6] and len(mix) == 10
     assert mix.describe().startswith("10 records per epoch (a.json 4/8, replay 6/4")
     for epoch in range(3):
@@ -94,4 +94,4 @@ def test_load_mixture_maps_epochs_to_dataset_indices(tmp_path):
         assert sum(n.startswith("b") for n in names) == 6 and {n for n in names if n.startswith("b")} == {"b0", "b1", "b2", "b3"}
     assert mix.epoch(1) == mix.epoch(1) and mix.epoch(1) != mix.epoch(2)
     with pytest.raises(ConfigError, match="leave no record"):
-        load_mixture([SourceConfig(path=str(tmp_path / "a.json"), weight=0.0)], "text", seed=0)
+        load_mixture([SourceConfig(path=str(tmp_path / "a.json"), weight=0.0)], seed=0, images=False)

@@ -7,11 +7,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from llava_lite.config import LoraConfig, ModelConfig, VisionConfig
-from llava_lite.conversation import Conversation, Message
-from llava_lite.dataset import Collator, ConversationDataset
+from llava_lite.data.conversation import Conversation, Message
+from llava_lite.data.dataset import Collator, ConversationDataset
 from llava_lite.model import LlavaLite
 from llava_lite.projector import build_projector
-from llava_lite.train_setup import apply_lora
+from llava_lite.backbones import apply_lora
+from llava_lite.decode import generate
 
 
 @pytest.fixture(scope="module")
@@ -106,18 +107,20 @@ def test_projectors(name, layers):
 
 
 def test_generate_greedy_streams_and_stops(model):
-    ids = torch.tensor([model.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}],
-                                                            add_generation_prompt=True, tokenize=True)["input_ids"]])
+    prompt = model.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}],
+                                                 add_generation_prompt=True, tokenize=True)["input_ids"]
     streamed = []
-    out = model.generate(ids, max_new_tokens=6, on_token=lambda t: streamed.append(t))
-    assert out == streamed and 0 < len(out) <= 6
-    assert model.generate(ids, max_new_tokens=6) == out  # greedy is deterministic
+    [out] = generate(model, [prompt], max_new_tokens=6, on_token=lambda row, t: streamed.append((row, t)))
+    assert streamed == [(0, t) for t in out] and 0 < len(out) <= 6
+    assert generate(model, [prompt], max_new_tokens=6) == [out]  # greedy is deterministic
     # the first greedy token equals the argmax of a plain forward pass
-    logits = model(ids).logits
+    logits = model(torch.tensor([prompt])).logits
     assert out[0] == int(logits[0, -1].argmax()) or out[0] in model.stop_token_ids()
+    # a callback returning True ends its row after that token
+    assert generate(model, [prompt], max_new_tokens=6, on_token=lambda row, t: True) == [out[:1]]
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    s1 = model.generate(ids, max_new_tokens=6, temperature=1.0, top_p=0.9, generator=g1)
-    assert s1 == model.generate(ids, max_new_tokens=6, temperature=1.0, top_p=0.9, generator=g2)
+    s1 = generate(model, [prompt], max_new_tokens=6, temperature=1.0, top_p=0.9, generator=g1)
+    assert s1 == generate(model, [prompt], max_new_tokens=6, temperature=1.0, top_p=0.9, generator=g2)
 
 
 def test_batched_greedy_equals_one_at_a_time(model):
@@ -129,9 +132,9 @@ def test_batched_greedy_equals_one_at_a_time(model):
     chats = [([Message("user", c.messages[0].content)], c.images) for c in convs()]
     chats.append(([Message("user", "A much longer question, so that the others need left padding. " * 3)], []))
     encoded = [assistant.encode(m, list(im)) for m, im in chats]
-    alone = [model.generate(ids, pixels, max_new_tokens=5) for ids, pixels in encoded]
+    alone = [generate(model, [ids[0].tolist()], pixels, max_new_tokens=5)[0] for ids, pixels in encoded]
     pixels = torch.cat([p for _, p in encoded if p is not None])
-    batched = model.generate_greedy([ids[0].tolist() for ids, _ in encoded], pixels, max_new_tokens=5)
+    batched = generate(model, [ids[0].tolist() for ids, _ in encoded], pixels, max_new_tokens=5)
     assert batched == alone
     assert len({len(ids[0]) for ids, _ in encoded}) == len(encoded)  # all prompt lengths differ
     assert any(len(t) == 5 for t in alone)  # the comparison covers several decoding steps

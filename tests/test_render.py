@@ -8,9 +8,9 @@ import pytest
 from tiny import MISTRAL, make_tokenizer
 from transformers import AutoTokenizer, LlamaTokenizer
 
-from llava_lite.conversation import IMAGE_PLACEHOLDER, Conversation, DataError, Message
+from llava_lite.data.conversation import IMAGE_PLACEHOLDER, Conversation, DataError, Message
 from llava_lite.model import load_tokenizer
-from llava_lite.render import IGNORE, RenderError, end_of_turn_token, render, render_prompt
+from llava_lite.data.render import IGNORE, RenderError, end_of_turn_token, render, render_prompt
 
 P = 5  # image tokens per image in these tests
 
@@ -116,13 +116,14 @@ def test_truncation_keeps_whole_images_and_skips_answerless(tok):
     assert run(tok, c, max_length=image_at + 2) is None  # never half an image
 
 
-def test_bad_inputs_are_loud(tok):
+def test_bad_inputs_are_loud():
+    """The schema's checks (run once per record, by the readers, before rendering)."""
     with pytest.raises(DataError, match="test.json:0.*1 <image> placeholder.*2 image"):
-        run(tok, conv("<image>\nQ?", "A.", images=["a.png", "b.png"]))
+        conv("<image>\nQ?", "A.", images=["a.png", "b.png"]).validate()
     with pytest.raises(DataError, match="assistant turn 1 is empty"):
-        run(tok, conv("Q?", "  "))
+        conv("Q?", "  ").validate()
     with pytest.raises(DataError, match="alternate"):
-        run(tok, Conversation([Message("user", "a"), Message("user", "b")], source="x"))
+        Conversation([Message("user", "a"), Message("user", "b")], source="x").validate()
 
 
 def test_template_that_rewrites_history_is_rejected(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from llava_lite.sampler import MEGABATCH_MULT, ModalityLengthBatchSampler
+from llava_lite.data.sampler import MEGABATCH_MULT, ModalityLengthBatchSampler
 
 
 def make_data(n: int, seed: int = 0) -> tuple[list[int], list[bool]]:

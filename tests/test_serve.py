@@ -24,7 +24,7 @@ from PIL import Image
 
 from llava_lite.chat import Assistant, Reply
 from llava_lite.config import ModelConfig, VisionConfig
-from llava_lite.conversation import IMAGE_PLACEHOLDER, Message
+from llava_lite.data.conversation import IMAGE_PLACEHOLDER, Message
 from llava_lite.model import LlavaLite
 from llava_lite.serve import Settings, create_app
 

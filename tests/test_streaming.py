@@ -1,4 +1,4 @@
-"""Shard streams (llava_lite.streaming): the same rendered samples as the JSON path, disjoint and
+"""Shard streams (llava_lite.data.streaming): the same rendered samples as the JSON path, disjoint and
 complete splits over processes and DataLoader workers, seeded shuffling, exact mid-epoch resume."""
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from torch.utils.data import DataLoader
 
 from data_tools.shards import write_shards
 from llava_lite.config import ModelConfig, VisionConfig
-from llava_lite.conversation import DataError
-from llava_lite.data import read_conversations
-from llava_lite.dataset import ConversationDataset
+from llava_lite.data.conversation import DataError
+from llava_lite.data.readers import read_conversations
+from llava_lite.data.dataset import ConversationDataset
 from llava_lite.model import LlavaLite
-from llava_lite.streaming import (ShardStream, count_samples, decode_sample, expand_shards, iter_shard_conversations,
+from llava_lite.data.streaming import (ShardStream, count_samples, decode_sample, expand_shards, iter_shard_conversations,
                                   read_samples, round_robin_position)
 
 

@@ -14,10 +14,10 @@ from tiny import make_llava_data
 from data_tools.shards import write_shards
 from llava_lite.cli import main
 from llava_lite.config import ConfigError, load_config
-from llava_lite.mixture import length_score
-from llava_lite.conversation import DataError
+from llava_lite.data.mixture import length_score
+from llava_lite.data.conversation import DataError
 from llava_lite.train import Trainer
-from llava_lite.train_setup import load_mixture
+from llava_lite.data.mixture import load_mixture
 from llava_lite.vision import VisionTower
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -40,7 +40,8 @@ def two_sources(data, conv_weight, text_weight):
 
 
 def base(tiny_lm, out, *extra):
-    return [f"model.lm={tiny_lm}", "model.init_from=null", "model.vision.model=tiny", "model.vision.pretrained=null", "model.dtype=float32",
+    # The shipped configs pick Vicuna's template for Vicuna; the tiny LM brings its own (ChatML).
+    return [f"model.lm={tiny_lm}", "model.init_from=null", "data.chat_template=null", "model.vision.model=tiny", "model.vision.pretrained=null", "model.dtype=float32",
             "data.num_workers=0", "data.max_length=128", "train.batch_size=4", "train.gradient_checkpointing=false",
             f"train.output_dir={out}", *extra]
 
@@ -236,7 +237,7 @@ def test_fractional_weights_redraw_each_epoch_and_resume_exactly(tiny_lm, data, 
     a = Trainer(cfg(tmp_path / "a"))
     a.run()
     monkeypatch.undo()
-    mix = load_mixture(cfg(tmp_path / "a").data.sources, "instruct", seed=0)
+    mix = load_mixture(cfg(tmp_path / "a").data.sources, seed=0)
     assert mix.counts == [18, 6] and mix.sizes == [36, 24]  # round(36 * 0.5), round(24 * 0.25)
 
     def steps(epoch):
@@ -262,12 +263,12 @@ def test_curriculum_orders_each_epoch_easy_to_hard(tiny_lm, data, tmp_path):
                                                       "data.curriculum=length"))
     tr = Trainer(cfg)
     tr.setup()
-    convs = load_mixture(cfg.data.sources, "instruct", seed=0).conversations
+    convs = load_mixture(cfg.data.sources, seed=0).conversations
     epochs = []
     for epoch in (0, 1):
-        tr.batch_sampler.set_epoch(epoch)
-        batches = list(tr.batch_sampler)
-        assert len(batches) == len(tr.batch_sampler) and sum(map(len, batches)) == 36 + 12
+        tr.data.sampler.set_epoch(epoch)
+        batches = list(tr.data.sampler)
+        assert len(batches) == len(tr.data.sampler) and sum(map(len, batches)) == 36 + 12
         assert all(len({bool(convs[i].images) for i in b}) == 1 for b in batches)  # still one modality per batch
         for modality in (True, False):
             scores = [length_score(convs[i]) for b in batches for i in b if bool(convs[i].images) == modality]

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .conversation import Conversation
-from .data import load_image
+from .images import load_image
 from .render import IGNORE, render
 
 

@@ -8,7 +8,7 @@ import os
 import warnings
 from typing import IO, Union
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .conversation import DataError, ImageRef
 
@@ -22,21 +22,37 @@ def _prefix(where: str) -> str:
     return f"{where}: " if where else ""
 
 
-def _open(fp: Union[str, IO[bytes]], where: str, name: str) -> Image.Image:
-    """Open and fully decode an image so that corrupt and truncated data fail here, not later."""
+class ImageTooLarge(DataError):
+    """An image over a size or pixel limit (possibly a decompression bomb)."""
+
+
+def open_image(fp: Union[str, IO[bytes]], where: str, name: str, *, formats: tuple[str, ...] | None = None,
+               max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode an image so that corrupt and truncated data fail here, not later.
+    Width x height is checked from the header before any pixel is decoded: against `max_pixels`
+    when given, and always against Pillow's decompression-bomb limit."""
     try:
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a training set should refuse both.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(fp)
+            img = Image.open(fp, formats=formats)  # reads the header only
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise ImageTooLarge(f"{_prefix(where)}image {name} is {img.width}x{img.height} = "
+                                    f"{img.width * img.height} pixels, over the limit of {max_pixels}")
             img.load()
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{_prefix(where)}image file not found: {name}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(
+        raise ImageTooLarge(
             f"{_prefix(where)}image {name} is too large (over Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS} pixels, "
             f"a possible decompression bomb): {e}"
         ) from None
+    except UnidentifiedImageError as e:
+        if formats:
+            raise DataError(f"{_prefix(where)}image {name} is not a {', '.join(formats)} file") from None
+        raise DataError(f"{_prefix(where)}cannot read image {name}: {type(e).__name__}: {e}") from None
     except _READ_ERRORS as e:
         raise DataError(f"{_prefix(where)}cannot read image {name}: {type(e).__name__}: {e}") from None
     return img
@@ -61,7 +77,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def load_image(ref: ImageRef | os.PathLike, where: str = "") -> Image.Image:
     """Open a path (or take a PIL image) and return it in RGB; any failure is a DataError naming `where`."""
     opened = not isinstance(ref, Image.Image)
-    img = _open(os.fspath(ref), where, os.fspath(ref)) if opened else ref
+    img = open_image(os.fspath(ref), where, os.fspath(ref)) if opened else ref
     try:
         rgb = to_rgb(img)
     except _READ_ERRORS as e:
@@ -71,16 +87,23 @@ def load_image(ref: ImageRef | os.PathLike, where: str = "") -> Image.Image:
     return rgb
 
 
-def decode_data_url(url: str, where: str = "") -> Image.Image:
-    """Decode a base64 `data:image/...;base64,...` URL into a (decoded, not yet RGB) PIL image."""
+def data_url_bytes(url: str, where: str = "", max_bytes: int | None = None) -> bytes:
+    """The payload of a base64 `data:image/...;base64,...` URL (checked against `max_bytes` before decoding)."""
     header, sep, payload = url.partition(",")
     if not sep or not header.endswith(";base64"):
-        raise DataError(f"{_prefix(where)}only base64 data: URLs are supported, got {url[:40]!r}...")
+        raise DataError(f"{_prefix(where)}only base64 data: URLs are supported (data:image/png;base64,...), "
+                        f"got {url[:40]!r}...")
+    if max_bytes is not None and len(payload) * 3 // 4 > max_bytes + 2:
+        raise ImageTooLarge(f"{_prefix(where)}image is {len(payload) * 3 // 4} bytes, over the limit of {max_bytes}")
     try:
-        data = base64.b64decode(payload, validate=True)
+        return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as e:
         raise DataError(f"{_prefix(where)}data: URL is not valid base64: {e}") from None
-    return _open(io.BytesIO(data), where, f"<{header}>")
+
+
+def decode_data_url(url: str, where: str = "") -> Image.Image:
+    """Decode a base64 data: URL into a (decoded, not yet RGB) PIL image."""
+    return open_image(io.BytesIO(data_url_bytes(url, where)), where, f"<{url.partition(',')[0]}>")
 
 
 def expand_to_square(img: Image.Image, fill: tuple[int, ...]) -> Image.Image:

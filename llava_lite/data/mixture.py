@@ -14,16 +14,21 @@ one epoch. `epoch_draw` turns that into the epoch's list of (source, record) pai
 How many records a source contributes is the caller's choice: `repeat_counts` (training: the
 weight is a repeat factor per epoch, 2.5 = the source twice and a random half) or
 `proportional_counts` (`llava-lite data mix`: an epoch of a given size split by weight).
-Training (`llava_lite.train_setup`) and `data_tools.mix.mix_epoch` both draw through here.
+`Mixture` holds a training run's file sources (each record once) and draws each epoch through
+here; `data_tools.mix.mix_epoch` draws through the same functions.
 """
 from __future__ import annotations
 
 import importlib
 import math
+import os
 import random
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .conversation import Conversation
+from ..config import ConfigError
+from .conversation import Conversation, DataError
+from .readers import read_conversations
 
 CURRICULA = ("length", "tags")
 
@@ -110,3 +115,62 @@ def difficulty(name: str) -> Callable[[Conversation], float]:
             raise ValueError(f"curriculum {name!r} needs the data tools' tagger ({module}.{attr}), which is not "
                              f"installed ({e}); use curriculum 'length'") from None
     raise ValueError(f"unknown curriculum {name!r}; choose one of {CURRICULA}")
+
+
+# ---- a training run's file sources ---------------------------------------------------------------
+@dataclass
+class Mixture:
+    """Every source's records once, and how each epoch draws from them."""
+
+    conversations: list[Conversation]  # all sources, concatenated, each record once
+    names: list[str]
+    sizes: list[int]  # records per source
+    counts: list[int]  # records per source in every epoch
+    seed: int
+    scores: list[list[float]] | None = None  # difficulty per record, for a curriculum
+
+    def epoch(self, epoch: int) -> list[int]:
+        """Indices into `conversations` for one epoch, in order (shuffled, or easy to hard)."""
+        offsets = [sum(self.sizes[:s]) for s in range(len(self.sizes))]
+        return [offsets[s] + i for s, i in epoch_draw(self.sizes, self.counts, self.seed, epoch, self.scores)]
+
+    def __len__(self) -> int:  # records per epoch
+        return sum(self.counts)
+
+    def describe(self) -> str:
+        parts = [f"{name} {count}/{size}" for name, count, size in zip(self.names, self.counts, self.sizes)]
+        return f"{len(self)} records per epoch ({', '.join(parts)}; drawn afresh each epoch)"
+
+
+def source_name(src, i: int) -> str:
+    if src.name:
+        return src.name
+    return os.path.basename(src.path) if src.path else f"shards[{i}]"
+
+
+def check_images_allowed(conversations: list[Conversation], images: bool) -> None:
+    if not images:
+        with_images = [c.where for c in conversations if c.images]
+        if with_images:
+            raise DataError(f"stage 'text' got {len(with_images)} record(s) with images, first: {with_images[0]}")
+
+
+def load_mixture(sources, seed: int, curriculum: str | None = None, images: bool = True) -> Mixture:
+    """Read every file source once; each epoch then draws round(weight * size) records of each
+    (see SourceConfig.weight). `images=False` (text-only stages) rejects records with images."""
+    convs = [read_conversations(src.path, src.format, src.image_folder) for src in sources]
+    conversations = [c for cs in convs for c in cs]
+    check_images_allowed(conversations, images)
+    sizes = [len(cs) for cs in convs]
+    counts = repeat_counts(sizes, [src.weight for src in sources])
+    empty = [src.path for src, n, c in zip(sources, sizes, counts) if c and not n]
+    if empty:
+        raise DataError(f"{empty[0]}: the source has a weight but no records")
+    if not sum(counts):
+        raise ConfigError(f"data.sources: the weights leave no record in an epoch (sizes {sizes}, weights "
+                          f"{[src.weight for src in sources]})")
+    scores = None
+    if curriculum is not None:
+        score = difficulty(curriculum)
+        scores = [[score(c) for c in cs] for cs in convs]
+    return Mixture(conversations, [source_name(s, i) for i, s in enumerate(sources)], sizes, counts, seed, scores)

@@ -133,8 +133,8 @@ def render(
     mode: str = "chat",
     system_prompt: str | None = None,
 ) -> Rendered | None:
-    """ids and labels for one conversation; None when truncation leaves no supervised token."""
-    conv.validate()
+    """ids and labels for one validated conversation (the readers validate every record once);
+    None when truncation leaves no supervised token."""
     messages = conv.messages
     if system_prompt and messages[0].role != "system":
         messages = [Message("system", system_prompt)] + messages

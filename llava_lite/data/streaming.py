@@ -33,7 +33,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import base_plus_ext
 
 from .conversation import Conversation, DataError
-from .images import _open
+from .images import open_image
 from .readers import _llava, _Record
 
 
@@ -108,7 +108,7 @@ def decode_sample(sample: dict) -> Conversation:
     for name in names:
         if name not in sample:
             raise DataError(f"{where} (id={rid!r}): field 'image_keys' names a member {name!r} the sample lacks")
-        conv.images.append(_open(io.BytesIO(sample[name]), where, f"member {name!r}"))
+        conv.images.append(open_image(io.BytesIO(sample[name]), where, f"member {name!r}"))
     conv.id, conv.source = rid, where
     return conv.validate()
 

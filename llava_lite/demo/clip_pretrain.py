@@ -32,7 +32,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ..train_setup import cosine_with_warmup
+from ..optim import cosine_with_warmup
 from .corpus import assert_no_heldout, assert_train_clean
 from .presets import finished, mark_finished, resolve, world_fingerprint
 from .probe import patch_labels, patch_tokens, probe_patch_features, retrieval_and_zero_shot

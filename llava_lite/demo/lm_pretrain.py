@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from ..train_setup import cosine_with_warmup
+from ..optim import cosine_with_warmup
 from .corpus import CORPUS_VERSION, assert_no_heldout, chatml, qa_pairs, text_task_documents, world_documents
 from .presets import finished, mark_finished, resolve, world_fingerprint
 from .world import load_objects

@@ -1,7 +1,8 @@
 """`llava-lite demo`: the whole mission on two CPU cores, from nothing.
 
 world -> instruction data (rule teacher) -> base models (tokenizer, CLIP, LM; cached) ->
-stage 1 (configs/demo/<preset>_stage1.yaml) -> stage 2 (<preset>_stage2.yaml) -> eval -> chat.
+stage 1 (llava_lite/demo/configs/<preset>_stage1.yaml, package data) -> stage 2 (<preset>_stage2.yaml)
+-> eval -> chat.
 Every step is the real tool; the demo only wires paths together.
 """
 from __future__ import annotations
@@ -9,13 +10,13 @@ from __future__ import annotations
 import json
 import random
 import time
+from importlib.resources import as_file, files
 from pathlib import Path
 
 from data_tools.teachers.rule import SHORT_SUFFIX  # the training data's VQA prompt
 
 from ..config import load_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "demo"
 SHORT_FRACTION = 0.5  # held-out instructions: share of conversation records in the short-answer (VQA) style
 # Stage-2 mixture, as repeat factors per epoch (re-drawn every epoch). Descriptions and reasoning
 # answers are long, and the loss is a mean over response tokens: at weight 1 they would drown
@@ -72,10 +73,13 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
     return paths
 
 
-def _train(config: Path, overrides: list[str]) -> Path:
+def _train(config: str, overrides: list[str]) -> Path:
+    """Train one stage from a preset config shipped inside the package (works from a wheel)."""
     from ..train import Trainer
 
-    return Trainer(load_config(config, overrides)).run()
+    with as_file(files(__package__) / "configs" / config) as path:
+        cfg = load_config(path, overrides)
+    return Trainer(cfg).run()
 
 
 def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
@@ -92,11 +96,11 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
     data = _data(out, preset, world)
     images = world_dir / "images"
     t_train = time.time()
-    s1 = _train(CONFIGS / f"{preset_name}_stage1.yaml", [
+    s1 = _train(f"{preset_name}_stage1.yaml", [
         f"model.lm={out / 'lm'}", f"model.vision.model=local-dir:{out / 'clip'}",
         f"data.sources=[{{path: {world_dir / 'captions_train.json'}, image_folder: {images}}}]",
         f"train.output_dir={out / 'stage1'}"])
-    s2 = _train(CONFIGS / f"{preset_name}_stage2.yaml", [
+    s2 = _train(f"{preset_name}_stage2.yaml", [
         f"model.init_from={s1}",
         f"data.sources=[{{path: {data['instruct_train']}, image_folder: {images}, weight: {LONG_WEIGHT}}}, "
         f"{{path: {data['short_train']}, image_folder: {images}, weight: {SHORT_WEIGHT}}}, "
@@ -146,7 +150,7 @@ def other_image_accuracy(assistant, vqa: Path, images: Path) -> dict:
 
 def chat_sample(assistant, model_dir: Path, world_dir: Path) -> None:
     """Show one held-out image and a few questions, as a user would ask them."""
-    from ..conversation import Message
+    from ..data.conversation import Message
 
     inst = json.loads((world_dir / "annotations" / "instances_test.json").read_text())
     image = next(im for im in inst["images"] if im.get("unseen_combo"))

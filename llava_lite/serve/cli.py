@@ -59,11 +59,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> None:
-    import uvicorn
+    try:
+        import uvicorn
 
+        from .app import create_app
+    except ModuleNotFoundError as e:
+        raise SystemExit(f"error: llava-lite serve needs {e.name}, which is not installed; "
+                         "install the serve extra: pip install 'llava-lite[serve]'") from None
     from ..chat import Assistant
     from ..model import LlavaLite
-    from .app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     settings = settings_from(args)

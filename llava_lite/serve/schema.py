@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Union
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..conversation import IMAGE_PLACEHOLDER, Message
+from ..data.conversation import IMAGE_PLACEHOLDER, Message
 from .errors import APIError
 from .images import load_url
 from .settings import Settings

@@ -1,0 +1,55 @@
+"""Resumable checkpoints: `checkpoints/step-NNNNNNN/` under a run's output directory.
+
+Each holds accelerate's state (model, optimizer, scheduler, RNG of every process), the resolved
+config and the trainer's data position (`trainer_state.json`). It is written to a temporary
+directory and renamed, so a checkpoint directory is always complete; the last K are kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from .config import Config, save_config
+
+STATE_NAME = "trainer_state.json"
+
+
+def _steps(root: Path) -> list[Path]:
+    return sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    ckpts = [c for c in _steps(Path(output_dir, "checkpoints")) if (c / STATE_NAME).is_file()]  # complete ones
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(acc: Accelerator, output_dir: Path, cfg: Config, state: dict) -> Path:
+    step = state["step"]
+    root = output_dir / "checkpoints"
+    final, tmp = root / f"step-{step:07d}", root / f".step-{step:07d}.tmp"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        save_config(cfg, tmp / "config.json")
+        (tmp / STATE_NAME).write_text(json.dumps(state))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        keep = cfg.train.keep_last
+        for old in _steps(root)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    acc.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(acc: Accelerator, ckpt: Path) -> dict:
+    """Restore accelerate's state; returns the trainer state saved with it."""
+    acc.load_state(str(ckpt))
+    return json.loads((ckpt / STATE_NAME).read_text())

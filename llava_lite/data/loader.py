@@ -1,0 +1,151 @@
+"""The data package's one entry for training: from the data config to each epoch's batches.
+
+    data = TrainData(cfg.data, batch_size=16, seed=0, mode="chat", images=True, rank=0, world_size=1)
+    # ... every record has been read and checked; now build the model, then:
+    data.build(model)                     # data.loader: a DataLoader of padded batches
+    data.epoch_batches(epoch)             # batches this process takes in that epoch
+
+File sources form a `Mixture` (each record once, re-drawn by weight every epoch from
+(seed, epoch)) cut into one-modality, length-grouped batches by the sampler; shard sources are
+streamed (`streaming.ShardStream`). Either way an epoch's batches are a function of (seed, epoch)
+and the process layout alone, which is what makes `--resume` exact.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from torch.utils.data import DataLoader
+
+from ..config import ConfigError, DataConfig
+from .conversation import Conversation
+from .dataset import Collator, ConversationDataset
+from .mixture import Mixture, check_images_allowed, load_mixture
+from .readers import read_conversations
+from .sampler import ModalityLengthBatchSampler
+from .streaming import ShardStream, expand_shards
+
+
+def source_kind(sources, key: str = "data.sources") -> str:
+    """"files" or "shards": check that every source names exactly one of `path` / `shards` and
+    that a run does not mix the two (a stream cannot be weighted against files)."""
+    if not sources:
+        raise ConfigError(f"{key} is empty: give at least one {{path: ...}} or {{shards: ...}} source")
+    kinds = []
+    for i, src in enumerate(sources):
+        if bool(src.path) == bool(src.shards):
+            raise ConfigError(f"{key}[{i}] needs exactly one of 'path' (a conversation file) or 'shards' "
+                              f"(webdataset shards); got path={src.path!r}, shards={src.shards!r}")
+        if not src.weight >= 0 or math.isinf(src.weight):
+            raise ConfigError(f"{key}[{i}].weight must be a finite number >= 0, got {src.weight!r}")
+        if src.shards:
+            if src.weight != 1.0:
+                raise ConfigError(f"{key}[{i}].weight={src.weight}: shard sources are streamed once per epoch and "
+                                  "cannot be weighted; write the mixture you want into the shards, or use files")
+            if src.image_folder:
+                raise ConfigError(f"{key}[{i}].image_folder: shards carry their own images")
+        kinds.append("shards" if src.shards else "files")
+    if len(set(kinds)) > 1:
+        raise ConfigError(f"{key} mixes conversation files and shard streams; a run reads one kind "
+                          f"(files at {[i for i, k in enumerate(kinds) if k == 'files']}, "
+                          f"shards at {[i for i, k in enumerate(kinds) if k == 'shards']})")
+    return kinds[0]
+
+
+def check_data(data: DataConfig) -> str:
+    """Check the data config before anything is read or built; returns the sources' kind."""
+    kind = source_kind(data.sources)
+    if kind == "shards" and data.curriculum:
+        raise ConfigError(f"data.curriculum={data.curriculum!r} orders a whole epoch; shard streams cannot use it")
+    if data.shuffle_buffer < 0:
+        raise ConfigError(f"data.shuffle_buffer must be >= 0, got {data.shuffle_buffer}")
+    if data.eval_sources and source_kind(data.eval_sources, "data.eval_sources") == "shards":
+        raise ConfigError("data.eval_sources must be conversation files ('path'), not shards")
+    return kind
+
+
+def dataset_for(model, conversations: list[Conversation], max_length: int, mode: str,
+                system_prompt: str | None) -> ConversationDataset:
+    """Conversations rendered with a model's tokenizer and image preprocessing."""
+    return ConversationDataset(
+        conversations, model.tokenizer, model.vision.image_to_tensor, image_token_id=model.image_token_id,
+        image_seq_len=model.image_seq_len, max_length=max_length, mode=mode, system_prompt=system_prompt,
+    )
+
+
+class TrainData:
+    """The training (and in-training eval) data of one process of `world_size`."""
+
+    def __init__(self, data: DataConfig, *, batch_size: int, seed: int, mode: str, images: bool,
+                 group_by_length: bool = True, rank: int = 0, world_size: int = 1,
+                 log: Callable[[str], object] = print):
+        self.cfg, self.batch_size, self.seed, self.mode = data, batch_size, seed, mode
+        self.group = group_by_length
+        self.rank, self.world_size, self.log = rank, world_size, log
+        self.images = images
+        self.kind = check_data(data)
+        self.mixture: Mixture | None = None
+        self.shards: list[str] = []
+        if self.kind == "files":  # every record is read and checked now, before any weights load
+            self.mixture = load_mixture(data.sources, seed, data.curriculum, images)
+        else:
+            self.shards = [p for i, src in enumerate(data.sources)
+                           for p in expand_shards(src.shards, f"data.sources[{i}].shards")]
+        self.eval_conversations = [c for src in data.eval_sources
+                                   for c in read_conversations(src.path, src.format, src.image_folder)]
+        check_images_allowed(self.eval_conversations, images)
+        self.sampler: ModalityLengthBatchSampler | None = None
+        self.stream: ShardStream | None = None
+        self.loader: DataLoader | None = None  # set by build(); the trainer may swap in a prepared one
+
+    def _dataset(self, model, conversations: list[Conversation]) -> ConversationDataset:
+        return dataset_for(model, conversations, self.cfg.max_length, self.mode, self.cfg.system_prompt)
+
+    def build(self, model) -> DataLoader:
+        """The training DataLoader (also kept as `self.loader`): files through the mixture and
+        sampler, or the shard stream."""
+        self.loader = self._build(model)
+        return self.loader
+
+    def _build(self, model) -> DataLoader:
+        collate = Collator(model.tokenizer.pad_token_id)
+        workers = self.cfg.num_workers
+        if self.mixture is None:
+            self.stream = ShardStream(
+                self.shards, self._dataset(model, []), batch_size=self.batch_size, seed=self.seed,
+                shuffle_buffer=self.cfg.shuffle_buffer, rank=self.rank, world_size=self.world_size,
+                num_workers=workers, text_only=not self.images,
+            )
+            self.log(f"data: {len(self.stream)} samples streamed from {len(self.shards)} shard(s) by "
+                     f"{self.world_size} process(es) x {self.stream.readers} reader(s); shuffle buffer "
+                     f"{self.cfg.shuffle_buffer}; batches mix modalities (no length grouping for streams)")
+            if self.stream.epoch_batches(0) == 0:
+                raise ConfigError(f"{len(self.shards)} shard(s) cannot feed {self.world_size} process(es): some "
+                                  "process gets no shard; write more, smaller shards (llava-lite data shards --maxcount)")
+            return DataLoader(self.stream, batch_size=self.batch_size, num_workers=workers, collate_fn=collate)
+        mix, curriculum = self.mixture, self.cfg.curriculum
+        self.log(f"data: {mix.describe()}" + (f", curriculum {curriculum!r}" if curriculum else ""))
+        ds = self._dataset(model, mix.conversations)
+        group = self.group
+        lengths = ds.lengths() if group else [0] * len(ds)
+        has_image = ds.has_image() if group else [False] * len(ds)
+        # A curriculum keeps the mixture's easy-to-hard order: batches are cut in order, not shuffled.
+        self.sampler = ModalityLengthBatchSampler(lengths, has_image, self.batch_size, seed=self.seed,
+                                                  shuffle=curriculum is None, epoch_indices=mix.epoch)
+        return DataLoader(ds, batch_sampler=self.sampler, collate_fn=collate, num_workers=workers)
+
+    def build_eval(self, model) -> DataLoader | None:
+        """Eval sources: every record once, in file order, one modality per batch."""
+        if not self.eval_conversations:
+            return None
+        ds = self._dataset(model, self.eval_conversations)
+        sampler = ModalityLengthBatchSampler(ds.lengths(), ds.has_image(), self.batch_size, shuffle=False)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=Collator(model.tokenizer.pad_token_id),
+                          num_workers=self.cfg.num_workers)
+
+    def epoch_batches(self, epoch: int) -> int:
+        """Batches this process takes in `epoch` (a mixture's epochs can differ by a batch or so)."""
+        if self.stream is not None:
+            return self.stream.epoch_batches(epoch)
+        self.sampler.set_epoch(epoch)
+        return len(self.loader)
