@@ -18,6 +18,18 @@ from llava_lite.serve.settings import MiB
 from test_serve import assistant, direct, serve_model_dir  # noqa: F401 (fixtures)
 
 
+def test_without_the_serve_extra_one_line_says_how_to_install(monkeypatch):
+    """starlette, uvicorn and pydantic are the [serve] extra; without them serve exits with one line."""
+    import pytest
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
+    args = build_parser().parse_args(["serve", "--model", "runs/demo/stage2"])
+    with pytest.raises(SystemExit) as e:
+        args.func(args)
+    assert str(e.value) == ("error: llava-lite serve needs uvicorn, which is not installed; install the serve extra: "
+                            "pip install 'llava-lite[serve]'")
+
+
 def test_arguments_and_defaults(monkeypatch):
     monkeypatch.setenv("LLAVA_LITE_API_KEY", "from-env")
     args = build_parser().parse_args(["serve", "--model", "runs/demo/stage2", "--max-image-mb", "2",

@@ -1,0 +1,14 @@
+"""The data path, from a raw record to a padded batch, in one direction:
+
+    readers.py     LLaVA / ShareGPT / Alpaca / OpenAI files -> Conversation (validated once, here)
+    streaming.py   webdataset shards -> Conversation (the same LLaVA reader), split by process/worker
+    conversation.py  the one schema: messages (role + text) and their images
+    images.py      opening images as RGB, with every failure a DataError; pad-to-square
+    render.py      Conversation -> input_ids + labels from the tokenizer's chat template
+    dataset.py     lazy rendering + image loading per sample; the right-padding collator
+    mixture.py     weighted sources re-drawn every epoch; curriculum scores
+    sampler.py     one-modality, length-grouped batches of an epoch's draw
+    loader.py      the entry: `TrainData(cfg.data, ...)` reads and checks everything, then builds the loader
+
+Nothing here imports the model: the loader takes the model's tokenizer and image transform.
+"""
