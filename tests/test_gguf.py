@@ -14,12 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llava_lite.gguf import cache_key, convert_gguf, quant_summary
 
-try:
-    from llava_lite.data.conversation import IMAGE_PLACEHOLDER, Conversation, Message
-    from llava_lite.data.render import IGNORE, render
-except ImportError:
-    from llava_lite.conversation import IMAGE_PLACEHOLDER, Conversation, Message
-    from llava_lite.render import IGNORE, render
+from llava_lite.data.conversation import IMAGE_PLACEHOLDER, Conversation, Message
+from llava_lite.data.render import IGNORE, render
 
 # ~30 sentences of plain general English, for a perplexity number on text the model should know.
 GENERAL_TEXT = (

@@ -10,12 +10,10 @@ from transformers import AutoTokenizer, LlamaTokenizer
 
 from llava_lite.templates import SYSTEM_PROMPTS, TEMPLATES, set_chat_template
 
-try:
-    from llava_lite.data.conversation import IMAGE_PLACEHOLDER, Conversation, Message
-    from llava_lite.data.render import IGNORE, render, render_prompt
-except ImportError:
-    from llava_lite.conversation import IMAGE_PLACEHOLDER, Conversation, Message
-    from llava_lite.render import IGNORE, render, render_prompt
+from test_render import supervised_runs
+
+from llava_lite.data.conversation import IMAGE_PLACEHOLDER, Conversation, Message
+from llava_lite.data.render import IGNORE, render, render_prompt
 
 NAMES = list(TEMPLATES)
 Q1, A1, Q2, A2 = "<image>\nWhat colour is the circle?", "The circle is red.", "Are there more?", "Yes, there are 3 of them!"
@@ -93,18 +91,6 @@ def chat(c: Conversation) -> list[dict]:
 def run(tok, c, **kw):
     return render(c, tok, image_token_id=tok.convert_tokens_to_ids(IMAGE_PLACEHOLDER), image_seq_len=1,
                   max_length=4096, **kw)
-
-
-def supervised_runs(r):
-    runs, cur = [], []
-    for i, lab in zip(r.input_ids, r.labels):
-        if lab != IGNORE:
-            assert lab == i
-            cur.append(i)
-        elif cur:
-            runs.append(cur)
-            cur = []
-    return runs + ([cur] if cur else [])
 
 
 @pytest.mark.parametrize("name", NAMES)
