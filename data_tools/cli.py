@@ -113,6 +113,10 @@ def _commands(sub: argparse._SubParsersAction, mounted: bool = False) -> None:
     p.add_argument("--format", default="auto")
     p.add_argument("--image-folder", type=Path)
     p.add_argument("--no-check-images", action="store_true", help="do not check that image files exist")
+    p.add_argument("--check-images", action="store_true",
+                   help="decode every image as training does (missing, empty, truncated, not an image)")
+    p.add_argument("--allow-absolute-image-paths", action="store_true",
+                   help="accept image paths outside --image-folder (as data.allow_absolute_image_paths)")
 
     p = _add(sub, "shards", c.shards_cmd, "Write webdataset shards (JSON + image bytes) from a conversation file.")
     p.add_argument("src", type=Path)

@@ -138,12 +138,19 @@ def convert_cmd(args: argparse.Namespace) -> int:
 
 
 def validate_cmd(args: argparse.Namespace) -> int:
+    """Every bad record with file:line and reason, then the counts per reason; exit 1 if any (or if empty)."""
+    from collections import Counter
+
     from .convert import validate
 
-    good, problems = validate(args.src, args.format, args.image_folder, not args.no_check_images)
+    decode = getattr(args, "check_images", False)
+    good, problems = validate(args.src, args.format, args.image_folder, not args.no_check_images or decode, decode,
+                              getattr(args, "allow_absolute_image_paths", False))
     for p in problems:
         print(p)
-    _log(f"{good} good record(s), {len(problems)} bad")
+    counts = ", ".join(f"{n} {reason}" for reason, n in Counter(p.kind for p in problems).most_common())
+    _log(f"{good} good record(s), {len(problems)} bad" + (f" ({counts})" if counts else "")
+         + ("" if decode else "; images not decoded (--check-images decodes them as training does)"))
     return 1 if problems else 0
 
 

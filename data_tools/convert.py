@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from llava_lite.data.conversation import DataError
+from llava_lite.data.images import load_image
 from llava_lite.data.readers import read_conversations
 
 from .formats import write_conversations
@@ -17,6 +19,7 @@ class Problem:
     line: int  # 1-based line where the record starts
     record: int  # index for a JSON list, line for JSONL
     reason: str
+    kind: str = "bad record"  # the short label counted per reason (DataError.reason)
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.reason}"
@@ -48,16 +51,35 @@ def record_lines(path: Path) -> list[int]:
         _, pos = decoder.raw_decode(text, pos)
 
 
-def validate(path: Path, fmt: str = "auto", image_folder: Path | None = None, check_images: bool = True) -> tuple[int, list[Problem]]:
-    """(number of good records, every bad record with its file, line and reason)."""
-    good, bad = read_conversations(path, fmt, image_folder, errors="collect", check_images=check_images)
+def validate(path: Path, fmt: str = "auto", image_folder: Path | None = None, check_images: bool = True,
+             decode_images: bool = False, allow_absolute_images: bool = False) -> tuple[int, list[Problem]]:
+    """(number of good records, every bad record with its file, line and reason). `check_images`:
+    image files must exist; `decode_images`: every image is decoded as training decodes it
+    (`load_image`), so what passes here is what training accepts. An empty file is a problem."""
+    good, bad = read_conversations(path, fmt, image_folder, errors="collect", check_images=check_images,
+                                   allow_absolute_images=allow_absolute_images)
+    found = [(b[0], b[1], b.reason) for b in bad]
+    n_good = len(good)
+    if decode_images:
+        for conv in good:
+            for i, ref in enumerate(conv.images):
+                try:
+                    load_image(ref, where=f"{conv.where} field 'image' [{i}]")
+                except DataError as e:
+                    found.append((conv.source, str(e), e.reason))
+                    n_good -= 1
+                    break
+        found.sort(key=lambda f: int(f[0].rpartition(":")[2]))
+    if not good and not bad:
+        return 0, [Problem(os.fspath(path), 0, 0, "the file holds no records", "empty file")]
     is_list = Path(path).read_text(encoding="utf-8-sig").lstrip()[:1] == "["
-    starts = record_lines(path) if is_list and bad else []
+    starts = record_lines(path) if is_list and found else []
     problems = []
-    for source, reason in bad:
+    for source, message, reason in found:
         file, _, n = source.rpartition(":")
         n = int(n)
         line = starts[n] if is_list else n
         # The reader's reason starts with the source; keep what follows it (the id, then the field).
-        problems.append(Problem(os.fspath(file), line, n, reason[len(source):].lstrip(": ") if reason.startswith(source) else reason))
-    return len(good), problems
+        text = message[len(source):].lstrip(": ") if message.startswith(source) else message
+        problems.append(Problem(os.fspath(file), line, n, text, reason))
+    return n_good, problems

@@ -17,11 +17,14 @@ from .data.conversation import IMAGE_PLACEHOLDER
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def pick_attention(requested: str, dtype: torch.dtype) -> str:
-    """flash_attention_2 when asked for (or 'auto') and usable; SDPA otherwise."""
+def pick_attention(requested: str, dtype: torch.dtype, device: str | torch.device | None = None) -> str:
+    """flash_attention_2 when asked for (or 'auto') and usable: flash-attn installed and the model
+    CUDA-resident in bf16/fp16 (`device`; None = where training puts it: cuda when available).
+    SDPA otherwise."""
     if requested not in ("auto", "flash_attention_2"):
         return requested
-    usable = torch.cuda.is_available() and dtype in (torch.bfloat16, torch.float16)
+    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    usable = on_cuda and torch.cuda.is_available() and dtype in (torch.bfloat16, torch.float16)
     try:
         import flash_attn  # noqa: F401
     except ImportError:
@@ -49,9 +52,10 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_lm(path: str, cfg: ModelConfig, vocab_size: int, quantize: str | None = None) -> nn.Module:
+def load_lm(path: str, cfg: ModelConfig, vocab_size: int, quantize: str | None = None,
+            device: str | torch.device | None = None) -> nn.Module:
     dtype = DTYPES[cfg.dtype]
-    kwargs = dict(dtype=dtype, attn_implementation=pick_attention(cfg.attn_implementation, dtype))
+    kwargs = dict(dtype=dtype, attn_implementation=pick_attention(cfg.attn_implementation, dtype, device))
     if quantize:
         kwargs["quantization_config"] = _bnb_config(quantize, dtype)
     lm = AutoModelForCausalLM.from_pretrained(resolve_lm(path), **kwargs)

@@ -1,11 +1,13 @@
 """Resumable checkpoints: `checkpoints/step-NNNNNNN/` under a run's output directory.
 
-Each holds accelerate's state (model, optimizer, scheduler, RNG of every process), the resolved
+Each holds accelerate's state (the weights that train, optimizer, scheduler, RNG of every
+process; frozen towers are referenced by the config, never copied), the resolved
 config and the trainer's data position (`trainer_state.json`). It is written to a temporary
 directory and renamed, so a checkpoint directory is always complete; the last K are kept.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,6 +29,17 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def _fsdp(acc: Accelerator, stage: str):
+    from accelerate.utils import DistributedType
+
+    from .distributed import fsdp_trained_only
+    from .stages import STAGES
+
+    if acc.distributed_type != DistributedType.FSDP:
+        return contextlib.nullcontext()
+    return fsdp_trained_only(STAGES[stage].checkpoint_parts)
+
+
 def save_checkpoint(acc: Accelerator, output_dir: Path, cfg: Config, state: dict) -> Path:
     step = state["step"]
     root = output_dir / "checkpoints"
@@ -35,7 +48,11 @@ def save_checkpoint(acc: Accelerator, output_dir: Path, cfg: Config, state: dict
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    acc.save_state(str(tmp))
+    # DDP / one process: distributed.TrainedOnlyCheckpoints filters the model file; DeepSpeed is told;
+    # FSDP writes the trained tensors of a gathered state dict (distributed.fsdp_trained_only).
+    frozen = {"exclude_frozen_parameters": True} if acc.state.deepspeed_plugin is not None else {}
+    with _fsdp(acc, cfg.train.stage):
+        acc.save_state(str(tmp), **frozen)
     acc.wait_for_everyone()
     if acc.is_main_process:
         save_config(cfg, tmp / "config.json")
@@ -51,5 +68,8 @@ def save_checkpoint(acc: Accelerator, output_dir: Path, cfg: Config, state: dict
 
 def load_checkpoint(acc: Accelerator, ckpt: Path) -> dict:
     """Restore accelerate's state; returns the trainer state saved with it."""
-    acc.load_state(str(ckpt))
+    # DeepSpeed checkpoints leave frozen weights out (exclude_frozen_parameters): load the rest non-strictly
+    frozen = {"load_module_strict": False} if acc.state.deepspeed_plugin is not None else {}
+    with _fsdp(acc, json.loads((ckpt / "config.json").read_text())["train"]["stage"]):
+        acc.load_state(str(ckpt), **frozen)
     return json.loads((ckpt / STATE_NAME).read_text())

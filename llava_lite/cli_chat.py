@@ -10,9 +10,10 @@ from .data.conversation import IMAGE_PLACEHOLDER, Message
 def run_chat(args: argparse.Namespace) -> None:
     from .chat import Assistant
     from .data.images import load_image
-    from .model import LlavaLite
+    from .model import LlavaLite, default_device
 
-    assistant = Assistant(LlavaLite.from_pretrained(args.model))
+    device = getattr(args, "device", None) or default_device()
+    assistant = Assistant(LlavaLite.from_pretrained(args.model, device=device, dtype=getattr(args, "dtype", None)), device)
     images = [load_image(p, where="--image") for p in args.image]
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     prompt = args.prompt

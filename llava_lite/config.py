@@ -17,9 +17,11 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from .errors import LlavaLiteError
 
-class ConfigError(ValueError):
-    pass
+
+class ConfigError(LlavaLiteError, ValueError):
+    """A config key or value that is wrong; the message names the key."""
 
 
 @dataclass
@@ -81,6 +83,9 @@ class DataConfig:
     # plain: image then caption, no template (stage-1 alignment); chat: the tokenizer's template.
     mode: Optional[Literal["chat", "plain"]] = None
     max_length: int = 2048
+    # Padding-free packing: each batch's samples share rows of up to max_length tokens, attention
+    # never crossing samples (data/packing.py). Same samples per step, same loss, less padding.
+    packing: bool = False
     system_prompt: Optional[str] = None
     chat_template: Optional[str] = None  # vicuna_v1 | llava_llama_2 | mistral_instruct | chatml | path/to/template.jinja; overrides the tokenizer's
     num_workers: int = 0
@@ -93,6 +98,12 @@ class DataConfig:
     # Shard streams: samples pass through a shuffle buffer of this many (seeded by train.seed,
     # epoch and reader) and the shard order is shuffled each epoch; 0 keeps the stored order.
     shuffle_buffer: int = 1000
+    # Structurally bad records (unknown role, empty answer, placeholder mismatch, a path outside the
+    # image folder...): "error" reports them all before any weights load; "skip" drops them and
+    # writes rejects.jsonl in the run directory. Unreadable images found mid-run are always skipped.
+    on_bad_record: Literal["error", "skip"] = "error"
+    max_bad_fraction: float = 0.01  # more bad records than this (structural + images) stops the run
+    allow_absolute_image_paths: bool = False  # let image paths be absolute or leave image_folder
 
 
 @dataclass
@@ -111,10 +122,21 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     group_by_modality_length: bool = True
     save_every: int = 0  # optimizer steps between checkpoints; 0 = only at the end
+    report_to: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb, ... (logs in output_dir/logs)
     keep_last: int = 2
     log_every: int = 10
     eval_every: int = 0
     seed: int = 0
+    # Against forgetting: loss = CE + kl_to_base * KL(base || tuned), the KL summed over
+    # the supervised positions of every batch (text-only and replay batches too) and averaged like
+    # the CE. Direction: base -> tuned ("forward" KL, distillation from the base, as in Learning
+    # without Forgetting): it penalises the tuned model for dropping probability the base gave to
+    # other continuations, so the base's alternatives (its skills) stay covered while the target
+    # token still gains mass; reverse KL (RLHF's) is mode-seeking and would let them go. The base
+    # under LoRA is the same LM with its adapters disabled (no second copy), under full fine-tuning
+    # a frozen copy of the starting LM in model.dtype; the starting projector is kept frozen too.
+    # 0 = off, exactly the plain loss. Logged apart from the CE as `kl` (llava_lite/kl.py).
+    kl_to_base: float = 0.0
 
 
 @dataclass

@@ -3,6 +3,7 @@
     detect(path)                          -> "llava-lite" | "hf-llava" | "llava-llama" | "mm-projector"
     import_dir(path, out_dir)             a llava-hf or LLaVA `llava_llama` directory -> llava-lite directory
     load_llava_projector(model, path)     LLaVA-1.5 stage-1 `mm_projector.bin` -> model.projector
+    (a run's model.init_from takes all three: init_from.resolve_init_from)
 
 llava-hf (LlavaForConditionalGeneration + processor): CLIPVisionModel is mapped back to an open_clip
 local-dir tower, linear_1/gelu/linear_2 to mlp2x_gelu (act "linear" folds to one `linear`),
@@ -41,19 +42,29 @@ LLAVA_KEYS = {"image_aspect_ratio", "image_grid_pinpoints", "tokenizer_padding_s
 def detect(path) -> str:
     path = Path(path)
     if path.is_file():
-        if _projector_keys(_load_weights([path])):
-            return "mm-projector"
+        try:
+            if _projector_keys(_load_weights([path])):
+                return "mm-projector"
+        except Exception:  # noqa: BLE001 - not a weights file at all: the same answer as no projector keys
+            pass
     elif (path / "llava_lite.json").is_file():
         return "llava-lite"
-    elif (path / "config.json").is_file():
-        cfg = json.loads((path / "config.json").read_text())
-        if cfg.get("model_type") == "llava":
-            return "hf-llava"
-        if str(cfg.get("model_type", "")).startswith("llava_") or "mm_vision_tower" in cfg:
-            return "llava-llama"
+    elif (path / "config.json").is_file() and _config_kind(path):
+        return _config_kind(path)
     elif (path / "mm_projector.bin").is_file():
         return "mm-projector"
     raise ValueError(f"{path}: not a llava-lite, llava-hf or LLaVA (llava_llama) directory, nor an mm_projector file")
+
+
+def _config_kind(path: Path) -> str | None:
+    cfg = json.loads((path / "config.json").read_text())
+    if cfg.get("model_type") == "llava":
+        return "hf-llava"
+    if str(cfg.get("model_type", "")).startswith("llava_") or "mm_vision_tower" in cfg:
+        # LLaVA's stage-1 output (config.json + mm_projector.bin, no LM weights) is a projector
+        full = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
+        return "mm-projector" if not full and (path / "mm_projector.bin").is_file() else "llava-llama"
+    return None
 
 
 def import_dir(path, out_dir, base_cfg=None, vision_tower=None, chat_template: str | None = None):
@@ -171,7 +182,8 @@ def _set_template(tokenizer, name: str | None, source: Path) -> None:
         text = ""
     if not all(s in text for s in (IMAGE, "Q_PROBE", "A_PROBE")):
         raise ValueError(f"{source}: the tokenizer's chat template is missing or does not render string content; "
-                         "pass chat_template= (a llava_lite.templates name such as vicuna_v1, or a .jinja file)")
+                         "pass chat_template= (in a run config: data.chat_template), a llava_lite.templates name "
+                         "such as vicuna_v1 or a .jinja file")
 
 
 def _import_hf_llava(path: Path, out_dir: Path, base_cfg, chat_template: str | None) -> Path:

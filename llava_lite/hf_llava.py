@@ -56,18 +56,20 @@ def _is_peft(lm) -> bool:
 
 
 def check_exportable(model) -> None:
-    """Raise one ValueError naming the first option HF Llava cannot hold."""
-    vc = model.vision.cfg
+    """Raise one ValueError naming every model option HF Llava cannot hold (then the tower's first)."""
+    vc, problems = model.vision.cfg, []
     if vc.pixel_shuffle > 1:
-        raise ValueError(f"vision.pixel_shuffle={vc.pixel_shuffle}: HF Llava feeds every patch token, "
-                         "it has no pixel shuffle")
+        problems.append(f"vision.pixel_shuffle={vc.pixel_shuffle}: HF Llava feeds every patch token, "
+                        "it has no pixel shuffle")
     if vc.normalize:
-        raise ValueError("vision.normalize=True: HF Llava feeds the chosen layer without the final LayerNorm (ln_post)")
+        problems.append("vision.normalize=True: HF Llava feeds the chosen layer without the final LayerNorm (ln_post)")
     if model.cfg.projector not in PROJECTORS:
-        raise ValueError(f"projector={model.cfg.projector!r}: HF Llava's projector is linear_1 -> act -> linear_2, "
-                         "which holds mlp2x_gelu and linear only")
+        problems.append(f"projector={model.cfg.projector!r}: HF Llava's projector is linear_1 -> act -> linear_2, "
+                        "which holds mlp2x_gelu and linear only")
     if _is_peft(model.lm):
-        raise ValueError("the LM carries LoRA adapters (lm_adapter): merge them first (export merges them)")
+        problems.append("the LM carries LoRA adapters (lm_adapter): merge them first (export merges them)")
+    if problems:
+        raise ValueError("cannot export to hf-llava: " + "; ".join(problems))
     check_tower(model.vision.visual)
     image_processor_kwargs(model.vision.visual.preprocess_cfg, model.vision.visual.image_size[0])
 

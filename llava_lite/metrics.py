@@ -6,20 +6,44 @@ from pathlib import Path
 
 
 class MetricsLog:
-    """Appends rows to `path` (main process only: pass enabled=False elsewhere)."""
+    """Appends rows to `path` (main process only: pass enabled=False elsewhere), and sends their
+    numbers to accelerate's trackers (train.report_to) when `acc` was made with them."""
 
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, acc=None):
         self.path = path
         self.file = open(path, "a") if enabled else None
+        self.acc = acc if acc is not None and acc.log_with else None
 
     def write(self, row: dict) -> None:
         if self.file:
             self.file.write(json.dumps(row) + "\n")
             self.file.flush()
+        if self.acc is not None:  # every process calls; accelerate logs on the main one
+            numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+            self.acc.log(numbers, step=row["step"])
 
     def close(self) -> None:
         if self.file:
             self.file.close()
+        if self.acc is not None:
+            self.acc.end_training()
+
+
+def tracker_config(cfg) -> dict:
+    """The run config flattened to the scalars trackers take (lists and None as text)."""
+    import dataclasses
+
+    flat = {}
+
+    def walk(prefix: str, node) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(f"{prefix}{key}.", value)
+            else:
+                flat[prefix + key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+
+    walk("", dataclasses.asdict(cfg))
+    return flat
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -38,6 +38,7 @@ from .backbones import DTYPES, is_peft, load_lm, load_tokenizer
 from .config import ModelConfig, from_dict
 from .data.conversation import IMAGE_PLACEHOLDER
 from .data.render import IGNORE, end_of_turn_token
+from .packed_attention import sample_bounds, use_packed_sdpa
 from .projector import build_projector
 from .vision import VisionTower
 
@@ -99,7 +100,11 @@ class LlavaLite(nn.Module):
         if pixel_values is None or pixel_values.shape[0] == 0:
             if n_slots:
                 raise ValueError(f"batch has {n_slots} image placeholder tokens but no pixel_values")
-            return embeds
+            if pixel_values is None:
+                return embeds
+            # zero images (distributed.run_vision_every_step): tower and projector still run, at
+            # the same point as for images (ZeRO-3 / FSDP gathers stay in step), with no compute
+            return embeds + self.encode_images(pixel_values).sum().to(embeds.dtype) * 0
         feats = self.encode_images(pixel_values)  # [N, P, hidden]
         if n_slots != feats.shape[0] * feats.shape[1]:
             raise ValueError(
@@ -113,9 +118,22 @@ class LlavaLite(nn.Module):
         attention_mask: torch.Tensor | None = None,  # [B, T]
         pixel_values: torch.Tensor | None = None,  # [N, 3, H, W], N = images in the batch
         labels: torch.Tensor | None = None,  # [B, T], IGNORE where not supervised
+        position_ids: torch.Tensor | None = None,  # [B, T], packed rows only: restart at 0 for each sample
     ) -> LlavaOutput:
+        """Padded rows (attention_mask) or packed rows (position_ids, see data/packing.py). With
+        position_ids the LM gets no attention mask: the samples' boundaries are read from the
+        restarting positions (flash_attention_2: varlen; SDPA: per-sample attention, see
+        packed_attention.py; eager: a block-diagonal causal mask), so attention never crosses
+        samples; attention_mask then only marks real tokens."""
         embeds = self.embed(input_ids, pixel_values)
-        hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+        if position_ids is None:
+            hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+        else:
+            kw = {}  # flash_attention_2: varlen from the positions; eager: transformers' block-diagonal mask
+            if use_packed_sdpa(self.lm):  # SDPA sample by sample (packed_attention.py); the all-ones
+                # mask only lets transformers skip building a [T, T] mask that nothing would read
+                kw = {"cu_seq_lens_q": sample_bounds(position_ids), "attention_mask": torch.ones_like(position_ids)}
+            hidden = self.lm.get_decoder()(inputs_embeds=embeds, position_ids=position_ids, use_cache=False, **kw)
         hidden = hidden.last_hidden_state  # [B, T, hidden]
         head = self.lm.get_output_embeddings()
         if labels is None:
@@ -134,8 +152,8 @@ class LlavaLite(nn.Module):
             ids.add(self.tokenizer.convert_tokens_to_ids(eot))
         return sorted(i for i in ids if i is not None)
 
-    def save_pretrained(self, out_dir: str | Path) -> Path:
-        return save_pretrained(self, out_dir)
+    def save_pretrained(self, out_dir: str | Path, state_dict: dict | None = None, lm_dtype: str | None = None) -> Path:
+        return save_pretrained(self, out_dir, state_dict, lm_dtype)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, **kwargs) -> "LlavaLite":
@@ -156,8 +174,18 @@ def _publish(staged: Path, out_dir: Path) -> None:
     os.replace(staged / CONFIG_NAME, out_dir / CONFIG_NAME)
 
 
-def save_pretrained(model: LlavaLite, out_dir: str | Path) -> Path:
+def save_pretrained(model: LlavaLite, out_dir: str | Path, state_dict: dict | None = None,
+                    lm_dtype: str | None = None) -> Path:
+    """`state_dict`: the whole model's weights, gathered on the main process when training was
+    sharded (default: the model's own). The LM is written in `lm_dtype` (the training dtype, so fp32
+    master weights do not double a bf16 LM; default: as it is), the projector in fp32."""
     out_dir = Path(out_dir)
+    sd = model.state_dict() if state_dict is None else state_dict
+
+    def part(name: str) -> dict:
+        return {k[len(name) + 1:]: v.detach().cpu().contiguous() for k, v in sd.items() if k.startswith(name + ".")}
+
+    cast = DTYPES.get(lm_dtype) if lm_dtype else None
     cfg = dataclasses.asdict(model.cfg)
     if Path(cfg["lm"]).exists():  # a local base LM is referenced by absolute path, so the directory can move
         cfg["lm"] = str(Path(cfg["lm"]).resolve())
@@ -165,18 +193,18 @@ def save_pretrained(model: LlavaLite, out_dir: str | Path) -> Path:
     with tempfile.TemporaryDirectory(prefix=".save-", dir=out_dir) as staging:
         tmp = Path(staging)
         if model.vision.needs_weights_saved():
-            model.vision.save_local(tmp / "vision")
+            model.vision.save_local(tmp / "vision", state=part("vision"))
             cfg["vision"].update(model="local-dir:vision", pretrained=None)
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.projector.state_dict().items()},
-                  str(tmp / "projector.safetensors"))
+        save_file({k: v.float() for k, v in part("projector").items()}, str(tmp / "projector.safetensors"))
         model.tokenizer.save_pretrained(tmp / "tokenizer")
         if is_peft(model.lm):
             # The resized embedding rows are rebuilt deterministically on load (backbones.resize_embeddings),
             # so the adapter need not carry a copy of the whole embedding matrix.
-            model.lm.save_pretrained(tmp / "lm_adapter", save_embedding_layers=False)
+            model.lm.save_pretrained(tmp / "lm_adapter", state_dict=part("lm"), save_embedding_layers=False)
             lm_weights = "lora"
         elif any(p.requires_grad for p in model.lm.parameters()) or getattr(model, "lm_weights", "") == "full":
-            model.lm.save_pretrained(tmp / "lm")
+            lm_state = {k: v.to(cast) if cast is not None and v.is_floating_point() else v for k, v in part("lm").items()}
+            model.lm.save_pretrained(tmp / "lm", state_dict=lm_state)
             cfg["lm"], lm_weights = "lm", "full"
         else:
             lm_weights = "reference"
@@ -213,7 +241,12 @@ def from_pretrained(
     attn_implementation: str | None = None,
     trainable_lora: bool = False,
     quantize: str | None = None,
+    device: str | torch.device | None = None,
 ) -> LlavaLite:
+    """A model directory, loaded in `dtype` (default: the saved one) and put on `device`. With
+    device=None it stays on the CPU for a trainer to place (attention is then picked for CUDA when
+    one is present). The projector stays in fp32 (trained and saved that way). Chat, eval and serve
+    call `from_pretrained(dir, device=..., dtype=...)`; see `default_device()`."""
     model_dir = Path(model_dir).resolve()
     meta = read_meta(model_dir)
     cfg: ModelConfig = from_dict(ModelConfig, meta["model"])
@@ -223,7 +256,7 @@ def from_pretrained(
     cfg.dtype = dtype or cfg.dtype
     cfg.attn_implementation = attn_implementation or cfg.attn_implementation
     tokenizer = load_tokenizer(str(model_dir / "tokenizer"))
-    lm = load_lm(cfg.lm, cfg, len(tokenizer), quantize)
+    lm = load_lm(cfg.lm, cfg, len(tokenizer), quantize, device=device)
     if meta["lm_weights"] == "lora":
         from peft import PeftModel
 
@@ -231,10 +264,17 @@ def from_pretrained(
     vision = VisionTower(cfg.vision).to(DTYPES[cfg.dtype])
     projector = build_projector(cfg.projector, vision.width, lm.config.hidden_size)
     projector.load_state_dict(load_file(str(model_dir / "projector.safetensors")))
-    model = LlavaLite(vision, projector.to(DTYPES[cfg.dtype]), lm, tokenizer, cfg)
+    model = LlavaLite(vision, projector.float(), lm, tokenizer, cfg)
     model.render_mode = meta.get("mode", "chat")
     model.system_prompt = meta.get("system_prompt")
     model.lm_weights = meta["lm_weights"]
     model.eval()
+    if device is not None and not quantize:  # a quantized LM is placed by bitsandbytes
+        model.to(device)
     return model
+
+
+def default_device() -> str:
+    """cuda when available, else cpu: the default of chat, eval and serve's --device."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -28,39 +28,22 @@ from typing import Iterator
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, send_to_device, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, send_to_device, set_seed
 from tqdm.auto import tqdm
 
-from .backbones import apply_lora, resize_embeddings
 from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config, ConfigError, save_config
+from .data.dataset import batch_rejects
 from .data.loader import TrainData
 from .data.render import IGNORE
-from .metrics import MetricsLog, plot_losses, truncate_metrics
-from .model import LlavaLite
+from .errors import check_model_refs
+from .distributed import (TrainedOnlyCheckpoints, check_launch, fill_deepspeed_config, full_state_dict, loss_scale,
+                          prepare_launch_env, rescale_position, run_vision_every_step)
+from .metrics import MetricsLog, plot_losses, tracker_config, truncate_metrics
+from .build import build_model  # noqa: F401  (tests and tools import it from here)
+from .init_check import reconcile_init_from
 from .optim import build_optimizer, cosine_with_warmup
 from .stages import STAGES, set_trainable
-from .templates import set_chat_template
-
-
-def build_model(cfg: Config, mode: str) -> LlavaLite:
-    """Fresh from base checkpoints, or continue from a llava-lite directory (stage 2 <- stage 1)."""
-    quantize = cfg.lora.quantize if cfg.lora.enabled else None
-    if cfg.model.init_from:
-        model = LlavaLite.from_pretrained(cfg.model.init_from, dtype=cfg.model.dtype,
-                                          attn_implementation=cfg.model.attn_implementation, quantize=quantize)
-        if hasattr(model.lm, "peft_config"):  # a LoRA run continues from merged weights
-            model.lm = model.lm.merge_and_unload()
-    else:
-        model = LlavaLite.build(cfg.model, quantize=quantize)
-    if cfg.data.chat_template:  # saved with the tokenizer, so chat, serve and export use it too
-        set_chat_template(model.tokenizer, cfg.data.chat_template)
-        resize_embeddings(model.lm, len(model.tokenizer))  # chatml may have added its markers
-    model.render_mode = mode
-    model.system_prompt = cfg.data.system_prompt
-    if cfg.lora.enabled and cfg.train.stage != "align":
-        model.lm = apply_lora(model.lm, cfg.lora, cfg.train.gradient_checkpointing)
-    return model
 
 
 class Trainer:
@@ -70,13 +53,14 @@ class Trainer:
         self.out = Path(cfg.train.output_dir)
         self.stage = STAGES[cfg.train.stage]
         mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "no")
-        # Stage 2 batches hold one modality, so a text-only batch on one process leaves the projector
-        # without a gradient there while an image batch on another uses it: DDP has to look for
-        # unused parameters, or its gradient all-reduce goes out of step across processes.
-        ddp = [DistributedDataParallelKwargs(find_unused_parameters=True)] if cfg.train.stage == "instruct" else []
+        # every trainable parameter gets a gradient on every process (run_vision_every_step, below)
+        ddp = [DistributedDataParallelKwargs(find_unused_parameters=False)]
         # On CPU, bf16 autocast is ours, not accelerate's: its mixed precision setting is fixed for the
         # life of a process, and one process may train a float32 stage after a bf16 one.
-        self.acc = Accelerator(mixed_precision=mixed if torch.cuda.is_available() else "no", kwargs_handlers=ddp)
+        prepare_launch_env()  # a bare torchrun on CPU: accelerate forms the gloo group
+        self.acc = Accelerator(mixed_precision=mixed if torch.cuda.is_available() else "no", kwargs_handlers=ddp,
+                               log_with=cfg.train.report_to or None, project_dir=str(self.out))
+        check_launch(self.acc)
         cpu_bf16 = not torch.cuda.is_available() and mixed == "bf16"
         self.autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cpu_bf16 else self.acc.autocast
         self.log = self.acc.print
@@ -85,13 +69,18 @@ class Trainer:
     def setup(self) -> None:
         cfg, t, acc = self.cfg, self.cfg.train, self.acc
         set_seed(t.seed)
+        for note in reconcile_init_from(cfg) if cfg.model.init_from else []:  # before any data or weights
+            self.log(note)
         mode = cfg.data.mode or self.stage.render_mode
         self.data = TrainData(cfg.data, batch_size=t.batch_size, seed=t.seed, mode=mode, images=self.stage.images,
                               group_by_length=t.group_by_modality_length, rank=acc.process_index,
                               world_size=acc.num_processes, log=self.log)
         self.log(f"stage {t.stage}: {acc.num_processes} process(es), device {acc.device}")
+        check_model_refs(cfg)  # a missing path or an uncached hub id offline: one line, before any weights load
         model = build_model(cfg, mode)
         self.counts = set_trainable(model, self.stage, log=self.log)
+        if self.stage.images:  # text-only batches run the tower and projector on zero images
+            run_vision_every_step(model)
         if t.gradient_checkpointing:
             model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         for p in model.parameters():  # trainable weights stay fp32; frozen ones keep the load dtype
@@ -100,16 +89,26 @@ class Trainer:
         loader = self.data.build(model)
         eval_loader = self.data.build_eval(model)
         optimizer = build_optimizer(model, self.stage, t)
-        plugin = acc.state.deepspeed_plugin
-        if plugin is not None and plugin.is_auto("train_micro_batch_size_per_gpu"):
-            # DeepSpeed reads the micro-batch from the loader's batch_size, which a batch sampler
-            # (files) leaves None and a stream (not prepared) does not show it: say it here.
-            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t.batch_size
+        # DeepSpeed's engine takes the micro-batch, accumulates and clips: train.* go into its config.
+        fill_deepspeed_config(acc, t.batch_size, t.grad_accum, t.max_grad_norm, model)
+        self.loss_scale = loss_scale(acc, t.grad_accum)
+        if acc.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            TrainedOnlyCheckpoints(acc, model, self.stage.checkpoint_parts)
         if self.data.stream is None:
             self.model, self.optimizer, self.data.loader = acc.prepare(model, optimizer, loader)
         else:  # the stream splits itself by process; accelerate would dispatch or re-split it
             self.model, self.optimizer = acc.prepare(model, optimizer)
         self.eval_loader = acc.prepare(eval_loader) if eval_loader is not None else None
+        # KL to the base model (llava_lite/kl.py), taken before a checkpoint is loaded so the
+        # base is the starting model; None at kl_to_base=0, and the loss is then exactly the plain one.
+        self.kl = None
+        if t.kl_to_base > 0:
+            from .kl import KLToBase
+
+            if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+                raise ConfigError("train.kl_to_base > 0 needs the whole model on each process (one process or DDP), "
+                                  "not DeepSpeed or FSDP")
+            self.kl = KLToBase(acc.unwrap_model(self.model), t.kl_to_base, cfg.model.dtype)
         self.total_steps = t.max_steps if t.max_steps > 0 else self._steps_for_epochs(t.epochs)
         self.log(f"{self._epoch_steps(0)} optimizer steps per epoch, {self.total_steps} in all")
         self.scheduler = cosine_with_warmup(self.optimizer, round(t.warmup_ratio * self.total_steps), self.total_steps)
@@ -128,6 +127,8 @@ class Trainer:
             if self.resume:
                 self.log(f"--resume: no checkpoint in {self.out / 'checkpoints'}, starting fresh")
             self._start_fresh()
+        rescale_position(self.state, acc.num_processes, self.data.stream is None, self.log)  # resume on N' processes
+        self.data.rejects.start(self.out, self.state["step"], resume=ckpt is not None, main=acc.is_main_process)
 
     def _start_fresh(self) -> None:
         """A new run in an old output directory replaces its checkpoints and metrics, so a later
@@ -187,7 +188,9 @@ class Trainer:
     def train(self) -> None:
         t, acc, st = self.cfg.train, self.acc, self.state
         self.out.mkdir(parents=True, exist_ok=True)
-        metrics = MetricsLog(self.out / "metrics.jsonl", enabled=acc.is_main_process)
+        if t.report_to:  # accelerate's trackers, under output_dir/logs/
+            acc.init_trackers("logs", config=tracker_config(self.cfg))
+        metrics = MetricsLog(self.out / "metrics.jsonl", enabled=acc.is_main_process, acc=acc)
         bar = tqdm(total=self.total_steps, initial=st["step"], disable=not acc.is_main_process, desc=f"{t.stage}")
         self.model.train()
         while st["step"] < self.total_steps:
@@ -201,16 +204,24 @@ class Trainer:
                 st["step"] += 1
                 st["batches_in_epoch"] += len(window)
                 st["skipped"] += sum(int(b["num_skipped"]) for b in window)
+                # unreadable images etc. go to rejects.jsonl; too many stops the run (data.max_bad_fraction)
+                self.data.rejects.update([r for b in window for r in batch_rejects(b)], st["step"], acc)
                 seen = int(acc.reduce(torch.tensor(sum(int(b["attention_mask"].sum()) for b in window), device=acc.device), "sum"))
                 st["tokens"] += seen
                 row = {"step": st["step"], "epoch": st["epoch"], "loss": loss, "lr": self.scheduler.get_last_lr()[0],
                        "grad_norm": grad_norm, "supervised_tokens": n_tokens,
-                       "tokens_per_s": seen / (time.perf_counter() - t0), "skipped_total": st["skipped"]}
+                       "tokens_per_s": seen / (time.perf_counter() - t0), "skipped_total": st["skipped"],
+                       # share of computed positions that are padding (this process's micro-batches)
+                       "padding_fraction": 1 - sum(int(b["attention_mask"].sum()) for b in window)
+                       / max(sum(b["attention_mask"].numel() for b in window), 1)}
                 if self.eval_loader is not None and t.eval_every and st["step"] % t.eval_every == 0:
                     row["eval_loss"] = self.evaluate()
+                if self.kl is not None:  # KL(base || tuned) per supervised token, apart from the CE `loss`
+                    row["kl"] = self.last_kl
                 metrics.write(row)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
+                                **({"kl": f"{row['kl']:.4f}"} if "kl" in row else {}))
                 if t.save_every and st["step"] % t.save_every == 0 and st["step"] < self.total_steps:
                     self.save_checkpoint()
             else:  # the step budget ran out mid-epoch
@@ -220,22 +231,31 @@ class Trainer:
         bar.close()
         metrics.close()
         if st["skipped"]:
-            self.log(f"skipped {st['skipped']} sample(s) whose answers were truncated away (data.max_length="
-                     f"{self.cfg.data.max_length})")
+            self.log(f"skipped {st['skipped']} sample(s): answers truncated away (data.max_length="
+                     f"{self.cfg.data.max_length}) or images that would not load; see {self.data.rejects.path}")
 
     def _step(self, window: list[dict]) -> tuple[float, float, int]:
         acc, model = self.acc, self.model
         local = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in window)
         total = int(acc.reduce(torch.tensor(local, device=acc.device), "sum"))
         loss_sum = torch.zeros((), device=acc.device)
+        kl_sum = torch.zeros((), device=acc.device)
         for i, batch in enumerate(window):
             sync = contextlib.nullcontext() if i == len(window) - 1 else acc.no_sync(model)
             inputs = {k: v for k, v in batch.items() if k != "num_skipped"}
             with sync, self.autocast():
+                if self.kl is not None:
+                    self.kl.arm()  # the head's logits of this forward are kept for the KL
                 out = model(**inputs)
-                # DDP averages gradients over processes, hence the num_processes factor.
-                acc.backward(out.loss_sum * acc.num_processes / max(total, 1))
+                objective = out.loss_sum
+                if self.kl is not None:
+                    kl = self.kl.kl_sum(inputs)
+                    kl_sum += kl.detach()
+                    objective = objective + self.kl.beta * kl
+                acc.backward(objective * self.loss_scale / max(total, 1))
             loss_sum += out.loss_sum.detach()
+        if self.kl is not None:
+            self.last_kl = float(acc.reduce(kl_sum, "sum")) / max(total, 1)
         grad_norm = acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.cfg.train.max_grad_norm)
         if total:  # a window whose answers were all truncated away updates nothing (the same on every process)
             self.optimizer.step()
@@ -251,7 +271,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.acc.device)
         n = torch.zeros((), device=self.acc.device)
         for batch in self.eval_loader:
-            out = self.model(**{k: v for k, v in batch.items() if k != "num_skipped"})
+            with self.autocast():
+                out = self.model(**{k: v for k, v in batch.items() if k != "num_skipped"})
             loss_sum += out.loss_sum
             n += out.num_tokens
         self.model.train()
@@ -265,11 +286,13 @@ class Trainer:
         """Last checkpoint (resumable), the model directory, the resolved config and a loss plot."""
         self.save_checkpoint()
         acc = self.acc
+        state = full_state_dict(acc, self.model)  # every process joins the gather
         if acc.is_main_process:
             model = acc.unwrap_model(self.model)
-            model.save_pretrained(self.out)
+            model.save_pretrained(self.out, state_dict=state, lm_dtype=self.cfg.model.dtype)
             save_config(self.cfg, self.out / "config.json")
-            summary = {"stage": self.cfg.train.stage, "trainable": self.counts, **self.state}
+            summary = {"stage": self.cfg.train.stage, "trainable": self.counts, **self.state,
+                       "rejects": self.data.rejects.summary()}
             (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2))
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png", title=f"{self.cfg.train.stage} loss")
         acc.wait_for_everyone()

@@ -98,6 +98,8 @@ class VisionTower(nn.Module):
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[N, 3, H, W] -> patch features [N, P, width] from block `cfg.layer` (P includes CLS if use_cls)."""
+        if pixel_values.shape[0] == 0:  # no image: no compute (a sharded engine still gathered this module)
+            return torch.zeros(0, self.num_patches, self.width, dtype=self.dtype, device=pixel_values.device)
         out = self.visual.forward_intermediates(
             pixel_values.to(self.dtype),
             indices=[self.cfg.layer],
@@ -113,8 +115,9 @@ class VisionTower(nn.Module):
             feats = torch.cat([out["image_intermediates_prefix"][0], feats], dim=1)
         return feats
 
-    def save_local(self, out_dir: Path) -> str:
-        """Write the tower in open_clip's local-dir layout; returns the reference to put in the config."""
+    def save_local(self, out_dir: Path, state: dict | None = None) -> str:
+        """Write the tower in open_clip's local-dir layout; returns the reference to put in the config.
+        `state`: this module's state dict gathered elsewhere (sharded training); default: its own."""
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.cfg.model.startswith("local-dir:"):
             src = Path(self.cfg.model[len("local-dir:"):])
@@ -122,7 +125,8 @@ class VisionTower(nn.Module):
                 shutil.copy(src / "open_clip_config.json", out_dir / "open_clip_config.json")
         else:
             (out_dir / "open_clip_config.json").write_text(json.dumps(self._clip_config, indent=2))
-        state = {f"visual.{k}": v for k, v in self.visual.state_dict().items()} | self._text_state
+        own = self.state_dict() if state is None else state
+        state = {k: v for k, v in own.items() if k.startswith("visual.")} | self._text_state
         state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         save_file(state, str(out_dir / "open_clip_model.safetensors"))
         return f"local-dir:{out_dir}"

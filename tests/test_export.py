@@ -51,9 +51,9 @@ def build(lm, seed: int = 0, projector: str = "mlp2x_gelu", model: str = "tiny",
     return LlavaLite.build(cfg).eval()
 
 
-def hf_parity(model: LlavaLite, out, chats, backend: str | None = "pil", new_tokens: int = 6) -> float:
+def hf_parity(model: LlavaLite, out, chats, backend: str | None = "pil", new_tokens: int = 6, tol: float = TOL) -> float:
     """Exported dir vs llava-lite on each (typed messages, llava-lite messages, images): same ids and pixels,
-    logits within TOL, same greedy tokens. Returns the largest logit difference."""
+    logits within `tol`, same greedy tokens. Returns the largest logit difference."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     hf, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
@@ -71,7 +71,7 @@ def hf_parity(model: LlavaLite, out, chats, backend: str | None = "pil", new_tok
         if images:
             torch.testing.assert_close(inputs["pixel_values"], pixels, atol=1e-6, rtol=0)
         worst = max(worst, float((theirs - mine).abs().max()))
-        assert worst < TOL
+        assert worst < tol
         gen = hf.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)[0, ids.shape[1]:].tolist()
         gen = [t for t in gen if t not in model.stop_token_ids()]
         reply = assistant.reply(ours, images, max_new_tokens=new_tokens, temperature=0.0)

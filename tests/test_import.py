@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 from test_export import TOL, build, noise, one_image_chat, two_turn_chat
-from tiny import CHATML, make_tokenizer
+from tiny import CHATML, make_llava_data, make_tokenizer
 
 from llava_lite.chat import Assistant
-from llava_lite.config import ModelConfig, VisionConfig
+from llava_lite.cli import main
+from llava_lite.config import ConfigError, ModelConfig, VisionConfig, load_config
 from llava_lite.hf_import import detect, import_dir, load_llava_projector
+from llava_lite.init_from import resolve_init_from
 from llava_lite.hf_llava import write_hf_llava
 from llava_lite.model import LlavaLite
 from llava_lite.vision import VisionTower
@@ -199,3 +203,83 @@ def test_round_trip(tiny_lm, tmp_path, vision):
         diff = float((back(ids, None, pixels).logits - model(ids, None, pixels).logits).abs().max())
     print(f"max |logit diff| round trip {vision}: {diff:.2e}")
     assert diff < TOL
+
+
+# ---- model.init_from in the three layouts: stage 2 trains 2 steps from each ------------------------------
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def stage2(out, data, *extra) -> list[str]:
+    """configs/stage2.yaml on tiny data, 2 steps."""
+    images = Path(data["conversations"]).parent / "images"
+    return [str(CONFIGS / "stage2.yaml"), f"train.output_dir={out}", "model.dtype=float32", "data.num_workers=0",
+            "data.max_length=128", "train.batch_size=4", "train.max_steps=2", "train.gradient_checkpointing=false",
+            f"data.sources=[{{path: {data['conversations']}, image_folder: {images}}}]", *extra]
+
+
+def trained(out) -> LlavaLite:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows), rows
+    return LlavaLite.from_pretrained(out)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_llava_data(tmp_path_factory.mktemp("data"), n=8)
+
+
+def test_init_from_hf_llava(tmp_path, data, monkeypatch):
+    make_hf_llava(tmp_path / "hf", "gelu", -2, "default", False)
+    main(["train", *stage2(tmp_path / "run", data, f"model.init_from={tmp_path / 'hf'}", "data.chat_template=null")])
+    model = trained(tmp_path / "run")
+    assert model.lm_weights == "full" and "<|im_start|>" in model.tokenizer.chat_template
+    (imported,) = (tmp_path / "run" / "imported").iterdir()  # imported once, beside the run
+    assert imported.name.startswith("hf-") and (imported / "llava_lite.json").is_file()
+    monkeypatch.setattr("llava_lite.init_from.import_dir", lambda *a, **k: pytest.fail("imported twice"))
+    args = stage2(tmp_path / "run", data, f"model.init_from={tmp_path / 'hf'}", "data.chat_template=null")
+    cfg = load_config(args[0], args[1:])
+    assert resolve_init_from(cfg).image_seq_len == 16  # a second run (or --resume) reuses the import
+
+
+def test_init_from_llava_llama(tmp_path, data):
+    tower = VisionTower(VisionConfig(model="tiny", pretrained=None)).save_local(tmp_path / "tower")
+    make_llava_llama(tmp_path / "llava", tower)
+    # model.vision names the tower in place of mm_vision_tower (here: a local stand-in for the OpenAI CLIP)
+    main(["train", *stage2(tmp_path / "run", data, f"model.init_from={tmp_path / 'llava'}",
+                           f"model.vision.model={tower}", "model.vision.pretrained=null")])
+    model = trained(tmp_path / "run")
+    assert "ASSISTANT:" in model.tokenizer.chat_template and model.vision.cfg.pad_to_square  # vicuna_v1, "pad"
+
+
+def test_init_from_mm_projector(tiny_lm, tmp_path, data):
+    """LLaVA's released stage-1 directory (config.json + mm_projector.bin, no LM weights) with the base LM
+    and tower named in the config: the projector is loaded exactly, then stage 2 trains."""
+    from llava_lite.train import build_model
+
+    ref = build(tiny_lm)
+    state = {f"model.mm_projector.{k}": torch.randn_like(v) for k, v in ref.projector.state_dict().items()}
+    (tmp_path / "pretrain").mkdir()
+    torch.save(state, tmp_path / "pretrain" / "mm_projector.bin")
+    (tmp_path / "pretrain" / "config.json").write_text(json.dumps({"model_type": "llava_llama", "mm_vision_tower": "x"}))
+    assert detect(tmp_path / "pretrain") == "mm-projector"
+    args = stage2(tmp_path / "run", data, f"model.init_from={tmp_path / 'pretrain'}", f"model.lm={tiny_lm}",
+                  "model.vision.model=tiny", "model.vision.pretrained=null", "data.chat_template=null")
+    model = build_model(load_config(args[0], args[1:]), "chat")
+    for k, v in model.projector.state_dict().items():
+        assert torch.equal(v, state[f"model.mm_projector.{k}"])
+    main(["train", *args])
+    trained(tmp_path / "run")
+    with pytest.raises(ConfigError, match="set model.lm"):
+        resolve_init_from(load_config(args[0], [a for a in args[1:] if not a.startswith("model.lm=")]))
+
+
+def test_init_from_unknown_layout(tmp_path):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    for path in (tmp_path / "other", tmp_path / "missing"):
+        with pytest.raises(ConfigError) as e:
+            resolve_init_from(load_config(None, [f"model.init_from={path}"]))
+        message = str(e.value)
+        assert f"model.init_from={str(path)!r}" in message and "\n" not in message
+        assert all(s in message for s in ("llava-hf", "llava_llama", "mm_projector.bin"))

@@ -122,37 +122,6 @@ def test_bfloat16_trains_under_cpu_autocast(tiny_lm, data, tmp_path, monkeypatch
     assert seen and not any(seen)
 
 
-def test_resume_gives_the_same_losses(tiny_lm, data, tmp_path, monkeypatch):
-    """Killed after the step-4 checkpoint and resumed == never interrupted (crosses an epoch: 32 samples / 4)."""
-    args = ["train.max_steps=10", "train.save_every=4", "train.lr=3e-3"]
-    cfg = lambda out: load_config(CONFIGS / "stage2.yaml", base(tiny_lm, out, source(data["conversations"]), *args))
-    Trainer(cfg(tmp_path / "a")).run()
-
-    calls = {"n": 0}
-    real_step = Trainer._step
-
-    def dying_step(self, window):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self, window)
-
-    monkeypatch.setattr(Trainer, "_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg(tmp_path / "b")).run()
-    monkeypatch.undo()
-    assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["step-0000004"]
-    Trainer(cfg(tmp_path / "b"), resume=True).run()
-    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
-    assert len(a) == len(b) == 10
-    assert a == pytest.approx(b, rel=1e-5)
-    # A fresh run in a used directory replaces the old run's checkpoints and metrics.
-    (tmp_path / "b" / "checkpoints" / "step-0000099").mkdir()
-    Trainer(cfg(tmp_path / "b")).run()
-    assert len(losses(tmp_path / "b")) == 10
-    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step-0000008", "step-0000010"]
-
-
 def test_accumulation_is_weighted_by_supervised_tokens(tiny_lm, tmp_path):
     """One batch of 2 == two micro-batches of 1, although the answers differ in length."""
     recs = [{"instruction": "Say one word.", "output": "Yes."},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -34,7 +35,12 @@ def installed(tmp_path_factory) -> Path:
         isolation = ["--no-build-isolation"]
     except ImportError:
         isolation = []
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(tmp / "dist"), str(ROOT)], cwd=tmp)
+    # Built from a copy: setuptools' build/ folder would otherwise land in the checkout, and a stale
+    # one there carries files the tree no longer has into the next wheel.
+    src = tmp / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "runs", "*.egg-info",
+                                                              "__pycache__", ".pytest_cache"))
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(tmp / "dist"), str(src)], cwd=tmp)
     [wheel] = (tmp / "dist").glob("llava_lite-*.whl")
     env_dir = tmp / "fresh"
     venv.create(env_dir, with_pip=False)

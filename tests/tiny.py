@@ -54,14 +54,15 @@ def make_tokenizer(template: str = "chatml", vocab_size: int = 400) -> PreTraine
     return fast
 
 
-def make_tiny_lm(out: Path, template: str = "chatml", hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+def make_tiny_lm(out: Path, template: str = "chatml", hidden: int = 64, layers: int = 2, seed: int = 0,
+                 tie: bool = False) -> Path:
     tok = make_tokenizer(template)
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
     )
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)

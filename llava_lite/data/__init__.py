@@ -9,6 +9,7 @@
     mixture.py     weighted sources re-drawn every epoch; curriculum scores
     sampler.py     one-modality, length-grouped batches of an epoch's draw
     loader.py      the entry: `TrainData(cfg.data, ...)` reads and checks everything, then builds the loader
+    rejects.py     bad records: counted per reason, reported together or skipped into rejects.jsonl
 
 Nothing here imports the model: the loader takes the model's tokenizer and image transform.
 """

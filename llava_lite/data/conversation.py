@@ -12,14 +12,24 @@ from typing import Union
 
 from PIL import Image
 
+from ..errors import LlavaLiteError
+
 IMAGE_PLACEHOLDER = "<image>"
 ROLES = ("system", "user", "assistant")
 
 ImageRef = Union[str, Image.Image]
 
 
-class DataError(ValueError):
-    """A record that cannot be used; the message names the file, record and field."""
+class DataError(LlavaLiteError, ValueError):
+    """A record that cannot be used; the message names the file, record and field. `reason` is a
+    short stable label for counting ("empty answer", "unreadable image"; see REASONS in readers.py)."""
+
+    def __init__(self, message: str = "", reason: str = "bad record"):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # keeps the reason across DataLoader workers and pickling
+        return (type(self), (str(self), self.reason))
 
 
 @dataclass
@@ -46,28 +56,32 @@ class Conversation:
         """Raise DataError unless roles are known, turns alternate, answers are non-empty and the
         number of `<image>` placeholders equals the number of images."""
         if not self.messages:
-            raise DataError(f"{self.where}: field 'messages' is empty")
+            raise DataError(f"{self.where}: field 'messages' is empty", "no conversations")
         body = self.messages
         if body[0].role == "system":
             body = body[1:]
         for i, m in enumerate(self.messages):
             if m.role not in ROLES:
-                raise DataError(f"{self.where}: message {i} has unknown role {m.role!r} (expected one of {ROLES})")
+                raise DataError(f"{self.where}: message {i} has unknown role {m.role!r} (expected one of {ROLES})",
+                                "unknown role")
             if m.role == "system" and i != 0:
-                raise DataError(f"{self.where}: message {i} is a system message after the first turn")
+                raise DataError(f"{self.where}: message {i} is a system message after the first turn", "turns out of order")
         for i, m in enumerate(body):
             want = "user" if i % 2 == 0 else "assistant"
             if m.role != want:
-                raise DataError(f"{self.where}: turns must alternate user/assistant; turn {i} is {m.role!r}, expected {want!r}")
+                raise DataError(f"{self.where}: turns must alternate user/assistant; turn {i} is {m.role!r}, expected {want!r}",
+                                "turns out of order")
             if m.role == "assistant" and not m.content.strip():
-                raise DataError(f"{self.where}: assistant turn {i} is empty")
+                raise DataError(f"{self.where}: assistant turn {i} is empty", "empty answer")
         if not any(m.role == "assistant" for m in body):
-            raise DataError(f"{self.where}: no assistant turn to learn from")
+            raise DataError(f"{self.where}: no assistant turn to learn from", "no answer")
+        if any(IMAGE_PLACEHOLDER in m.content for m in self.messages if m.role == "assistant"):
+            raise DataError(f"{self.where}: an {IMAGE_PLACEHOLDER} placeholder is inside an assistant turn",
+                            "placeholder inside answer")
         n = self.num_placeholders()
         if n != len(self.images):
             raise DataError(
-                f"{self.where}: {n} {IMAGE_PLACEHOLDER} placeholder(s) in the text but {len(self.images)} image(s) in field 'image'"
+                f"{self.where}: {n} {IMAGE_PLACEHOLDER} placeholder(s) in the text but {len(self.images)} image(s) in field 'image'",
+                "placeholder count mismatch",
             )
-        if any(IMAGE_PLACEHOLDER in m.content for m in self.messages if m.role == "assistant"):
-            raise DataError(f"{self.where}: an {IMAGE_PLACEHOLDER} placeholder is inside an assistant turn")
         return self

@@ -1,4 +1,9 @@
-"""From Conversations to padded batches: render lazily, load only the images that exist, pad right."""
+"""From Conversations to padded batches: render lazily, load only the images that exist, pad right.
+
+A sample that cannot be used (an image that will not open, a render failure, an answer truncated
+away) is returned as a skipped sample that carries its reject row (see rejects.py); the collator
+drops it from the batch and passes the rows on in `batch["num_skipped"].rejects`, so a bad JPEG costs one sample,
+not the run, also inside DataLoader workers. Skipped rows carry no labels: token weighting holds."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,9 +12,10 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from .conversation import Conversation
+from .conversation import Conversation, DataError
 from .images import load_image
-from .render import IGNORE, render
+from .rejects import row
+from .render import IGNORE, RenderError, render
 
 
 @dataclass
@@ -17,7 +23,8 @@ class Sample:
     input_ids: torch.Tensor  # [T]
     labels: torch.Tensor  # [T]
     pixel_values: torch.Tensor | None  # [n_images, 3, H, W]
-    skipped: bool  # truncation left no supervised token: counted, never trained on
+    skipped: bool  # truncation left no supervised token, or an image would not load: counted, never trained on
+    reject: dict | None = None  # why it was skipped (a rejects.jsonl row)
 
 
 class ConversationDataset(Dataset):
@@ -60,14 +67,26 @@ class ConversationDataset(Dataset):
 
     def sample(self, conv: Conversation) -> Sample:
         """Render one conversation and load its images: the one path for files and shard streams."""
-        r = render(conv, self.tokenizer, **self.kw)
-        if r is None:  # truncation left nothing to learn: a one-pad-token stand-in, counted by the collator
-            return Sample(torch.tensor([self.tokenizer.pad_token_id]), torch.tensor([IGNORE]), None, True)
+        try:
+            r = render(conv, self.tokenizer, **self.kw)
+        except RenderError as e:
+            return self.skipped(conv.source, conv.id, e.reason if e.reason != "bad record" else "render failed", str(e), "render")
+        if r is None:  # truncation left nothing to learn
+            return self.skipped(conv.source, conv.id, "answer truncated away",
+                                f"{conv.where}: the answer is truncated away by data.max_length={self.kw['max_length']}", "truncated")
         pixels = None
         if r.num_images:
-            images = [load_image(ref, where=f"{conv.where} field 'image'") for ref in conv.images[: r.num_images]]
+            try:
+                images = [load_image(ref, where=f"{conv.where} field 'image'") for ref in conv.images[: r.num_images]]
+            except DataError as e:
+                return self.skipped(conv.source, conv.id, e.reason, str(e), "image")
             pixels = torch.stack([self.image_transform(im) for im in images])
         return Sample(torch.tensor(r.input_ids), torch.tensor(r.labels), pixels, False)
+
+    def skipped(self, source: str, id: str, reason: str, message: str, kind: str) -> Sample:
+        """A one-pad-token stand-in with no label, counted and reported by the collator."""
+        return Sample(torch.tensor([self.tokenizer.pad_token_id]), torch.tensor([IGNORE]), None, True,
+                      row(source, id, reason, message, kind))
 
 
 class Collator:
@@ -84,14 +103,32 @@ class Collator:
         ids = torch.full((len(kept), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(kept), width), IGNORE, dtype=torch.long)
         mask = torch.zeros((len(kept), width), dtype=torch.long)
-        for row, s in enumerate(kept):
+        for i, s in enumerate(kept):
             n = len(s.input_ids)
-            ids[row, :n], labels[row, :n], mask[row, :n] = s.input_ids, s.labels, 1
+            ids[i, :n], labels[i, :n], mask[i, :n] = s.input_ids, s.labels, 1
         pixels = [s.pixel_values for s in kept if s.pixel_values is not None]
         return {
             "input_ids": ids,
             "attention_mask": mask,
             "labels": labels,
             "pixel_values": torch.cat(pixels) if pixels else None,
-            "num_skipped": sum(s.skipped for s in samples),
+            "num_skipped": Skipped.of(samples),
         }
+
+
+class Skipped(int):
+    """A batch's number of skipped samples that also carries their reject rows (`.rejects`). An int,
+    so every consumer that sums or strips "num_skipped" keeps working; it survives DataLoader workers."""
+
+    rejects: list
+
+    @classmethod
+    def of(cls, samples: list[Sample]) -> "Skipped":
+        n = cls(sum(s.skipped for s in samples))
+        n.rejects = [s.reject for s in samples if s.reject is not None]
+        return n
+
+
+def batch_rejects(batch: dict) -> list[dict]:
+    """The reject rows a collated batch carries (none for collators that do not record them)."""
+    return list(getattr(batch.get("num_skipped"), "rejects", []))

@@ -25,6 +25,32 @@ def _prefix(where: str) -> str:
 class ImageTooLarge(DataError):
     """An image over a size or pixel limit (possibly a decompression bomb)."""
 
+    def __init__(self, message: str = "", reason: str = "image too large"):
+        super().__init__(message, reason)
+
+
+ESCAPES = "path escapes image folder"
+
+
+def resolve_image(folder: str | os.PathLike, ref: str, allow_absolute: bool = False, where: str = "") -> str:
+    """The path of image `ref` inside `folder`. Unless `allow_absolute`, an absolute `ref`, a `..`
+    that leaves the folder, or a symlink that points outside it is a DataError (reason "path escapes
+    image folder"): a data file is somebody else's, and must not make us read outside its images.
+    Training, `data validate`, `data shards` and `eval --vqa` all resolve through here."""
+    ref = os.fspath(ref)
+    if allow_absolute:
+        return os.path.join(os.fspath(folder), ref)
+    if os.path.isabs(ref) or ref.startswith("~"):
+        raise DataError(f"{_prefix(where)}image path {ref!r} is absolute; it must be relative to the image folder "
+                        "(or set data.allow_absolute_image_paths=true)", ESCAPES)
+    path = os.path.join(os.fspath(folder), ref)
+    root = os.path.realpath(folder)
+    real = os.path.realpath(path)
+    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        raise DataError(f"{_prefix(where)}image path {ref!r} resolves to {real}, outside the image folder {root} "
+                        "(or set data.allow_absolute_image_paths=true)", ESCAPES)
+    return path
+
 
 def open_image(fp: Union[str, IO[bytes]], where: str, name: str, *, formats: tuple[str, ...] | None = None,
                max_pixels: int | None = None) -> Image.Image:
@@ -43,7 +69,7 @@ def open_image(fp: Union[str, IO[bytes]], where: str, name: str, *, formats: tup
     except DataError:
         raise
     except FileNotFoundError:
-        raise DataError(f"{_prefix(where)}image file not found: {name}") from None
+        raise DataError(f"{_prefix(where)}image file not found: {name}", "image file not found") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageTooLarge(
             f"{_prefix(where)}image {name} is too large (over Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS} pixels, "
@@ -51,10 +77,12 @@ def open_image(fp: Union[str, IO[bytes]], where: str, name: str, *, formats: tup
         ) from None
     except UnidentifiedImageError as e:
         if formats:
-            raise DataError(f"{_prefix(where)}image {name} is not a {', '.join(formats)} file") from None
-        raise DataError(f"{_prefix(where)}cannot read image {name}: {type(e).__name__}: {e}") from None
+            raise DataError(f"{_prefix(where)}image {name} is not a {', '.join(formats)} file", "unreadable image") from None
+        raise DataError(f"{_prefix(where)}cannot read image {name}: {type(e).__name__}: {e}", "unreadable image") from None
+    except IsADirectoryError:
+        raise DataError(f"{_prefix(where)}image path is a directory: {name}", "image file not found") from None
     except _READ_ERRORS as e:
-        raise DataError(f"{_prefix(where)}cannot read image {name}: {type(e).__name__}: {e}") from None
+        raise DataError(f"{_prefix(where)}cannot read image {name}: {type(e).__name__}: {e}", "unreadable image") from None
     return img
 
 
@@ -81,7 +109,7 @@ def load_image(ref: ImageRef | os.PathLike, where: str = "") -> Image.Image:
     try:
         rgb = to_rgb(img)
     except _READ_ERRORS as e:
-        raise DataError(f"{_prefix(where)}cannot convert image (mode {img.mode}) to RGB: {e}") from None
+        raise DataError(f"{_prefix(where)}cannot convert image (mode {img.mode}) to RGB: {e}", "unreadable image") from None
     if opened and rgb is not img:
         img.close()  # multi-frame files (GIF, TIFF) keep their file open until closed
     return rgb
@@ -92,13 +120,13 @@ def data_url_bytes(url: str, where: str = "", max_bytes: int | None = None) -> b
     header, sep, payload = url.partition(",")
     if not sep or not header.endswith(";base64"):
         raise DataError(f"{_prefix(where)}only base64 data: URLs are supported (data:image/png;base64,...), "
-                        f"got {url[:40]!r}...")
+                        f"got {url[:40]!r}...", "bad image reference")
     if max_bytes is not None and len(payload) * 3 // 4 > max_bytes + 2:
         raise ImageTooLarge(f"{_prefix(where)}image is {len(payload) * 3 // 4} bytes, over the limit of {max_bytes}")
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise DataError(f"{_prefix(where)}data: URL is not valid base64: {e}") from None
+        raise DataError(f"{_prefix(where)}data: URL is not valid base64: {e}", "bad image reference") from None
 
 
 def decode_data_url(url: str, where: str = "") -> Image.Image:

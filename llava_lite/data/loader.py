@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 from ..config import ConfigError, DataConfig
 from .conversation import Conversation
 from .dataset import Collator, ConversationDataset
-from .mixture import Mixture, check_images_allowed, load_mixture
-from .readers import read_conversations
+from .mixture import Mixture, bad_records_error, load_mixture, read_sources
+from .rejects import Rejects
 from .sampler import ModalityLengthBatchSampler
 from .streaming import ShardStream, expand_shards
 
@@ -59,6 +59,9 @@ def check_data(data: DataConfig) -> str:
         raise ConfigError(f"data.curriculum={data.curriculum!r} orders a whole epoch; shard streams cannot use it")
     if data.shuffle_buffer < 0:
         raise ConfigError(f"data.shuffle_buffer must be >= 0, got {data.shuffle_buffer}")
+    if not 0 <= data.max_bad_fraction <= 1:
+        raise ConfigError(f"data.max_bad_fraction must be between 0 and 1 (a fraction of the records), "
+                          f"got {data.max_bad_fraction}")
     if data.eval_sources and source_kind(data.eval_sources, "data.eval_sources") == "shards":
         raise ConfigError("data.eval_sources must be conversation files ('path'), not shards")
     return kind
@@ -86,14 +89,23 @@ class TrainData:
         self.kind = check_data(data)
         self.mixture: Mixture | None = None
         self.shards: list[str] = []
-        if self.kind == "files":  # every record is read and checked now, before any weights load
-            self.mixture = load_mixture(data.sources, seed, data.curriculum, images)
+        # Every record of every source is read and checked now, before any weights load; all bad
+        # ones are reported together (data.on_bad_record=error) or dropped into rejects.jsonl (skip).
+        bad: list[dict] = []
+        evals, bad_eval = read_sources(data.eval_sources, images, data.allow_absolute_image_paths, "data.eval_sources")
+        if self.kind == "files":
+            self.mixture = load_mixture(data.sources, seed, data.curriculum, images, on_bad="skip",
+                                        allow_absolute=data.allow_absolute_image_paths, rejects=bad)
         else:
             self.shards = [p for i, src in enumerate(data.sources)
                            for p in expand_shards(src.shards, f"data.sources[{i}].shards")]
-        self.eval_conversations = [c for src in data.eval_sources
-                                   for c in read_conversations(src.path, src.format, src.image_folder)]
-        check_images_allowed(self.eval_conversations, images)
+        bad += bad_eval
+        if bad and data.on_bad_record == "error":
+            raise bad_records_error(bad)
+        self.eval_conversations = [c for cs in evals for c in cs]
+        records = (len(self.mixture.conversations) if self.mixture else 0) + len(self.eval_conversations) + len(bad)
+        self.rejects = Rejects(bad, records, data.max_bad_fraction, log)
+        self.rejects.check()
         self.sampler: ModalityLengthBatchSampler | None = None
         self.stream: ShardStream | None = None
         self.loader: DataLoader | None = None  # set by build(); the trainer may swap in a prepared one
@@ -109,6 +121,10 @@ class TrainData:
 
     def _build(self, model) -> DataLoader:
         collate = Collator(model.tokenizer.pad_token_id)
+        if self.cfg.packing:  # padding-free packing of each batch's samples (data/packing.py)
+            from .packing import PackingCollator
+
+            collate = PackingCollator(model.tokenizer.pad_token_id, self.cfg.max_length)
         workers = self.cfg.num_workers
         if self.mixture is None:
             self.stream = ShardStream(
@@ -116,6 +132,7 @@ class TrainData:
                 shuffle_buffer=self.cfg.shuffle_buffer, rank=self.rank, world_size=self.world_size,
                 num_workers=workers, text_only=not self.images,
             )
+            self.rejects.total += len(self.stream)  # image defects in shards are found as they stream
             self.log(f"data: {len(self.stream)} samples streamed from {len(self.shards)} shard(s) by "
                      f"{self.world_size} process(es) x {self.stream.readers} reader(s); shuffle buffer "
                      f"{self.cfg.shuffle_buffer}; batches mix modalities (no length grouping for streams)")

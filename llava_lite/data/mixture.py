@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 from ..config import ConfigError
 from .conversation import Conversation, DataError
 from .readers import read_conversations
+from .rejects import describe, row
 
 CURRICULA = ("length", "tags")
 
@@ -148,24 +149,49 @@ def source_name(src, i: int) -> str:
     return os.path.basename(src.path) if src.path else f"shards[{i}]"
 
 
-def check_images_allowed(conversations: list[Conversation], images: bool) -> None:
-    if not images:
-        with_images = [c.where for c in conversations if c.images]
-        if with_images:
-            raise DataError(f"stage 'text' got {len(with_images)} record(s) with images, first: {with_images[0]}")
+def read_sources(sources, images: bool = True, allow_absolute: bool = False, key: str = "data.sources",
+                 ) -> tuple[list[list[Conversation]], list[dict]]:
+    """Read every source to the end: its good records, and a reject row (kind "record") for every
+    bad one of every source, so that all problems are reported together. An empty file is an error."""
+    convs, rejects = [], []
+    for i, src in enumerate(sources):
+        good, bad = read_conversations(src.path, src.format, src.image_folder, errors="collect",
+                                       allow_absolute_images=allow_absolute)
+        if not good and not bad:
+            raise DataError(f"{src.path}: the file holds no records ({key}[{i}].path); give a JSON list or JSONL "
+                            "file of conversations", "empty file")
+        rejects += [row(b[0], b.id, b.reason, b[1], "record") for b in bad]
+        if not images:  # text-only stages: a record with images is a bad record like any other
+            rejects += [row(c.source, c.id, "image in text-only stage", f"{c.where}: stage 'text' got a record with "
+                            "images", "record") for c in good if c.images]
+            good = [c for c in good if not c.images]
+        convs.append(good)
+    return convs, rejects
 
 
-def load_mixture(sources, seed: int, curriculum: str | None = None, images: bool = True) -> Mixture:
+def bad_records_error(rejects: list[dict]) -> DataError:
+    return DataError(f"{describe(rejects)}; fix them (llava-lite data validate FILE lists every one) or set "
+                     "data.on_bad_record=skip to train without them", "bad records")
+
+
+def load_mixture(sources, seed: int, curriculum: str | None = None, images: bool = True, *,
+                 on_bad: str = "error", allow_absolute: bool = False, rejects: list | None = None) -> Mixture:
     """Read every file source once; each epoch then draws round(weight * size) records of each
-    (see SourceConfig.weight). `images=False` (text-only stages) rejects records with images."""
-    convs = [read_conversations(src.path, src.format, src.image_folder) for src in sources]
+    (see SourceConfig.weight). `images=False` (text-only stages) rejects records with images.
+    Bad records of all sources are reported together (on_bad="error") or dropped and appended to
+    `rejects` as rows (on_bad="skip")."""
+    convs, bad = read_sources(sources, images, allow_absolute)
+    if bad and on_bad != "skip":
+        raise bad_records_error(bad)
+    if rejects is not None:
+        rejects += bad
     conversations = [c for cs in convs for c in cs]
-    check_images_allowed(conversations, images)
     sizes = [len(cs) for cs in convs]
     counts = repeat_counts(sizes, [src.weight for src in sources])
     empty = [src.path for src, n, c in zip(sources, sizes, counts) if c and not n]
     if empty:
-        raise DataError(f"{empty[0]}: the source has a weight but no records")
+        raise DataError(f"{empty[0]}: the source has a weight but no usable records"
+                        + (f"; {describe(bad)}" if bad else ""), "empty file")
     if not sum(counts):
         raise ConfigError(f"data.sources: the weights leave no record in an epoch (sizes {sizes}, weights "
                           f"{[src.weight for src in sources]})")

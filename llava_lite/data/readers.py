@@ -1,7 +1,8 @@
 """Read LLaVA, ShareGPT, Alpaca and OpenAI-chat files into Conversations.
 
-Images are not opened here: a Conversation's `images` holds resolved paths, or PIL images for
-inline `data:` URLs. Every error names the file, the record (index or line, and id) and the field.
+Images are not opened here: a Conversation's `images` holds resolved paths (confined to the
+image folder, see `images.resolve_image`), or PIL images for inline `data:` URLs. Every error
+names the file, the record (index or line, and id) and the field, and carries a short `reason`.
 """
 from __future__ import annotations
 
@@ -12,14 +13,26 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal, Union, overload
 
 from .conversation import IMAGE_PLACEHOLDER, ROLES, Conversation, DataError, ImageRef, Message
-from .images import decode_data_url
+from .images import decode_data_url, resolve_image
 
 FORMATS = ("llava", "sharegpt", "alpaca", "openai")
-Bad = tuple[str, str]  # (source, reason) of a record that could not be used
 PathLike = Union[str, "os.PathLike[str]"]
 
 _LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 _SHAREGPT_ROLES = {**_LLAVA_ROLES, "user": "user", "assistant": "assistant"}
+
+
+class Bad(tuple):
+    """A record that could not be used: unpacks as (source, message); `.reason` is its short label
+    (DataError.reason) and `.id` the record's id ("" when it has none)."""
+
+    def __new__(cls, source: str, message: str, reason: str = "bad record", id: str = ""):
+        self = super().__new__(cls, (source, message))
+        self.reason, self.id = reason, id
+        return self
+
+    def __getnewargs__(self):
+        return (self[0], self[1], self.reason, self.id)
 
 
 @dataclass
@@ -30,25 +43,26 @@ class _Record:
     id: str
     image_folder: str
     check_images: bool
+    allow_absolute: bool = False
 
     @property
     def where(self) -> str:
         return f"{self.source} (id={self.id!r})" if self.id else self.source
 
-    def fail(self, field: str, problem: str) -> DataError:
-        return DataError(f"{self.where}: field {field!r} {problem}")
+    def fail(self, field: str, problem: str, reason: str = "malformed field") -> DataError:
+        return DataError(f"{self.where}: field {field!r} {problem}", reason)
 
     def image(self, ref: Any, field: str) -> ImageRef:
         """Resolve one image reference: a data: URL is decoded, a path is joined to image_folder."""
         if not isinstance(ref, str) or not ref:
-            raise self.fail(field, f"must be a non-empty string, got {ref!r}")
+            raise self.fail(field, f"must be a non-empty string, got {ref!r}", "bad image reference")
         if ref.startswith("data:"):
             return decode_data_url(ref, f"{self.where}: field {field!r}")
         if ref.startswith(("http://", "https://")):
-            raise self.fail(field, f"is a remote URL ({ref}); download the images and use local paths")
-        path = os.path.join(self.image_folder, ref)
+            raise self.fail(field, f"is a remote URL ({ref}); download the images and use local paths", "remote image URL")
+        path = resolve_image(self.image_folder, ref, self.allow_absolute, f"{self.where}: field {field!r}")
         if self.check_images and not os.path.isfile(path):
-            raise self.fail(field, f"names a missing image file: {path}")
+            raise self.fail(field, f"names a missing image file: {path}", "image file not found")
         return path
 
     def text(self, rec: dict, key: str, field: str = "") -> str:
@@ -61,7 +75,7 @@ class _Record:
     def answer(self, role: str, content: str, field: str) -> Message:
         # validate() also rejects empty answers, but only this check can name the field.
         if role == "assistant" and not content.strip():
-            raise self.fail(field, "is an empty assistant turn")
+            raise self.fail(field, "is an empty assistant turn", "empty answer")
         return Message(role, content)
 
 
@@ -69,7 +83,7 @@ def _turns(rec: dict, r: _Record, roles: dict[str, str]) -> Conversation:
     """LLaVA and ShareGPT: `conversations` of {from, value}, optional top-level system and image(s)."""
     turns = rec.get("conversations")
     if not isinstance(turns, list) or not turns:
-        raise r.fail("conversations", "must be a non-empty list of {from, value} turns")
+        raise r.fail("conversations", "must be a non-empty list of {from, value} turns", "no conversations")
     messages = []
     if rec.get("system") is not None and r.text(rec, "system"):
         messages.append(Message("system", rec["system"]))
@@ -79,7 +93,7 @@ def _turns(rec: dict, r: _Record, roles: dict[str, str]) -> Conversation:
             raise r.fail(field, f"must be an object, got {type(turn).__name__}")
         speaker = r.text(turn, "from", f"{field}.from")
         if speaker not in roles:
-            raise r.fail(f"{field}.from", f"has unknown role {speaker!r} (expected one of {sorted(roles)})")
+            raise r.fail(f"{field}.from", f"has unknown role {speaker!r} (expected one of {sorted(roles)})", "unknown role")
         messages.append(r.answer(roles[speaker], r.text(turn, "value", f"{field}.value"), f"{field}.value"))
     key = "images" if rec.get("images") is not None else "image"
     refs = rec.get(key)
@@ -141,7 +155,7 @@ def _openai_content(content: Any, field: str, r: _Record, images: list[ImageRef]
 def _openai(rec: dict, r: _Record) -> Conversation:
     turns = rec.get("messages")
     if not isinstance(turns, list) or not turns:
-        raise r.fail("messages", "must be a non-empty list of {role, content} messages")
+        raise r.fail("messages", "must be a non-empty list of {role, content} messages", "no conversations")
     messages: list[Message] = []
     images: list[ImageRef] = []
     for i, turn in enumerate(turns):
@@ -150,7 +164,7 @@ def _openai(rec: dict, r: _Record) -> Conversation:
             raise r.fail(field, f"must be an object, got {type(turn).__name__}")
         role = r.text(turn, "role", f"{field}.role")
         if role not in ROLES:
-            raise r.fail(f"{field}.role", f"has unknown role {role!r} (expected one of {list(ROLES)})")
+            raise r.fail(f"{field}.role", f"has unknown role {role!r} (expected one of {list(ROLES)})", "unknown role")
         content = _openai_content(turn.get("content"), f"{field}.content", r, images)
         messages.append(r.answer(role, content, f"{field}.content"))
     return Conversation(messages, images)
@@ -169,7 +183,7 @@ def _records(path: str) -> Iterator[tuple[int, Any, str]]:
     try:
         f = open(path, encoding="utf-8-sig")
     except OSError as e:
-        raise DataError(f"{path}: cannot open: {e}") from None
+        raise DataError(f"{path}: cannot open: {e}", "unreadable file") from None
     with f:
         first = ""
         while not first and (chunk := f.read(4096)):
@@ -179,7 +193,7 @@ def _records(path: str) -> Iterator[tuple[int, Any, str]]:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}: not valid JSON: {e}") from None
+                raise DataError(f"{path}: not valid JSON: {e}", "not JSON") from None
             # Pop records as they are read so a large file is not held twice in memory.
             data.reverse()
             for i in range(len(data)):
@@ -218,9 +232,11 @@ def iter_conversations(
     errors: Literal["raise", "collect"] = "raise",
     bad: list[Bad] | None = None,
     check_images: bool = False,
+    allow_absolute_images: bool = False,
 ) -> Iterator[Conversation]:
     """Stream validated Conversations from a file. With errors="collect", a bad record is appended to
-    `bad` as (source, reason) instead of raising; problems with the file as a whole always raise."""
+    `bad` as a `Bad` (source, message; .reason, .id) instead of raising; problems with the file as a
+    whole always raise. Image paths must stay inside `image_folder` unless `allow_absolute_images`."""
     if fmt != "auto" and fmt not in _PARSERS:
         raise ValueError(f"fmt must be 'auto' or one of {FORMATS}, got {fmt!r}")
     if errors not in ("raise", "collect"):
@@ -243,32 +259,29 @@ def iter_conversations(
     for n, rec, json_error in records:
         source = f"{path}:{n}"
         try:
+            rid = ""
             if json_error:
-                raise DataError(f"{source}: {json_error}")
+                raise DataError(f"{source}: {json_error}", "not JSON")
             if not isinstance(rec, dict):
-                raise DataError(f"{source}: record must be a JSON object, got {type(rec).__name__}")
+                raise DataError(f"{source}: record must be a JSON object, got {type(rec).__name__}", "not an object")
             rid = "" if rec.get("id") is None else str(rec["id"])
-            conv = parse(rec, _Record(source, rid, folder, check_images))
+            conv = parse(rec, _Record(source, rid, folder, check_images, allow_absolute_images))
             conv.id, conv.source = rid, source
             conv.validate()
         except DataError as e:
             if errors == "raise":
                 raise
-            bad.append((source, str(e)))
+            bad.append(Bad(source, str(e), e.reason, rid))
         else:
             yield conv
 
 
 @overload
-def read_conversations(
-    path: PathLike, fmt: str = ..., image_folder: PathLike | None = ..., *,
-    errors: Literal["raise"] = ..., check_images: bool = ...,
-) -> list[Conversation]: ...
+def read_conversations(path: PathLike, fmt: str = ..., image_folder: PathLike | None = ..., *, errors: Literal["raise"] = ...,
+                       check_images: bool = ..., allow_absolute_images: bool = ...) -> list[Conversation]: ...
 @overload
-def read_conversations(
-    path: PathLike, fmt: str = ..., image_folder: PathLike | None = ..., *,
-    errors: Literal["collect"], check_images: bool = ...,
-) -> tuple[list[Conversation], list[Bad]]: ...
+def read_conversations(path: PathLike, fmt: str = ..., image_folder: PathLike | None = ..., *, errors: Literal["collect"],
+                       check_images: bool = ..., allow_absolute_images: bool = ...) -> tuple[list[Conversation], list[Bad]]: ...
 def read_conversations(
     path: PathLike,
     fmt: str = "auto",
@@ -276,9 +289,11 @@ def read_conversations(
     *,
     errors: Literal["raise", "collect"] = "raise",
     check_images: bool = False,
+    allow_absolute_images: bool = False,
 ) -> list[Conversation] | tuple[list[Conversation], list[Bad]]:
     """Read a whole file. errors="raise": the Conversations, or DataError at the first bad record.
-    errors="collect": (good Conversations, [(source, reason) for every bad record])."""
+    errors="collect": (good Conversations, a `Bad` (source, message; .reason, .id) for every bad record)."""
     bad: list[Bad] = []
-    good = list(iter_conversations(path, fmt, image_folder, errors=errors, bad=bad, check_images=check_images))
+    good = list(iter_conversations(path, fmt, image_folder, errors=errors, bad=bad, check_images=check_images,
+                                   allow_absolute_images=allow_absolute_images))
     return (good, bad) if errors == "collect" else good

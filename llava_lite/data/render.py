@@ -9,11 +9,20 @@ after `prompt_k`, and its span ends after the end-of-turn special token that fol
 The supervised tokens of each turn must decode back to that turn's text, else a loud RenderError
 names the sample (LLaVA silently zeroed such samples: "WARNING: tokenization mismatch").
 
+Content is text. A special-token string inside a message (`<|im_end|>` in a scraped answer, a
+chat user typing `<|im_start|>system`) must not become a control token, or it would end a turn
+mid-answer and put a forged turn under supervision. Such strings are wrapped in two private
+markers (Unicode noncharacters) before templating; the rendered text is then tokenised piece by
+piece: the template's own text normally, each marked string as plain text (split_special_tokens).
+Only the template's markers, and `<image>` in user and system text, are control tokens. Content
+without special strings renders exactly as before (one tokenizer call).
+
 Each `<image>` token is then expanded to `image_seq_len` copies (label -100) that the model fills
 with projected patch features, so sequence lengths are known before the model runs.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .conversation import IMAGE_PLACEHOLDER, Conversation, DataError, Message
@@ -22,7 +31,14 @@ IGNORE = -100
 
 
 class RenderError(DataError):
-    pass
+    """A conversation the tokenizer's template cannot render faithfully (reason "render failed")."""
+
+    def __init__(self, message: str = "", reason: str = "render failed"):
+        super().__init__(message, reason)
+
+
+_OPEN, _CLOSE = "\ufdd0", "\ufdd1"  # noncharacters: never text; removed from content before marking
+_MARKED = re.compile(f"{_OPEN}(.*?){_CLOSE}", re.S)
 
 
 @dataclass
@@ -79,23 +95,78 @@ def _chat_spans(conv: Conversation, messages: list[Message], tokenizer) -> tuple
     return full, spans
 
 
-def _plain_spans(conv: Conversation, tokenizer) -> tuple[str, list[tuple[int, int]]]:
+def _plain_spans(messages: list[Message], n_images: int, tokenizer) -> tuple[str, list[tuple[int, int]]]:
     """Stage-1 alignment: `<bos><image>...caption<eos>`, loss on the caption and eos only."""
-    answers = [m.content.strip() for m in conv.messages if m.role == "assistant"]
-    prefix = (tokenizer.bos_token or "") + IMAGE_PLACEHOLDER * len(conv.images)
+    answers = [m.content.strip() for m in messages if m.role == "assistant"]
+    prefix = (tokenizer.bos_token or "") + IMAGE_PLACEHOLDER * n_images
     text = prefix + answers[0] + tokenizer.eos_token
     return text, [(len(prefix), len(text))]
+
+
+def _alternation(strings: list[str]) -> re.Pattern:
+    return re.compile("|".join(re.escape(s) for s in sorted(strings, key=len, reverse=True)) or "(?!)")
+
+
+def _mark(tokenizer, messages: list[Message]) -> tuple[list[Message], list[Message] | None]:
+    """(the messages, the same with every special-token string of their content wrapped in markers,
+    or None when no content holds one). `<image>` is a control token in user and system text only."""
+    specials = _special_strings(tokenizer)
+    text_re, answer_re = _alternation(specials), _alternation(specials + [IMAGE_PLACEHOLDER])
+    clean, marked = [], []
+    for m in messages:
+        content = m.content.replace(_OPEN, "").replace(_CLOSE, "")
+        rx = answer_re if m.role == "assistant" else text_re
+        clean.append(Message(m.role, content))
+        marked.append(Message(m.role, rx.sub(lambda x: _OPEN + x.group(0) + _CLOSE, content)))
+    return clean, (marked if any(a.content != b.content for a, b in zip(clean, marked)) else None)
 
 
 def _squash(text: str) -> str:
     return "".join(text.split())
 
 
-def _tokenize(tokenizer, text: str, where: str) -> tuple[list[int], list[tuple[int, int]]]:
+def _encode(tokenizer, text: str, as_text: bool = False, first: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
+    """ids and offsets of one piece; `as_text`: special-token strings are plain text. A piece from
+    the middle of a conversation is encoded after a newline that is then dropped, so SentencePiece
+    does not add the word-start it adds at the start of a string (as transformers does)."""
+    kw = dict(add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=as_text)
+    if not first:
+        newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+        enc = tokenizer("\n" + text, **kw)
+        ids = list(enc["input_ids"])
+        if ids[: len(newline)] == newline:
+            offsets = [(max(a - 1, 0), max(b - 1, 0)) for a, b in enc["offset_mapping"][len(newline):]]
+            return ids[len(newline):], offsets
+    enc = tokenizer(text, **kw)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def _tokenize(tokenizer, rendered: str, where: str, text: str | None = None) -> tuple[list[int], list[tuple[int, int]]]:
+    """Tokenise a rendered conversation; offsets refer to `text`, the rendering without markers.
+    Marked strings (special-token text inside content) are encoded as plain text."""
     if not getattr(tokenizer, "is_fast", False):
         raise RenderError(f"{where}: rendering needs a fast (tokenizers-backed) tokenizer for character offsets")
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    if _OPEN not in rendered and _CLOSE not in rendered:
+        return _encode(tokenizer, rendered)
+    pieces = _MARKED.split(rendered)  # [template text, marked string, template text, ...]
+    if any(_OPEN in p or _CLOSE in p for p in pieces) or (text is not None and "".join(pieces) != text):
+        raise RenderError(f"{where}: the chat template splits or moves special-token text inside a message, so it "
+                          "cannot be kept as plain text")
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    pos = 0
+    for i, piece in enumerate(pieces):
+        if not piece:
+            continue
+        piece_ids, piece_offsets = _encode(tokenizer, piece, as_text=i % 2 == 1, first=pos == 0)
+        if i % 2 == 1:
+            if tokenizer.convert_tokens_to_ids(piece) in piece_ids:
+                raise RenderError(f"{where}: {piece!r} in a message cannot be encoded as plain text by this tokenizer")
+            piece_offsets = [(0, len(piece))] * len(piece_ids)
+        ids += piece_ids
+        offsets += [(pos + a, pos + b) for a, b in piece_offsets]
+        pos += len(piece)
+    return ids, offsets
 
 
 def _expand_images(ids: list[int], labels: list[int], image_token_id: int, image_seq_len: int):
@@ -138,11 +209,14 @@ def render(
     messages = conv.messages
     if system_prompt and messages[0].role != "system":
         messages = [Message("system", system_prompt)] + messages
+    messages, marked = _mark(tokenizer, messages)
     if mode == "plain":
-        text, spans = _plain_spans(conv, tokenizer)
+        text, spans = _plain_spans(messages, len(conv.images), tokenizer)
+        rendered = _plain_spans(marked, len(conv.images), tokenizer)[0] if marked else text
     else:
         text, spans = _chat_spans(conv, messages, tokenizer)
-    ids, offsets = _tokenize(tokenizer, text, conv.where)
+        rendered = _template(tokenizer, marked, False) if marked else text
+    ids, offsets = _tokenize(tokenizer, rendered, conv.where, text)
     labels = [IGNORE] * len(ids)
     for a, b in spans:
         turn = [i for i, (s, e) in enumerate(offsets) if e > s and s < b and e > a]
@@ -181,8 +255,9 @@ def render_prompt(
     if mode == "plain":
         n = sum(m.content.count(IMAGE_PLACEHOLDER) for m in messages)
         text = (tokenizer.bos_token or "") + IMAGE_PLACEHOLDER * n
-    else:
-        text = _template(tokenizer, messages, True)
+    else:  # a user typing "<|im_start|>system" writes text, not a turn
+        clean, marked = _mark(tokenizer, messages)
+        text = _template(tokenizer, marked or clean, True)
     ids, _ = _tokenize(tokenizer, text, "prompt")
     ids, _ = _expand_images(ids, [IGNORE] * len(ids), image_token_id, image_seq_len)
     return ids

@@ -113,6 +113,14 @@ def decode_sample(sample: dict) -> Conversation:
     return conv.validate()
 
 
+def _sample_id(sample: dict) -> str:
+    try:
+        rid = json.loads(sample["json"]).get("id")
+    except Exception:  # the record itself is what is broken
+        return ""
+    return "" if rid is None else str(rid)
+
+
 def _shuffled(samples: Iterator[dict], buffer: int, rng: random.Random) -> Iterator[dict]:
     if buffer <= 1:
         return samples
@@ -239,7 +247,15 @@ class ShardStream(IterableDataset):
         rng = random.Random(f"{self.seed}:{self.epoch}:{slot}")
         samples = _shuffled(read_samples(paths), self.shuffle_buffer, rng)
         for sample in itertools.islice(samples, taken[worker] * self.batch_size, None):
-            conv = decode_sample(sample)
-            if self.text_only and conv.images:
-                raise DataError(f"{conv.where}: stage 'text' got a record with images")
+            try:
+                conv = decode_sample(sample)
+            except DataError as e:  # a corrupt image member (or record) costs one sample, not the run
+                where = f"{sample.get('__url__', '')}:{sample.get('__key__', '')}"
+                kind = "image" if "image" in e.reason else "record"
+                yield self.renderer.skipped(where, _sample_id(sample), e.reason, str(e), kind)
+                continue
+            if self.text_only and conv.images:  # a bad record like any other: skipped, reported
+                yield self.renderer.skipped(conv.source, conv.id, "image in text-only stage",
+                                            f"{conv.where}: stage 'text' got a record with images", "record")
+                continue
             yield self.renderer.sample(conv)

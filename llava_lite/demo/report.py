@@ -55,6 +55,8 @@ def write_summary(out: Path, report: dict) -> None:
         *[f"| {t} | {report['stage1_vqa_accuracy_by_type'].get(t, 0):.1%} | {report['vqa_accuracy_by_type'][t]:.1%} | "
           f"{report['other_image_vqa_accuracy_by_type'][t]:.1%} |" for t in types],
         *_base_lines(report.get("base_models") or {}),
+        *_pope_choice_lines(report),
+        *_forgetting_lines(report),
         "", "![loss](loss_curves.png)", "", "![accuracy](vqa_accuracy.png)", "",
     ]
     (out / "report.md").write_text("\n".join(lines))
@@ -71,3 +73,40 @@ def _base_lines(base: dict) -> list[str]:
     if not rows:
         return []
     return ["", "| base model check | value |", "|---|---|", *[f"| {k} | {v:.1%} |" for k, v in rows]]
+
+
+def _pope_choice_lines(report: dict) -> list[str]:
+    """POPE-style yes/no and multiple choice, each next to what guessing gives."""
+    lines = []
+    if report.get("pope_questions"):
+        lines += ["", f"| POPE-style, {report['pope_questions']} balanced yes/no questions | stage 2 | chance |",
+                  "|---|---|---|",
+                  f"| F1 (yes = positive) | {report['pope_f1']:.1%} | 50.0% (coin), 66.7% (always yes) |",
+                  f"| accuracy | {report['pope_accuracy']:.1%} | 50.0% |",
+                  f"| yes-ratio | {report['pope_yes_ratio']:.1%} | 50.0% (the truth) |"]
+        for cat, m in (report.get("pope_by_category") or {}).items():
+            lines.append(f"| {cat}: F1 / accuracy / yes-ratio | {m['f1']:.1%} / {m['accuracy']:.1%} / {m['yes_ratio']:.1%} | |")
+    if report.get("choice_questions"):
+        lines += ["", f"| multiple choice by log-likelihood ({report['choice_questions']} questions) | stage 2 | chance |",
+                  "|---|---|---|",
+                  f"| accuracy (sum of response log-probs) | {report['choice_accuracy']:.1%} | {report['choice_chance']:.1%} |",
+                  f"| accuracy (per byte of option) | {report['choice_accuracy_norm']:.1%} | {report['choice_chance']:.1%} |"]
+        if report.get("choice_text_questions"):
+            lines.append(f"| text rows only (caption + question), {report['choice_text_questions']} | "
+                         f"{report['choice_text_accuracy']:.1%} | |")
+    return lines
+
+
+def _forgetting_lines(report: dict) -> list[str]:
+    """Base LM vs stage 2 on text (what instruction tuning cost the LM), from `llava-lite eval --base`."""
+    rows = report.get("comparison") or []
+    if not rows:
+        return []
+    lines = ["", "| forgetting: text skills | base LM | stage 2 | delta |", "|---|---|---|---|"]
+    for r in rows:
+        share = "accuracy" in r["metric"]
+        fmt = (lambda v: f"{v:.1%}") if share else (lambda v: f"{v:.2f}")
+        delta = f"{r['delta'] * 100:+.1f} pt" if share else f"{r['delta']:+.2f} ({r.get('ratio') or 0:.2f}x)"
+        lines.append(f"| {r['label']} | {fmt(r['base'])} | {fmt(r['tuned'])} | {delta} |")
+    notes = report.get("comparison_notes") or []
+    return lines + ([""] + [f"- {n}" for n in notes] if notes else [])

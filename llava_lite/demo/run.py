@@ -84,6 +84,7 @@ def _train(config: str, overrides: list[str]) -> Path:
 
 def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
     from ..evaluate import evaluate
+    from .eval_sets import write_sets
     from .pretrain import build_base
     from .presets import resolve
 
@@ -110,7 +111,12 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
     # Every right answer is one word (one token of the world tokenizer): 4 new tokens are plenty,
     # and the caption-only stage-1 model does not spend 16 tokens per question on a caption.
     kw = dict(vqa=str(data["vqa"]), image_folder=str(images), general=str(data["general"]), max_new_tokens=4)
-    report2 = evaluate(str(s2), instructions=str(data["instruct_test"]), out_dir=str(out / "eval" / "stage2"), **kw)
+    # POPE-style and multiple-choice sets from the test split, and the base LM side by side
+    # (what stage 2 cost its text skills: world text, text tasks, multiple choice on text rows).
+    sets = write_sets(out / "data", world_dir, preset["seed"])
+    report2 = evaluate(str(s2), instructions=str(data["instruct_test"]), out_dir=str(out / "eval" / "stage2"),
+                       pope=str(sets["pope"]), choice=str(sets["choice"]), text_tasks=str(data["text_test"]),
+                       base=str(out / "lm"), **kw)
     report1 = evaluate(str(s1), out_dir=str(out / "eval" / "stage1"), **{**kw, "general": None})
     from ..chat import Assistant
     from ..evaluate import response_perplexity

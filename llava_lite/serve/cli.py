@@ -16,7 +16,9 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a llava-lite model directory (save_pretrained output)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default %(default)s")
-    p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: where the model loads)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default: the dtype the model was trained in)")
     p.add_argument("--model-name", default=None, help="id shown by /v1/models (default: the directory's name)")
     p.add_argument("--api-key", default=os.environ.get("LLAVA_LITE_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $LLAVA_LITE_API_KEY)")
@@ -73,8 +75,11 @@ def run(args: argparse.Namespace) -> None:
     settings = settings_from(args)
     if args.host not in LOOPBACK and settings.api_key is None:
         logging.warning("serving on %s without an API key: anyone who can reach this port can use the model", args.host)
-    model = LlavaLite.from_pretrained(args.model)
-    app = create_app(Assistant(model, args.device), settings)
+    from ..model import default_device
+
+    device = args.device or default_device()
+    model = LlavaLite.from_pretrained(args.model, device=device, dtype=args.dtype)
+    app = create_app(Assistant(model, device), settings)
     print(f"llava-lite serve: {settings.model_name} at http://{args.host}:{args.port}/ (API: /v1)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
