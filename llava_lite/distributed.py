@@ -80,6 +80,15 @@ def run_vision_every_step(model: nn.Module) -> torch.utils.hooks.RemovableHandle
     return model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
+def skip_step(module: nn.Module) -> None:
+    """The empty image batch gives the projector a zero gradient where it took no part. AdamW would
+    still move it on such a step (its momentum), as it would not with no gradient at all: a step
+    without any image on any process drops those gradients, so the optimizer leaves the projector
+    alone, as a one-process run always did. (Sharded engines keep their own gradients.)"""
+    for p in module.parameters():
+        p.grad = None
+
+
 def _strip(name: str) -> str:
     for prefix in ("module.", "_orig_mod."):
         while name.startswith(prefix):

@@ -1,6 +1,6 @@
 """`model.init_from` in the layouts it accepts:
 
-- a llava-lite model directory: loaded by `train.build_model` (`resolve_init_from` returns None);
+- a llava-lite model directory: loaded by `build.build_model` (`resolve_init_from` returns None);
 - a llava-hf (`LlavaForConditionalGeneration`) or LLaVA `llava_llama` directory: imported once
   (`hf_import.import_dir`) into `<train.output_dir>/imported/<hf|llava>-<key>/` and loaded from there;
 - LLaVA's stage-1 output (`mm_projector.bin`, alone or with its config.json): a fresh model from

@@ -38,9 +38,9 @@ from .data.loader import TrainData
 from .data.render import IGNORE
 from .errors import check_model_refs
 from .distributed import (TrainedOnlyCheckpoints, check_launch, fill_deepspeed_config, full_state_dict, loss_scale,
-                          prepare_launch_env, rescale_position, run_vision_every_step)
+                          prepare_launch_env, rescale_position, run_vision_every_step, skip_step)
 from .metrics import MetricsLog, plot_losses, tracker_config, truncate_metrics
-from .build import build_model  # noqa: F401  (tests and tools import it from here)
+from .build import build_model
 from .init_check import reconcile_init_from
 from .optim import build_optimizer, cosine_with_warmup
 from .stages import STAGES, set_trainable
@@ -48,15 +48,13 @@ from .stages import STAGES, set_trainable
 
 class Trainer:
     def __init__(self, cfg: Config, resume: bool = False):
-        self.cfg = cfg
-        self.resume = resume
-        self.out = Path(cfg.train.output_dir)
+        self.cfg, self.resume, self.out = cfg, resume, Path(cfg.train.output_dir)
         self.stage = STAGES[cfg.train.stage]
         mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.model.dtype, "no")
         # every trainable parameter gets a gradient on every process (run_vision_every_step, below)
         ddp = [DistributedDataParallelKwargs(find_unused_parameters=False)]
-        # On CPU, bf16 autocast is ours, not accelerate's: its mixed precision setting is fixed for the
-        # life of a process, and one process may train a float32 stage after a bf16 one.
+        # On CPU, bf16 autocast is ours, not accelerate's (fixed for the life of a process, and one process
+        # may train a float32 stage after a bf16 one).
         prepare_launch_env()  # a bare torchrun on CPU: accelerate forms the gloo group
         self.acc = Accelerator(mixed_precision=mixed if torch.cuda.is_available() else "no", kwargs_handlers=ddp,
                                log_with=cfg.train.report_to or None, project_dir=str(self.out))
@@ -99,9 +97,7 @@ class Trainer:
         else:  # the stream splits itself by process; accelerate would dispatch or re-split it
             self.model, self.optimizer = acc.prepare(model, optimizer)
         self.eval_loader = acc.prepare(eval_loader) if eval_loader is not None else None
-        # KL to the base model (llava_lite/kl.py), taken before a checkpoint is loaded so the
-        # base is the starting model; None at kl_to_base=0, and the loss is then exactly the plain one.
-        self.kl = None
+        self.kl = None  # KL to the starting model (kl.py), built before a checkpoint loads; None at 0: the plain loss
         if t.kl_to_base > 0:
             from .kl import KLToBase
 
@@ -236,8 +232,9 @@ class Trainer:
 
     def _step(self, window: list[dict]) -> tuple[float, float, int]:
         acc, model = self.acc, self.model
-        local = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in window)
-        total = int(acc.reduce(torch.tensor(local, device=acc.device), "sum"))
+        local = [sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in window),
+                 sum(0 if b.get("pixel_values") is None else b["pixel_values"].shape[0] for b in window)]
+        total, images = acc.reduce(torch.tensor(local, device=acc.device), "sum").tolist()
         loss_sum = torch.zeros((), device=acc.device)
         kl_sum = torch.zeros((), device=acc.device)
         for i, batch in enumerate(window):
@@ -256,6 +253,8 @@ class Trainer:
             loss_sum += out.loss_sum.detach()
         if self.kl is not None:
             self.last_kl = float(acc.reduce(kl_sum, "sum")) / max(total, 1)
+        if not images and acc.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            skip_step(acc.unwrap_model(model).projector)  # no image on any process: the projector took no part
         grad_norm = acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.cfg.train.max_grad_norm)
         if total:  # a window whose answers were all truncated away updates nothing (the same on every process)
             self.optimizer.step()

@@ -255,7 +255,7 @@ def test_init_from_llava_llama(tmp_path, data):
 def test_init_from_mm_projector(tiny_lm, tmp_path, data):
     """LLaVA's released stage-1 directory (config.json + mm_projector.bin, no LM weights) with the base LM
     and tower named in the config: the projector is loaded exactly, then stage 2 trains."""
-    from llava_lite.train import build_model
+    from llava_lite.build import build_model
 
     ref = build(tiny_lm)
     state = {f"model.mm_projector.{k}": torch.randn_like(v) for k, v in ref.projector.state_dict().items()}

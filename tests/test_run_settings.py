@@ -170,7 +170,7 @@ def test_dry_run_counts_match_the_built_model_without_loading_weights(tiny_lm, m
     from llava_lite.cli import main
     from llava_lite.dry_run import plan
     from llava_lite.stages import STAGES, set_trainable
-    from llava_lite.train import build_model
+    from llava_lite.build import build_model
 
     common = [f"model.lm={tiny_lm}", "model.init_from=null", "model.vision.model=tiny", "model.vision.pretrained=null",
               "data.chat_template=null", "model.dtype=bfloat16", "train.batch_size=2", "data.max_length=64"]

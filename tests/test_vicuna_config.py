@@ -2,7 +2,7 @@
 template (issue 12): with a local Llama SentencePiece tokenizer that has none either, a sample renders
 as LLaVA-1.5 trains on it: stage 1 `<s><image>caption</s>`, stage 2 LLaVA's vicuna_v1 conversation,
 loss on exactly the answers and their </s>. Only model.lm is overridden; the data path is the trainer's
-(read_conversations -> dataset_for -> render), the tokenizer is made as train.build_model makes it."""
+(read_conversations -> dataset_for -> render), the tokenizer is made as build.build_model makes it."""
 from __future__ import annotations
 
 import json
