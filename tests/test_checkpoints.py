@@ -10,6 +10,22 @@ from llava_lite.model import LlavaLite
 from llava_lite.train import Trainer
 
 
+def killed_at_step(monkeypatch, cfg, n: int) -> None:
+    """Run `cfg` and kill it (KeyboardInterrupt) as its n-th optimizer step starts."""
+    real_step, calls = Trainer._step, {"n": 0}
+
+    def dying_step(self, window):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(self, window)
+
+    monkeypatch.setattr(Trainer, "_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg).run()
+    monkeypatch.undo()
+
+
 def test_tied_embeddings_checkpoint_once_and_resume_exactly(data, tmp_path, monkeypatch):
     """An LM whose input and output embeddings are one tensor (the demo's LM): a checkpoint holds
     it once (safetensors refuses shared tensors), resumes exactly, and the saved model keeps the tie."""
@@ -17,18 +33,7 @@ def test_tied_embeddings_checkpoint_once_and_resume_exactly(data, tmp_path, monk
     args = ["train.max_steps=4", "train.save_every=2", "train.lr=3e-3"]
     cfg = lambda out: load_config(CONFIGS / "text_sft.yaml", base(lm, out, source(data["alpaca"], "alpaca"), *args))
     Trainer(cfg(tmp_path / "a")).run()
-    real_step, calls = Trainer._step, {"n": 0}
-
-    def dying_step(self, window):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self, window)
-
-    monkeypatch.setattr(Trainer, "_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg(tmp_path / "b")).run()
-    monkeypatch.undo()
+    killed_at_step(monkeypatch, cfg(tmp_path / "b"), 3)
     Trainer(cfg(tmp_path / "b"), resume=True).run()
     assert losses(tmp_path / "a") == pytest.approx(losses(tmp_path / "b"), rel=1e-6)
     saved = LlavaLite.from_pretrained(tmp_path / "b")
@@ -40,20 +45,7 @@ def test_resume_gives_the_same_losses(tiny_lm, data, tmp_path, monkeypatch):
     args = ["train.max_steps=10", "train.save_every=4", "train.lr=3e-3"]
     cfg = lambda out: load_config(CONFIGS / "stage2.yaml", base(tiny_lm, out, source(data["conversations"]), *args))
     Trainer(cfg(tmp_path / "a")).run()
-
-    calls = {"n": 0}
-    real_step = Trainer._step
-
-    def dying_step(self, window):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self, window)
-
-    monkeypatch.setattr(Trainer, "_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg(tmp_path / "b")).run()
-    monkeypatch.undo()
+    killed_at_step(monkeypatch, cfg(tmp_path / "b"), 6)
     assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["step-0000004"]
     Trainer(cfg(tmp_path / "b"), resume=True).run()
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
