@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from test_train import CONFIGS, base, data, losses, source  # noqa: F401 (data is a fixture)
+from test_train import CONFIGS, base, data, kill_at, losses, source  # noqa: F401 (data is a fixture)
 from tiny import make_tiny_lm
 
 from llava_lite.config import load_config
@@ -12,15 +12,7 @@ from llava_lite.train import Trainer
 
 def killed_at_step(monkeypatch, cfg, n: int) -> None:
     """Run `cfg` and kill it (KeyboardInterrupt) as its n-th optimizer step starts."""
-    real_step, calls = Trainer._step, {"n": 0}
-
-    def dying_step(self, window):
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self, window)
-
-    monkeypatch.setattr(Trainer, "_step", dying_step)
+    kill_at(monkeypatch, n)
     with pytest.raises(KeyboardInterrupt):
         Trainer(cfg).run()
     monkeypatch.undo()

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from PIL import Image
-from test_train import CONFIGS, base, losses, source
+from test_train import CONFIGS, base, kill_at, losses, source
 from tiny import make_llava_data
 
 from llava_lite.config import ModelConfig, VisionConfig, load_config
@@ -129,19 +129,6 @@ def test_packed_logits_equal_each_sample_alone(model):
                                    model(ids, torch.ones_like(ids), pixel_values=s[0].pixel_values).logits)
 
 
-def _kill_at(monkeypatch, n):
-    calls = {"n": 0}
-    real_step = Trainer._step
-
-    def dying_step(self, window):
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self, window)
-
-    monkeypatch.setattr(Trainer, "_step", dying_step)
-
-
 def test_packing_trains_like_padding_resumes_exactly_and_logs_padding(tiny_lm, tmp_path, monkeypatch):
     data = make_llava_data(tmp_path / "data", n=24)
     args = ["train.max_steps=8", "train.save_every=4", "train.lr=3e-3"]
@@ -149,7 +136,7 @@ def test_packing_trains_like_padding_resumes_exactly_and_logs_padding(tiny_lm, t
                                                                           *args, *extra))
     Trainer(cfg(tmp_path / "padded")).run()
     Trainer(cfg(tmp_path / "a", "data.packing=true")).run()
-    _kill_at(monkeypatch, 6)
+    kill_at(monkeypatch, 6)
     with pytest.raises(KeyboardInterrupt):
         Trainer(cfg(tmp_path / "b", "data.packing=true")).run()
     monkeypatch.undo()

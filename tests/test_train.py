@@ -174,7 +174,7 @@ def test_bad_image_names_file_and_record(tiny_lm, tmp_path, problem):
         Trainer(cfg).run()
 
 
-def _kill_at(monkeypatch, n):
+def kill_at(monkeypatch, n):
     """Make the n-th optimizer step raise, as if the process were killed."""
     calls = {"n": 0}
     real_step = Trainer._step
@@ -217,7 +217,7 @@ def test_fractional_weights_redraw_each_epoch_and_resume_exactly(tiny_lm, data, 
     assert a.total_steps == steps(0) + steps(1) + math.ceil(steps(2) / 2) == len(losses(tmp_path / "a"))
     assert len(rows[0]) == len(rows[1]) == 24 and sorted(rows[0]) != sorted(rows[1])  # a fresh draw each epoch
 
-    _kill_at(monkeypatch, 10)
+    kill_at(monkeypatch, 10)
     with pytest.raises(KeyboardInterrupt):
         Trainer(cfg(tmp_path / "b")).run()
     monkeypatch.undo()
@@ -259,7 +259,7 @@ def test_train_from_shards_and_resume(tiny_lm, data, tmp_path, monkeypatch):
     evals = [r["eval_loss"] for r in rows if "eval_loss" in r]  # eval sources are files, every record once
     assert [r["step"] for r in rows if "eval_loss" in r] == [6, 12] and evals[1] < evals[0]
     assert (tmp_path / "a" / "llava_lite.json").is_file()
-    _kill_at(monkeypatch, 7)
+    kill_at(monkeypatch, 7)
     with pytest.raises(KeyboardInterrupt):
         main(["train", str(CONFIGS / "stage2.yaml"), *base(tiny_lm, tmp_path / "b", source, *args)])
     monkeypatch.undo()
