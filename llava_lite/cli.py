@@ -60,6 +60,12 @@ def _eval(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=2))
 
 
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype (default: the dtype the model was trained in)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llava-lite", description="LLaVA-style vision-language instruction tuning")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also LLAVA_LITE_DEBUG=1)")
@@ -84,9 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: cuda when available, else cpu)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weights dtype (default: the dtype the model was trained in)")
+    _device_args(p)
     p.set_defaults(func=_chat)
 
     p = sub.add_parser("eval", help="benchmarks, perplexities, judge; base vs tuned with --base",
@@ -100,9 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory for report.json (+ report.md with --base) and the answer files")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=32, help="VQA questions decoded together (greedy)")
-    p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: cuda when available, else cpu)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weights dtype (default: the dtype the model was trained in)")
+    _device_args(p)
     p.add_argument("--pope", help="POPE question JSONL (answer: yes/no): accuracy, precision, recall, F1, yes-ratio")
     p.add_argument("--mc", help="multiple-choice question JSONL (options + answer letter): letter accuracy")
     p.add_argument("--choice", help="JSONL of question, choices, answer[, image]: multiple choice by log-likelihood")
