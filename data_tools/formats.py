@@ -10,12 +10,14 @@ import base64
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image
 
-from llava_lite.data.conversation import IMAGE_PLACEHOLDER, Conversation, DataError, ImageRef
+from llava_lite.constants import IMAGE_TOKEN
+from llava_lite.data.conversation import Conversation, DataError, ImageRef
 
 FORMATS = ("llava", "sharegpt", "alpaca", "openai")
 _FROM = {"user": "human", "assistant": "gpt", "system": "system"}
@@ -70,10 +72,10 @@ def to_alpaca(conv: Conversation, image_folder: str | os.PathLike | None = None)
 
 def _parts(text: str, images: list[str]) -> str | list[dict[str, Any]]:
     """Text with placeholders -> OpenAI content parts, the image_url part where each placeholder was."""
-    if IMAGE_PLACEHOLDER not in text:
+    if IMAGE_TOKEN not in text:
         return text
     parts: list[dict[str, Any]] = []
-    pieces = text.split(IMAGE_PLACEHOLDER)
+    pieces = text.split(IMAGE_TOKEN)
     for i, piece in enumerate(pieces):
         # The reader joins parts with "\n": drop the newline that joining will put back.
         piece = piece[1:] if i > 0 and piece.startswith("\n") else piece

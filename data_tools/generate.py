@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
-from llava_lite.data.conversation import IMAGE_PLACEHOLDER, Conversation, DataError, Message
+from llava_lite.constants import IMAGE_TOKEN
+from llava_lite.data.conversation import Conversation, DataError, Message
 
 from .annotations import Scene, vocabulary
 from .parse import ParseError, parse_description, parse_qa
@@ -72,7 +73,7 @@ def _record(job: _Job, reply: str) -> Conversation:
             pairs = [(q if q.endswith(SHORT_SUFFIX) else q + SHORT_SUFFIX, a) for q, a in pairs]
     messages = []
     for i, (q, a) in enumerate(pairs):
-        messages += [Message("user", f"{IMAGE_PLACEHOLDER}\n{q}" if i == 0 else q), Message("assistant", a)]
+        messages += [Message("user", f"{IMAGE_TOKEN}\n{q}" if i == 0 else q), Message("assistant", a)]
     kind = "short" if job.short else job.kind
     return Conversation(messages, images=[job.scene.file_name], id=f"{job.scene.id}-{kind}").validate()
 

@@ -7,13 +7,13 @@ re-draws its `data.sources` the same way every epoch.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from llava_lite.data.conversation import Conversation
-from llava_lite.data.readers import read_conversations
 from llava_lite.data.mixture import difficulty, epoch_draw, proportional_counts
+from llava_lite.data.readers import read_conversations
 
 from .tagging import heuristic_tags
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from llava_lite.data.conversation import Conversation  # noqa: E402
+from llava_lite.data.conversation import Conversation
 
-from .tagging import complexity, diversity, query_text  # noqa: E402
+from .tagging import complexity, diversity, query_text
 
 
 def summarize(convs: list[Conversation], tag_lists: list[list[str]]) -> dict:

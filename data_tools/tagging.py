@@ -10,7 +10,8 @@ import random
 import re
 from pathlib import Path
 
-from llava_lite.data.conversation import IMAGE_PLACEHOLDER, Conversation
+from llava_lite.constants import IMAGE_TOKEN
+from llava_lite.data.conversation import Conversation
 
 from .parse import ParseError, parse_tags
 from .prompts import few_shot_messages, load_prompt
@@ -49,7 +50,7 @@ _COMPILED = [(t, re.compile(p, re.IGNORECASE | re.MULTILINE)) for t, p in RULES]
 def query_text(conv: Conversation) -> str:
     """The user turns, without placeholders or the short-answer suffix."""
     text = "\n".join(m.content for m in conv.messages if m.role == "user")
-    return text.replace(SHORT_SUFFIX, "").replace(IMAGE_PLACEHOLDER, "").strip()
+    return text.replace(SHORT_SUFFIX, "").replace(IMAGE_TOKEN, "").strip()
 
 
 def heuristic_tags(conv: Conversation) -> list[str]:

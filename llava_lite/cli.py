@@ -7,12 +7,12 @@ import sys
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .config import load_config
-    from .train import Trainer
+    from llava_lite.config import load_config
+    from llava_lite.train.recipe import Trainer
 
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "dry_run", False):  # config only, on the meta device: no weights load, nothing trains
-        from .dry_run import format_plan, plan
+        from llava_lite.train.dry_run import format_plan, plan
 
         print(format_plan(plan(cfg, args.engine, args.gpus), cfg))
         return
@@ -20,15 +20,15 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _chat(args: argparse.Namespace) -> None:
-    from .errors import check_ref
+    from llava_lite.errors import check_ref
 
     check_ref(args.model, "--model")  # before anything loads: a missing directory is one line
     missing = [p for p in args.image if not os.path.isfile(p)]
     if missing:
-        from .data.conversation import DataError
+        from llava_lite.data.conversation import DataError
 
         raise DataError(f"--image {missing[0]}: no such image file; check the path", "image file not found")
-    from .cli_chat import run_chat
+    from llava_lite.infer.cli_chat import run_chat
 
     run_chat(args)
 
@@ -36,14 +36,14 @@ def _chat(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     import json
 
-    from .errors import check_ref
-    from .evaluate import evaluate
+    from llava_lite.errors import check_ref
+    from llava_lite.eval.evaluate import evaluate
 
     check_ref(args.model, "--model")
     check_ref(getattr(args, "base", None), "--base")
     judge = None
     if args.judge == "rule":
-        from .judge import RuleJudge
+        from llava_lite.eval.judge import RuleJudge
 
         judge = RuleJudge()
     elif args.judge:  # any OpenAI-compatible endpoint; the key comes from OPENAI_API_KEY
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     # Commands living in other modules; their parser modules import nothing heavy, so --help is fast.
-    for module in ("llava_lite.demo.run", "data_tools.cli", "llava_lite.serve.cli", "llava_lite.export", "llava_lite.bench"):
+    for module in ("llava_lite.demo.run", "data_tools.cli", "llava_lite.serve.cli", "llava_lite.interop.export", "llava_lite.bench.run"):
         _mount(sub, module)
     return parser
 
@@ -143,7 +143,7 @@ def error_line(e: BaseException) -> str | None:
     """The one line a user sees for an error they can fix (ours, a missing file, bad YAML); None for a bug."""
     import yaml
 
-    from .errors import LlavaLiteError
+    from llava_lite.errors import LlavaLiteError
 
     if isinstance(e, LlavaLiteError):
         text = str(e)

@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from .errors import LlavaLiteError
+from llava_lite.errors import LlavaLiteError
 
 
 class ConfigError(LlavaLiteError, ValueError):

@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 date -u +"%Y-%m-%d %H:%M UTC"
-HF_HUB_OFFLINE=1 "$PY" -m llava_lite.gpu_check --device cuda --dtype bfloat16 --shapes 7b:align,1b:instruct \
+HF_HUB_OFFLINE=1 "$PY" -m llava_lite.bench.gpu_check --device cuda --dtype bfloat16 --shapes 7b:align,1b:instruct \
   --batch-size "${BATCH:-8}" --seq "${SEQ:-1024}" --steps "${STEPS:-10}" "$@"

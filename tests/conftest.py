@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tiny import make_tiny_lm  # noqa: E402
+from helpers.tiny import make_tiny_lm
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny import make_llava_data
+from helpers.tiny import make_llava_data
 
-from llava_lite import train as train_module
 from llava_lite.cli import main
 from llava_lite.config import load_config
 from llava_lite.errors import ModelLoadError, check_model_refs
+from llava_lite.train import recipe as train_module
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 

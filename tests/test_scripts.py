@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tiny import make_llava_data
+from helpers.tiny import make_llava_data
 
 ROOT = Path(__file__).resolve().parents[1]
 

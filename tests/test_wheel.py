@@ -13,8 +13,7 @@ import venv
 from pathlib import Path
 
 import pytest
-
-from tiny import make_llava_data
+from helpers.tiny import make_llava_data
 
 ROOT = Path(__file__).resolve().parents[1]
 

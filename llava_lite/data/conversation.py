@@ -12,9 +12,9 @@ from typing import Union
 
 from PIL import Image
 
-from ..errors import LlavaLiteError
+from llava_lite.constants import IMAGE_TOKEN
+from llava_lite.errors import LlavaLiteError
 
-IMAGE_PLACEHOLDER = "<image>"
 ROLES = ("system", "user", "assistant")
 
 ImageRef = Union[str, Image.Image]
@@ -35,7 +35,7 @@ class DataError(LlavaLiteError, ValueError):
 @dataclass
 class Message:
     role: str  # "system" | "user" | "assistant"
-    content: str  # text, with IMAGE_PLACEHOLDER where an image goes
+    content: str  # text, with IMAGE_TOKEN where an image goes
 
 
 @dataclass
@@ -50,9 +50,9 @@ class Conversation:
         return f"{self.source} (id={self.id!r})" if self.id else self.source or "<conversation>"
 
     def num_placeholders(self) -> int:
-        return sum(m.content.count(IMAGE_PLACEHOLDER) for m in self.messages)
+        return sum(m.content.count(IMAGE_TOKEN) for m in self.messages)
 
-    def validate(self) -> "Conversation":
+    def validate(self) -> Conversation:
         """Raise DataError unless roles are known, turns alternate, answers are non-empty and the
         number of `<image>` placeholders equals the number of images."""
         if not self.messages:
@@ -75,13 +75,13 @@ class Conversation:
                 raise DataError(f"{self.where}: assistant turn {i} is empty", "empty answer")
         if not any(m.role == "assistant" for m in body):
             raise DataError(f"{self.where}: no assistant turn to learn from", "no answer")
-        if any(IMAGE_PLACEHOLDER in m.content for m in self.messages if m.role == "assistant"):
-            raise DataError(f"{self.where}: an {IMAGE_PLACEHOLDER} placeholder is inside an assistant turn",
+        if any(IMAGE_TOKEN in m.content for m in self.messages if m.role == "assistant"):
+            raise DataError(f"{self.where}: an {IMAGE_TOKEN} placeholder is inside an assistant turn",
                             "placeholder inside answer")
         n = self.num_placeholders()
         if n != len(self.images):
             raise DataError(
-                f"{self.where}: {n} {IMAGE_PLACEHOLDER} placeholder(s) in the text but {len(self.images)} image(s) in field 'image'",
+                f"{self.where}: {n} {IMAGE_TOKEN} placeholder(s) in the text but {len(self.images)} image(s) in field 'image'",
                 "placeholder count mismatch",
             )
         return self

@@ -6,16 +6,17 @@ drops it from the batch and passes the rows on in `batch["num_skipped"].rejects`
 not the run, also inside DataLoader workers. Skipped rows carry no labels: token weighting holds."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch.utils.data import Dataset
 
-from .conversation import Conversation, DataError
-from .images import load_image
-from .rejects import row
-from .render import IGNORE, RenderError, render
+from llava_lite.constants import IGNORE_INDEX
+from llava_lite.data.conversation import Conversation, DataError
+from llava_lite.data.images import load_image
+from llava_lite.data.rejects import row
+from llava_lite.data.render import RenderError, render
 
 
 @dataclass
@@ -85,7 +86,7 @@ class ConversationDataset(Dataset):
 
     def skipped(self, source: str, id: str, reason: str, message: str, kind: str) -> Sample:
         """A one-pad-token stand-in with no label, counted and reported by the collator."""
-        return Sample(torch.tensor([self.tokenizer.pad_token_id]), torch.tensor([IGNORE]), None, True,
+        return Sample(torch.tensor([self.tokenizer.pad_token_id]), torch.tensor([IGNORE_INDEX]), None, True,
                       row(source, id, reason, message, kind))
 
 
@@ -101,7 +102,7 @@ class Collator:
         width = max(len(s.input_ids) for s in kept)
         width = -(-width // self.multiple) * self.multiple
         ids = torch.full((len(kept), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(kept), width), IGNORE, dtype=torch.long)
+        labels = torch.full((len(kept), width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(kept), width), dtype=torch.long)
         for i, s in enumerate(kept):
             n = len(s.input_ids)
@@ -123,7 +124,7 @@ class Skipped(int):
     rejects: list
 
     @classmethod
-    def of(cls, samples: list[Sample]) -> "Skipped":
+    def of(cls, samples: list[Sample]) -> Skipped:
         n = cls(sum(s.skipped for s in samples))
         n.rejects = [s.reject for s in samples if s.reject is not None]
         return n

@@ -10,7 +10,7 @@ from typing import IO, Union
 
 from PIL import Image, UnidentifiedImageError
 
-from .conversation import DataError, ImageRef
+from llava_lite.data.conversation import DataError, ImageRef
 
 # Modes that carry an alpha channel: composited onto white, as a viewer would show them.
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")

@@ -13,17 +13,17 @@ and the process layout alone, which is what makes `--resume` exact.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from torch.utils.data import DataLoader
 
-from ..config import ConfigError, DataConfig
-from .conversation import Conversation
-from .dataset import Collator, ConversationDataset
-from .mixture import Mixture, bad_records_error, load_mixture, read_sources
-from .rejects import Rejects
-from .sampler import ModalityLengthBatchSampler
-from .streaming import ShardStream, expand_shards
+from llava_lite.config import ConfigError, DataConfig
+from llava_lite.data.conversation import Conversation
+from llava_lite.data.dataset import Collator, ConversationDataset
+from llava_lite.data.mixture import Mixture, bad_records_error, load_mixture, read_sources
+from llava_lite.data.rejects import Rejects
+from llava_lite.data.sampler import ModalityLengthBatchSampler
+from llava_lite.data.streaming import ShardStream, expand_shards
 
 
 def source_kind(sources, key: str = "data.sources") -> str:
@@ -122,7 +122,7 @@ class TrainData:
     def _build(self, model) -> DataLoader:
         collate = Collator(model.tokenizer.pad_token_id)
         if self.cfg.packing:  # padding-free packing of each batch's samples (data/packing.py)
-            from .packing import PackingCollator
+            from llava_lite.data.packing import PackingCollator
 
             collate = PackingCollator(model.tokenizer.pad_token_id, self.cfg.max_length)
         workers = self.cfg.num_workers

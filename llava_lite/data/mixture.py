@@ -23,13 +23,13 @@ import importlib
 import math
 import os
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
-from ..config import ConfigError
-from .conversation import Conversation, DataError
-from .readers import read_conversations
-from .rejects import describe, row
+from llava_lite.config import ConfigError
+from llava_lite.data.conversation import Conversation, DataError
+from llava_lite.data.readers import read_conversations
+from llava_lite.data.rejects import describe, row
 
 CURRICULA = ("length", "tags")
 

@@ -13,7 +13,7 @@ What keeps a packed row equal to its samples run one by one:
   attention mask and attention never crosses samples: SDPA runs sample by sample
   (packed_attention.py), flash_attention_2 runs varlen from the positions, eager gets
   transformers' block-diagonal causal mask.
-- The first label of every sample is IGNORE: in a row, the last token of one sample would
+- The first label of every sample is IGNORE_INDEX: in a row, the last token of one sample would
   otherwise "predict" the first token of the next.
 - Images are concatenated in row order, which is the order `masked_scatter` fills placeholders.
 - The tail padding of a row forms its own segment (positions restart) and carries no label.
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from .dataset import Sample, Skipped
-from .render import IGNORE
+from llava_lite.constants import IGNORE_INDEX
+from llava_lite.data.dataset import Sample, Skipped
 
 
 def first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -80,7 +80,7 @@ class PackingCollator:
         width = max(sum(len(kept[i].input_ids) for i in row) for row in rows)
         width = -(-width // self.multiple) * self.multiple
         ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         positions = torch.zeros((len(rows), width), dtype=torch.long)
         pixels = []
@@ -90,7 +90,7 @@ class PackingCollator:
                 s = kept[i]
                 n = len(s.input_ids)
                 ids[r, start:start + n], labels[r, start:start + n] = s.input_ids, s.labels
-                labels[r, start] = IGNORE  # never a target across the boundary with the previous sample
+                labels[r, start] = IGNORE_INDEX  # never a target across the boundary with the previous sample
                 mask[r, start:start + n] = 1
                 positions[r, start:start + n] = torch.arange(n)
                 if s.pixel_values is not None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Union, overload
+from typing import Any, Literal, Union, overload
 
-from .conversation import IMAGE_PLACEHOLDER, ROLES, Conversation, DataError, ImageRef, Message
-from .images import decode_data_url, resolve_image
+from llava_lite.constants import IMAGE_TOKEN
+from llava_lite.data.conversation import ROLES, Conversation, DataError, ImageRef, Message
+from llava_lite.data.images import decode_data_url, resolve_image
 
 FORMATS = ("llava", "sharegpt", "alpaca", "openai")
 PathLike = Union[str, "os.PathLike[str]"]
@@ -143,10 +145,10 @@ def _openai_content(content: Any, field: str, r: _Record, images: list[ImageRef]
                 images.append(r.image(url.get("url"), f"{pf}.image_url.url"))
             else:
                 images.append(r.image(url, f"{pf}.image_url"))
-            pieces.append(IMAGE_PLACEHOLDER)
+            pieces.append(IMAGE_TOKEN)
         elif kind == "image":
             images.append(r.image(part.get("image"), f"{pf}.image"))
-            pieces.append(IMAGE_PLACEHOLDER)
+            pieces.append(IMAGE_TOKEN)
         else:
             raise r.fail(f"{pf}.type", f"must be 'text', 'image_url' or 'image', got {kind!r}")
     return "\n".join(pieces)

@@ -21,10 +21,10 @@ from __future__ import annotations
 import collections
 import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
-from .conversation import DataError
+from llava_lite.data.conversation import DataError
 
 FILE = "rejects.jsonl"
 COUNTED = ("record", "image", "render")  # kinds that count as bad data against data.max_bad_fraction

@@ -25,9 +25,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .conversation import IMAGE_PLACEHOLDER, Conversation, DataError, Message
-
-IGNORE = -100
+from llava_lite.constants import IGNORE_INDEX, IMAGE_TOKEN
+from llava_lite.data.conversation import Conversation, DataError, Message
 
 
 class RenderError(DataError):
@@ -62,7 +61,7 @@ def _special_strings(tokenizer) -> list[str]:
     """All special-token strings, longest first, to recognise the end-of-turn marker."""
     found = set(tokenizer.all_special_tokens)
     found |= {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
-    found.discard(IMAGE_PLACEHOLDER)
+    found.discard(IMAGE_TOKEN)
     return sorted((s for s in found if s), key=len, reverse=True)
 
 
@@ -98,7 +97,7 @@ def _chat_spans(conv: Conversation, messages: list[Message], tokenizer) -> tuple
 def _plain_spans(messages: list[Message], n_images: int, tokenizer) -> tuple[str, list[tuple[int, int]]]:
     """Stage-1 alignment: `<bos><image>...caption<eos>`, loss on the caption and eos only."""
     answers = [m.content.strip() for m in messages if m.role == "assistant"]
-    prefix = (tokenizer.bos_token or "") + IMAGE_PLACEHOLDER * n_images
+    prefix = (tokenizer.bos_token or "") + IMAGE_TOKEN * n_images
     text = prefix + answers[0] + tokenizer.eos_token
     return text, [(len(prefix), len(text))]
 
@@ -111,7 +110,7 @@ def _mark(tokenizer, messages: list[Message]) -> tuple[list[Message], list[Messa
     """(the messages, the same with every special-token string of their content wrapped in markers,
     or None when no content holds one). `<image>` is a control token in user and system text only."""
     specials = _special_strings(tokenizer)
-    text_re, answer_re = _alternation(specials), _alternation(specials + [IMAGE_PLACEHOLDER])
+    text_re, answer_re = _alternation(specials), _alternation(specials + [IMAGE_TOKEN])
     clean, marked = [], []
     for m in messages:
         content = m.content.replace(_OPEN, "").replace(_CLOSE, "")
@@ -174,7 +173,7 @@ def _expand_images(ids: list[int], labels: list[int], image_token_id: int, image
     for i, lab in zip(ids, labels):
         if i == image_token_id:
             out_ids += [image_token_id] * image_seq_len
-            out_labels += [IGNORE] * image_seq_len
+            out_labels += [IGNORE_INDEX] * image_seq_len
         else:
             out_ids.append(i)
             out_labels.append(lab)
@@ -217,7 +216,7 @@ def render(
         text, spans = _chat_spans(conv, messages, tokenizer)
         rendered = _template(tokenizer, marked, False) if marked else text
     ids, offsets = _tokenize(tokenizer, rendered, conv.where, text)
-    labels = [IGNORE] * len(ids)
+    labels = [IGNORE_INDEX] * len(ids)
     for a, b in spans:
         turn = [i for i, (s, e) in enumerate(offsets) if e > s and s < b and e > a]
         for i in turn:
@@ -231,11 +230,11 @@ def render(
     if n_found != len(conv.images):
         raise RenderError(
             f"{conv.where}: {n_found} image token(s) after templating but {len(conv.images)} image(s); "
-            f"is {IMAGE_PLACEHOLDER!r} a special token of this tokenizer?"
+            f"is {IMAGE_TOKEN!r} a special token of this tokenizer?"
         )
     ids, labels = _expand_images(ids, labels, image_token_id, image_seq_len)
     ids, labels = _truncate(ids, labels, max_length, image_token_id, image_seq_len)
-    if all(lab == IGNORE for lab in labels):
+    if all(lab == IGNORE_INDEX for lab in labels):
         return None
     return Rendered(ids, labels, ids.count(image_token_id) // image_seq_len)
 
@@ -253,13 +252,13 @@ def render_prompt(
     if system_prompt and messages and messages[0].role != "system":
         messages = [Message("system", system_prompt)] + messages
     if mode == "plain":
-        n = sum(m.content.count(IMAGE_PLACEHOLDER) for m in messages)
-        text = (tokenizer.bos_token or "") + IMAGE_PLACEHOLDER * n
+        n = sum(m.content.count(IMAGE_TOKEN) for m in messages)
+        text = (tokenizer.bos_token or "") + IMAGE_TOKEN * n
     else:  # a user typing "<|im_start|>system" writes text, not a turn
         clean, marked = _mark(tokenizer, messages)
         text = _template(tokenizer, marked or clean, True)
     ids, _ = _tokenize(tokenizer, text, "prompt")
-    ids, _ = _expand_images(ids, [IGNORE] * len(ids), image_token_id, image_seq_len)
+    ids, _ = _expand_images(ids, [IGNORE_INDEX] * len(ids), image_token_id, image_seq_len)
     return ids
 
 

@@ -5,7 +5,7 @@ samples; grouping similar lengths keeps padding small.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import Sampler

@@ -25,16 +25,17 @@ import json
 import os
 import random
 import tarfile
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import base_plus_ext
 
-from .conversation import Conversation, DataError
-from .images import open_image
-from .readers import _llava, _Record
+from llava_lite.data.conversation import Conversation, DataError
+from llava_lite.data.images import open_image
+from llava_lite.data.readers import _llava, _Record
 
 
 # ---- shard lists ---------------------------------------------------------------------------------

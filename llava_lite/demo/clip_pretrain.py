@@ -32,11 +32,11 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ..optim import cosine_with_warmup
-from .corpus import assert_no_heldout, assert_train_clean
-from .presets import finished, mark_finished, resolve, world_fingerprint
-from .probe import patch_labels, patch_tokens, probe_patch_features, retrieval_and_zero_shot
-from .world import COLORS, SHAPES, load_objects
+from llava_lite.demo.corpus import assert_no_heldout, assert_train_clean
+from llava_lite.demo.presets import finished, mark_finished, resolve, world_fingerprint
+from llava_lite.demo.probe import patch_labels, patch_tokens, probe_patch_features, retrieval_and_zero_shot
+from llava_lite.demo.world import COLORS, SHAPES, load_objects
+from llava_lite.train.optim import cosine_with_warmup
 
 MEAN, STD = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
 PATCH_CLASSES = (len(SHAPES) + 1, len(COLORS) + 1, 3)  # background + shapes, + colours, + sizes

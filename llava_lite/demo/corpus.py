@@ -15,9 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 from data_tools.teachers.rule import SHORT_SUFFIX  # the same VQA prompt as the stage-2 data
-
-from .captions import article, noun, position_phrase
-from .world import COLORS, HELDOUT_PAIRS, SHAPES, load_objects
+from llava_lite.demo.captions import article, noun, position_phrase
+from llava_lite.demo.world import COLORS, HELDOUT_PAIRS, SHAPES, load_objects
 
 CORPUS_VERSION = 2  # part of the LM cache key: a change to the documents retrains the LM
 CHAT_TURN = "<|im_start|>{role}\n{content}<|im_end|>\n"  # the tokenizer's chat template, as a string

@@ -17,10 +17,9 @@ import random
 from pathlib import Path
 
 from data_tools.teachers.rule import SHORT_SUFFIX
-
-from .captions import article
-from .corpus import qa_pairs
-from .world import COLORS, SHAPES, load_objects
+from llava_lite.demo.captions import article
+from llava_lite.demo.corpus import qa_pairs
+from llava_lite.demo.world import COLORS, SHAPES, load_objects
 
 POSITION_WORDS = (("left", "right"), ("top", "bottom"), ("small", "large"), ("yes", "no"))
 

@@ -18,10 +18,17 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from ..optim import cosine_with_warmup
-from .corpus import CORPUS_VERSION, assert_no_heldout, chatml, qa_pairs, text_task_documents, world_documents
-from .presets import finished, mark_finished, resolve, world_fingerprint
-from .world import load_objects
+from llava_lite.demo.corpus import (
+    CORPUS_VERSION,
+    assert_no_heldout,
+    chatml,
+    qa_pairs,
+    text_task_documents,
+    world_documents,
+)
+from llava_lite.demo.presets import finished, mark_finished, resolve, world_fingerprint
+from llava_lite.demo.world import load_objects
+from llava_lite.train.optim import cosine_with_warmup
 
 ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
              "intermediate_size", "max_position_embeddings")

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from .clip_pretrain import pretrain_clip
-from .lm_pretrain import pretrain_lm
-from .presets import resolve
-from .text_tasks import write_text_tasks
-from .tokenizer import train_tokenizer
-from .world import make_world
+from llava_lite.demo.clip_pretrain import pretrain_clip
+from llava_lite.demo.lm_pretrain import pretrain_lm
+from llava_lite.demo.presets import resolve
+from llava_lite.demo.text_tasks import write_text_tasks
+from llava_lite.demo.tokenizer import train_tokenizer
+from llava_lite.demo.world import make_world
 
 __all__ = ["build_base", "build_world", "pretrain_clip", "pretrain_lm", "train_tokenizer"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .world import COLORS, HELDOUT_PAIRS, SHAPES
+from llava_lite.demo.world import COLORS, HELDOUT_PAIRS, SHAPES
 
 
 @torch.no_grad()

@@ -14,8 +14,7 @@ from importlib.resources import as_file, files
 from pathlib import Path
 
 from data_tools.teachers.rule import SHORT_SUFFIX  # the training data's VQA prompt
-
-from ..config import load_config
+from llava_lite.config import load_config
 
 SHORT_FRACTION = 0.5  # held-out instructions: share of conversation records in the short-answer (VQA) style
 # Stage-2 mixture, as repeat factors per epoch (re-drawn every epoch). Descriptions and reasoning
@@ -32,8 +31,7 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
     from data_tools.formats import to_llava, write_records
     from data_tools.generate import generate
     from data_tools.teachers.rule import RuleTeacher, grounded_qa
-
-    from .corpus import assert_no_heldout
+    from llava_lite.demo.corpus import assert_no_heldout
 
     d, wd = out / "data", out / "world"
     paths = {"instruct_train": d / "instruct_train.json", "short_train": d / "short_train.json",
@@ -67,7 +65,7 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
             rows.append({"question_id": len(rows), "image": s.file_name, "text": qa["question"], "answer": qa["answer"],
                          "category": qa["type"], "unseen_combo": unseen[int(s.id)]})
     paths["vqa"].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    from .corpus import world_documents
+    from llava_lite.demo.corpus import world_documents
 
     paths["general"].write_text("\n".join(doc.replace("\n", " ") for doc in world_documents(wd, "test")) + "\n")
     return paths
@@ -75,7 +73,7 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
 
 def _train(config: str, overrides: list[str]) -> Path:
     """Train one stage from a preset config shipped inside the package (works from a wheel)."""
-    from ..train import Trainer
+    from llava_lite.train.recipe import Trainer
 
     with as_file(files(__package__) / "configs" / config) as path:
         cfg = load_config(path, overrides)
@@ -83,10 +81,10 @@ def _train(config: str, overrides: list[str]) -> Path:
 
 
 def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
-    from ..evaluate import evaluate
-    from .eval_sets import write_sets
-    from .pretrain import build_base
-    from .presets import resolve
+    from llava_lite.demo.eval_sets import write_sets
+    from llava_lite.demo.presets import resolve
+    from llava_lite.demo.pretrain import build_base
+    from llava_lite.eval.evaluate import evaluate
 
     t0 = time.time()
     out = Path(out).resolve()
@@ -118,9 +116,9 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
                        pope=str(sets["pope"]), choice=str(sets["choice"]), text_tasks=str(data["text_test"]),
                        base=str(out / "lm"), **kw)
     report1 = evaluate(str(s1), out_dir=str(out / "eval" / "stage1"), **{**kw, "general": None})
-    from ..chat import Assistant
-    from ..evaluate import response_perplexity
-    from ..model import LlavaLite
+    from llava_lite.eval.evaluate import response_perplexity
+    from llava_lite.infer.chat import Assistant
+    from llava_lite.model.llava import LlavaLite
 
     assistant = Assistant(LlavaLite.from_pretrained(s2))  # loaded once: other images, text tasks, chat sample
     other = other_image_accuracy(assistant, data["vqa"], images)
@@ -136,7 +134,7 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
     report["text_task_ppl"] = response_perplexity(assistant.model, str(data["text_test"]), "alpaca")
     report["wall_seconds"] = round(time.time() - t0, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    from .report import write_summary
+    from llava_lite.demo.report import write_summary
 
     write_summary(out, report)
     chat_sample(assistant, s2, world_dir)
@@ -146,7 +144,7 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
 def other_image_accuracy(assistant, vqa: Path, images: Path) -> dict:
     """The same questions, each asked about another test image: what the model scores from answer
     priors alone. The gap to `vqa_accuracy` is what it reads from the image."""
-    from ..evaluate import read_questions, vqa_accuracy
+    from llava_lite.eval.evaluate import read_questions, vqa_accuracy
 
     questions = read_questions(vqa)
     files = sorted({q["image"] for q in questions})
@@ -156,7 +154,7 @@ def other_image_accuracy(assistant, vqa: Path, images: Path) -> dict:
 
 def chat_sample(assistant, model_dir: Path, world_dir: Path) -> None:
     """Show one held-out image and a few questions, as a user would ask them."""
-    from ..data.conversation import Message
+    from llava_lite.data.conversation import Message
 
     inst = json.loads((world_dir / "annotations" / "instances_test.json").read_text())
     image = next(im for im in inst["images"] if im.get("unseen_combo"))

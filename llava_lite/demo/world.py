@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from .captions import caption_set, STAGE1_PROMPTS
+from llava_lite.demo.captions import STAGE1_PROMPTS, caption_set
 
 COLORS = {  # name -> RGB, far apart and all clearly off the gray background (red/orange pushed apart:
     # with (215,40,40)/(245,130,20) the held-out red stars were probed as orange)

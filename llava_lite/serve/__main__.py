@@ -1,4 +1,4 @@
 """`python -m llava_lite.serve --model DIR`: the same as `llava-lite serve`."""
-from .cli import main
+from llava_lite.serve.cli import main
 
 main()

@@ -19,11 +19,11 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..chat import Assistant, Reply
-from .errors import APIError, api_error_handler, http_error_handler, server_error_handler
-from .schema import ChatRequest, parse_request, to_prompt
-from .settings import Settings
-from .worker import Job, Worker
+from llava_lite.infer.chat import Assistant, Reply
+from llava_lite.serve.errors import APIError, api_error_handler, http_error_handler, server_error_handler
+from llava_lite.serve.schema import ChatRequest, parse_request, to_prompt
+from llava_lite.serve.settings import Settings
+from llava_lite.serve.worker import Job, Worker
 
 STATIC = Path(__file__).parent / "static"
 
@@ -33,7 +33,7 @@ def create_app(assistant_or_model_dir: Assistant | str | Path, settings: Setting
     if isinstance(assistant_or_model_dir, Assistant):
         assistant, default_name = assistant_or_model_dir, "llava-lite"
     else:
-        from ..model import LlavaLite
+        from llava_lite.model.llava import LlavaLite
 
         assistant = Assistant(LlavaLite.from_pretrained(assistant_or_model_dir))
         default_name = Path(assistant_or_model_dir).resolve().name

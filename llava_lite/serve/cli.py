@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from .settings import MiB, Settings
+from llava_lite.serve.settings import MiB, Settings
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -64,18 +64,18 @@ def run(args: argparse.Namespace) -> None:
     try:
         import uvicorn
 
-        from .app import create_app
+        from llava_lite.serve.app import create_app
     except ModuleNotFoundError as e:
         raise SystemExit(f"error: llava-lite serve needs {e.name}, which is not installed; "
                          "install the serve extra: pip install 'llava-lite[serve]'") from None
-    from ..chat import Assistant
-    from ..model import LlavaLite
+    from llava_lite.infer.chat import Assistant
+    from llava_lite.model.llava import LlavaLite
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     settings = settings_from(args)
     if args.host not in LOOPBACK and settings.api_key is None:
         logging.warning("serving on %s without an API key: anyone who can reach this port can use the model", args.host)
-    from ..model import default_device
+    from llava_lite.model.llava import default_device
 
     device = args.device or default_device()
     model = LlavaLite.from_pretrained(args.model, device=device, dtype=args.dtype)

@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from ..data.conversation import DataError
-from ..data.images import ImageTooLarge, data_url_bytes, open_image
-from .errors import APIError
-from .settings import Settings
+from llava_lite.data.conversation import DataError
+from llava_lite.data.images import ImageTooLarge, data_url_bytes, open_image
+from llava_lite.serve.errors import APIError
+from llava_lite.serve.settings import Settings
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 

@@ -8,10 +8,11 @@ from typing import Annotated, Literal, Union
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..data.conversation import IMAGE_PLACEHOLDER, Message
-from .errors import APIError
-from .images import load_url
-from .settings import Settings
+from llava_lite.constants import IMAGE_TOKEN
+from llava_lite.data.conversation import Message
+from llava_lite.serve.errors import APIError
+from llava_lite.serve.images import load_url
+from llava_lite.serve.settings import Settings
 
 
 class ImageURL(BaseModel):
@@ -109,8 +110,8 @@ def to_prompt(req: ChatRequest, settings: Settings) -> Prompt:
         for j, part in enumerate(parts):
             param = f"messages.{i}.content.{j}"
             if isinstance(part, TextPart):
-                if IMAGE_PLACEHOLDER in part.text:
-                    raise APIError(400, f"{param}: text may not contain {IMAGE_PLACEHOLDER!r}; send images as "
+                if IMAGE_TOKEN in part.text:
+                    raise APIError(400, f"{param}: text may not contain {IMAGE_TOKEN!r}; send images as "
                                    "image_url parts", param)
                 texts.append(part.text)
             elif role != "user":
@@ -120,7 +121,7 @@ def to_prompt(req: ChatRequest, settings: Settings) -> Prompt:
                                "too_many_images")
             else:
                 images.append(load_url(part.image_url.url, settings, f"{param}.image_url.url"))
-                texts.append(IMAGE_PLACEHOLDER)
+                texts.append(IMAGE_TOKEN)
         messages.append(Message(role, "\n".join(texts)))
     if messages[-1].role != "user":
         raise APIError(400, f"the last message must be from the user, not {messages[-1].role!r}", "messages")

@@ -14,9 +14,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..chat import Assistant
-from .errors import APIError
-from .schema import Prompt
+from llava_lite.infer.chat import Assistant
+from llava_lite.serve.errors import APIError
+from llava_lite.serve.schema import Prompt
 
 log = logging.getLogger("llava_lite.serve")
 

@@ -1,0 +1,4 @@
+"""Names shared by the data path, the model and the export formats (LLaVA keeps them in constants.py too)."""
+
+IMAGE_TOKEN = "<image>"  # the placeholder a conversation's text carries for each image
+IGNORE_INDEX = -100  # the label of every position that is not supervised (prompt, image, padding)

@@ -1,0 +1,9 @@
+"""The model: a frozen vision tower, a trainable projector and a causal LM, fused in one module.
+
+    llava.py            LlavaLite: image features fill the `<image>` slots; loss on supervised positions only
+    vision.py           the frozen open_clip tower (features from a chosen block)
+    projector.py        linear / mlpNx_gelu
+    lm.py               tokenizer, causal LM (directory, hub id or .gguf), LoRA, dtypes, attention choice
+    gguf.py             a GGUF language model -> a transformers directory (converted once, cached)
+    packed_attention.py per-sample SDPA for packed rows
+"""

@@ -1,0 +1,148 @@
+"""The frozen CLIP vision tower (open_clip) and its image preprocessing.
+
+The tower is never trained: parameters have requires_grad=False, the module stays in eval mode
+whatever `.train()` is called on its parent, and features are computed under no_grad.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import open_clip
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+
+from llava_lite.config import VisionConfig
+
+TINY_DIR = Path(__file__).parents[1] / "assets" / "tiny_clip"  # open_clip local-dir layout, no weights
+
+
+def _is_local_file(ref: str | None) -> bool:
+    return bool(ref) and Path(ref).is_file()
+
+
+class VisionTower(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.model == "tiny":  # a small random ViT shipped as a config, for tests and smoke runs
+            clip, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{TINY_DIR}")
+        else:
+            pretrained = None if cfg.model.startswith("local-dir:") else cfg.pretrained
+            clip, _, preprocess = open_clip.create_model_and_transforms(cfg.model, pretrained=pretrained)
+            self._check_quickgelu(clip)
+        self.visual = clip.visual  # only the image side runs; the text side is kept off-module for saving
+        self._text_state = {k: v for k, v in clip.state_dict().items() if not k.startswith("visual.")}
+        self.preprocess = preprocess
+        pp = self.visual.preprocess_cfg if hasattr(self.visual, "preprocess_cfg") else {}
+        self.mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
+        self.visual.requires_grad_(False)
+        self.visual.eval()
+        self._clip_config = self._model_config(clip)
+        self._check_pixel_shuffle()
+
+    def _check_quickgelu(self, clip: nn.Module) -> None:
+        # OpenAI weights were trained with QuickGELU; open_clip only warns on a mismatch.
+        tag = (self.cfg.pretrained or "").lower()
+        if tag == "openai" and "quickgelu" not in self.cfg.model.lower():
+            raise ValueError(
+                f"open_clip model {self.cfg.model!r} with pretrained='openai' uses GELU but the OpenAI weights "
+                f"need QuickGELU: use {self.cfg.model}-quickgelu"
+            )
+
+    def _model_config(self, clip: nn.Module) -> dict | None:
+        if self.cfg.model == "tiny":
+            return json.loads((TINY_DIR / "open_clip_config.json").read_text())
+        if self.cfg.model.startswith("local-dir:"):
+            return json.loads((Path(self.cfg.model[len("local-dir:"):]) / "open_clip_config.json").read_text())
+        cfg = open_clip.get_model_config(self.cfg.model)
+        return {"model_cfg": cfg} if cfg else None
+
+    def train(self, mode: bool = True) -> VisionTower:
+        super().train(mode)
+        self.visual.eval()  # frozen: dropout / norm statistics never switch to training behaviour
+        return self
+
+    @property
+    def width(self) -> int:
+        return self.visual.transformer.width * self.cfg.pixel_shuffle**2
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.visual.grid_size
+        r = self.cfg.pixel_shuffle
+        return (gh // r) * (gw // r) + (1 if self.cfg.use_cls else 0)
+
+    def _check_pixel_shuffle(self) -> None:
+        r, (gh, gw) = self.cfg.pixel_shuffle, self.visual.grid_size
+        if r < 1 or gh % r or gw % r:
+            raise ValueError(f"vision.pixel_shuffle={r} must divide the {gh}x{gw} patch grid")
+        if r > 1 and self.cfg.use_cls:
+            raise ValueError("vision.pixel_shuffle > 1 cannot be combined with vision.use_cls")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    def image_to_tensor(self, image: Image.Image) -> torch.Tensor:
+        """PIL RGB image -> [3, H, W] with open_clip's own resize/crop/normalise."""
+        if self.cfg.pad_to_square:
+            from llava_lite.data.images import expand_to_square
+
+            image = expand_to_square(image, tuple(int(m * 255) for m in self.mean))
+        return self.preprocess(image)
+
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[N, 3, H, W] -> patch features [N, P, width] from block `cfg.layer` (P includes CLS if use_cls)."""
+        if pixel_values.shape[0] == 0:  # no image: no compute (a sharded engine still gathered this module)
+            return torch.zeros(0, self.num_patches, self.width, dtype=self.dtype, device=pixel_values.device)
+        out = self.visual.forward_intermediates(
+            pixel_values.to(self.dtype),
+            indices=[self.cfg.layer],
+            output_fmt="NLC",
+            intermediates_only=True,
+            output_extra_tokens=self.cfg.use_cls,
+            normalize_intermediates=self.cfg.normalize,
+        )
+        feats = out["image_intermediates"][0]  # [N, P, width]
+        if self.cfg.pixel_shuffle > 1:
+            feats = pixel_shuffle(feats, self.visual.grid_size, self.cfg.pixel_shuffle)
+        if self.cfg.use_cls:
+            feats = torch.cat([out["image_intermediates_prefix"][0], feats], dim=1)
+        return feats
+
+    def save_local(self, out_dir: Path, state: dict | None = None) -> str:
+        """Write the tower in open_clip's local-dir layout; returns the reference to put in the config.
+        `state`: this module's state dict gathered elsewhere (sharded training); default: its own."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.model.startswith("local-dir:"):
+            src = Path(self.cfg.model[len("local-dir:"):])
+            if src.resolve() != out_dir.resolve():
+                shutil.copy(src / "open_clip_config.json", out_dir / "open_clip_config.json")
+        else:
+            (out_dir / "open_clip_config.json").write_text(json.dumps(self._clip_config, indent=2))
+        own = self.state_dict() if state is None else state
+        state = {k: v for k, v in own.items() if k.startswith("visual.")} | self._text_state
+        state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        save_file(state, str(out_dir / "open_clip_model.safetensors"))
+        return f"local-dir:{out_dir}"
+
+    def needs_weights_saved(self) -> bool:
+        """A hub tag can be reloaded by name; random or local towers travel inside the model directory."""
+        tag = self.cfg.pretrained
+        if self.cfg.model == "tiny" or self.cfg.model.startswith("local-dir:"):
+            return True
+        return not tag or _is_local_file(tag)
+
+
+def pixel_shuffle(feats: torch.Tensor, grid: tuple[int, int], r: int) -> torch.Tensor:
+    """[N, H*W, C] -> [N, (H/r)*(W/r), C*r*r]: each r x r block of neighbouring patches becomes one
+    token carrying all their channels (Idefics3 / nanoVLM), so no information is averaged away."""
+    n, _, c = feats.shape
+    h, w = grid
+    x = feats.reshape(n, h // r, r, w // r, r, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, (h // r) * (w // r), r * r * c)

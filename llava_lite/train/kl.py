@@ -1,0 +1,93 @@
+"""KL to the base model during training (`train.kl_to_base`), against forgetting.
+
+    kl = KLToBase(model, beta=0.1, dtype="bfloat16")   # after accelerate.prepare; model unwrapped
+    kl.arm(); out = ddp_model(**inputs)                     # the tuned head's logits are captured
+    kl_sum = kl.kl_sum(inputs)                              # KL(base || tuned) summed over supervised positions
+    loss_sum = out.loss_sum + kl.beta * kl_sum
+
+The tuned forward is the ordinary one (through DDP, so gradients stay in step): a forward hook on
+the LM head keeps the logits it computes, which the sparse head computes only at supervised
+positions ([S, V]). The base runs the same batch under no_grad and applies its head at the same S
+positions, so no logits are computed for image or prompt positions on either side.
+
+Memory, beyond plain training: the base's [S, V] logits and the two log-softmaxes kept for the
+backward pass, about 3 x S x V x 4 bytes (S = supervised tokens of a micro-batch; 2048 x 32k vocab
+is ~0.8 GB), plus the base's no-grad activations for one forward. Under full fine-tuning also a
+frozen copy of the LM in the training dtype (+2 bytes per parameter in bf16); under LoRA none: the
+base is the same LM with its adapters disabled. The starting projector is copied (small) so that
+image positions are fed as the base model saw them.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from llava_lite.constants import IGNORE_INDEX
+from llava_lite.model.lm import DTYPES, is_peft
+
+
+class KLToBase:
+    def __init__(self, model, beta: float, dtype: str = "float32"):
+        if beta <= 0:
+            raise ValueError(f"kl_to_base must be > 0 to build a reference, got {beta}")
+        self.beta, self.model = beta, model
+        self.lora = is_peft(model.lm)
+        self.projector = copy.deepcopy(model.projector).requires_grad_(False).eval()
+        # Full fine-tuning: the starting LM, frozen, in the training dtype (trainable weights are
+        # kept in fp32 for the optimizer; the base need not be).
+        self.lm = None if self.lora else copy.deepcopy(model.lm).requires_grad_(False).to(DTYPES[dtype]).eval()
+        self.armed = False
+        self.captured: torch.Tensor | None = None
+        head = model.lm.get_output_embeddings()
+        self.hook = head.register_forward_hook(self._capture)
+
+    def _capture(self, module, args, output) -> None:
+        if self.armed:  # only the tuned training forward; not the base's, nor evaluation
+            self.captured, self.armed = output, False
+
+    def arm(self) -> None:
+        self.armed, self.captured = True, None
+
+    def close(self) -> None:
+        self.hook.remove()
+
+    @torch.no_grad()
+    def base_logits(self, input_ids, labels, attention_mask=None, pixel_values=None, position_ids=None,
+                    **_) -> torch.Tensor:
+        """The base model's logits at the supervised positions: [S, V]."""
+        m = self.model
+        lm = self.lm if self.lm is not None else m.lm
+        adapters_off = m.lm.disable_adapter() if self.lm is None else contextlib.nullcontext()
+        with adapters_off:
+            embeds = lm.get_input_embeddings()(input_ids)
+            if pixel_values is not None and pixel_values.shape[0]:
+                dtype = next(self.projector.parameters()).dtype
+                feats = self.projector(m.vision(pixel_values).to(dtype))
+                slots = (input_ids == m.image_token_id).unsqueeze(-1)
+                embeds = embeds.masked_scatter(slots, feats.to(embeds.dtype))
+            mask = None if position_ids is not None else attention_mask
+            hidden = lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                                      use_cache=False).last_hidden_state
+            keep = labels[:, 1:] != IGNORE_INDEX
+            return lm.get_output_embeddings()(hidden[:, :-1][keep])
+
+    def kl_sum(self, inputs: dict) -> torch.Tensor:
+        """KL(base || tuned) summed over the supervised positions of the batch just run (after arm())."""
+        tuned = self.captured
+        if tuned is None:
+            raise RuntimeError("KLToBase.kl_sum: no tuned logits captured; call arm() before the model's forward")
+        self.captured = None
+        base = self.base_logits(**inputs)
+        if base.shape != tuned.shape:
+            raise RuntimeError(f"base logits {tuple(base.shape)} and tuned logits {tuple(tuned.shape)} differ")
+        return kl_base_to_tuned(tuned, base)
+
+
+def kl_base_to_tuned(tuned_logits: torch.Tensor, base_logits: torch.Tensor) -> torch.Tensor:
+    """sum over positions of KL(p_base || p_tuned) = sum p_base (log p_base - log p_tuned); [S, V] -> []."""
+    log_tuned = F.log_softmax(tuned_logits.float(), dim=-1)
+    log_base = F.log_softmax(base_logits.float(), dim=-1)
+    return F.kl_div(log_tuned, log_base, log_target=True, reduction="sum")

@@ -1,0 +1,36 @@
+"""The optimizer and learning-rate schedule of a training stage."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from llava_lite.config import TrainConfig
+from llava_lite.train.stages import Stage
+
+
+def build_optimizer(model: nn.Module, stage: Stage, t: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters only; a part may have its own learning rate (the stage's
+    lr_keys, e.g. train.projector_lr); no weight decay on biases and norms (1-D tensors)."""
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lr = getattr(t, stage.lr_key(name.split(".")[0])) or t.lr
+        wd = t.weight_decay if p.ndim >= 2 else 0.0
+        groups.setdefault((lr, wd), []).append(p)
+    if not groups:
+        raise ValueError(f"stage {stage.name!r} leaves nothing to train")
+    return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()])
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int, floor: float = 0.0):
+    """Linear warmup over `warmup` steps, then a cosine from the peak down to `floor` x peak."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,124 @@
+"""The demo's base-model pre-training on a tiny world: CLIP and LM save/load, markers, held-out."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llava_lite.demo.clip_pretrain import evaluate_clip, normalize, pretrain_clip
+from llava_lite.demo.corpus import world_documents
+from llava_lite.demo.lm_pretrain import mean_loss, pack
+from llava_lite.demo.presets import MARKER, PRESETS, resolve
+from llava_lite.demo.pretrain import build_world, pretrain_lm, train_tokenizer
+from llava_lite.demo.world import HELDOUT_PAIRS
+
+TINY = {
+    "seed": 0,
+    "world": {"n_train": 16, "n_test": 8, "image_size": 64},
+    "text_tasks": {"n_train": 24, "n_test": 8},
+    "tokenizer": {"vocab_size": 400},
+    "clip": {"vision": {"width": 32, "layers": 2, "heads": 2, "patch_size": 8},
+             "text": {"width": 32, "layers": 1, "heads": 2, "context_length": 64},
+             "embed_dim": 16, "batch_size": 8, "steps": 2, "lr": 1e-3, "weight_decay": 0.1, "warmup": 0.1,
+             "patch_loss_weight": 1.0},
+    "lm": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+           "intermediate_size": 64, "max_position_embeddings": 128,
+           "seq_len": 64, "batch_size": 2, "steps": 3, "lr": 1e-3, "weight_decay": 0.0, "warmup": 0.1},
+}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("base")
+    build_world(root / "world", TINY)
+    train_tokenizer(root / "world", root / "tokenizer", TINY)
+    return root
+
+
+def test_presets_resolve_and_are_complete():
+    for name in ("fast", "full"):
+        p = resolve(name)
+        assert set(p) == set(TINY) and set(p["clip"]) == set(TINY["clip"]) and set(p["lm"]) == set(TINY["lm"])
+        p["lm"]["steps"] = -1  # a private copy
+        assert PRESETS[name]["lm"]["steps"] > 0
+    with pytest.raises(ValueError):
+        resolve("huge")
+
+
+def test_clip_local_dir_round_trip_and_marker(base):
+    out = base / "clip"
+    info = pretrain_clip(base / "world", out, TINY)
+    assert (out / MARKER).is_file() and (out / "open_clip_model.safetensors").is_file()
+    cfg = json.loads((out / "open_clip_config.json").read_text())
+    assert cfg["preprocess_cfg"]["image_size"] == 64 and cfg["model_cfg"]["vision_cfg"]["patch_size"] == 8
+    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:" + str(out))
+    model.eval()
+    # identical weights, hence identical features
+    saved = load_file(str(out / "open_clip_model.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    ref = open_clip.CLIP(**cfg["model_cfg"]).eval()
+    ref.load_state_dict(saved)
+    img = Image.open(base / "world" / "images" / "test" / "000001.png").convert("RGB")
+    x = preprocess(img).unsqueeze(0)
+    u8 = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None]
+    assert torch.allclose(x, normalize(u8), atol=1e-5)  # training used the same preprocessing
+    a = model.visual.forward_intermediates(x, indices=[-2], output_fmt="NLC", intermediates_only=True)
+    b = ref.visual.forward_intermediates(x, indices=[-2], output_fmt="NLC", intermediates_only=True)
+    assert a["image_intermediates"][0].shape == (1, 64, 32)
+    assert torch.equal(a["image_intermediates"][0], b["image_intermediates"][0])
+    tok = open_clip.get_tokenizer("local-dir:" + str(out))  # offline: SimpleTokenizer's vocab ships with open_clip
+    assert torch.equal(model.encode_text(tok(["a red circle."])), ref.encode_text(tok(["a red circle."])))
+    # the metrics recorded at training time are reproduced by the reloaded model
+    assert evaluate_clip(model, base / "world") == info["metrics"]
+    assert {"object_color", "object_shape", "patch_shape_map", "patch_position", "retrieval_r1_of_100"} <= set(info["metrics"])
+    # skip when done; redo when the config changes
+    mtime = os.stat(out / "open_clip_model.safetensors").st_mtime_ns
+    assert pretrain_clip(base / "world", out, TINY) == info
+    assert os.stat(out / "open_clip_model.safetensors").st_mtime_ns == mtime
+    changed = copy.deepcopy(TINY)
+    changed["clip"]["steps"] = 3  # more than one pass over the 16 images
+    assert pretrain_clip(base / "world", out, changed)["steps"] == 3
+
+
+def test_lm_save_load_and_marker(base):
+    out = base / "lm"
+    info = pretrain_lm(base / "world", base / "tokenizer", out, TINY)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.vocab_size == len(tok) and model.config.tie_word_embeddings
+    assert tok.chat_template and tok.convert_tokens_to_ids("<|im_end|>") in model.generation_config.eos_token_id
+    rows = pack(world_documents(base / "world", "test", 1), tok, 64, 0)[:32]
+    assert abs(mean_loss(model, rows) - info["metrics"]["heldout_world_loss"]) < 1e-3
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] <= ids.shape[1] + 3
+    mtime = os.stat(out / "model.safetensors").st_mtime_ns
+    assert pretrain_lm(base / "world", base / "tokenizer", out, TINY) == info
+    assert os.stat(out / "model.safetensors").st_mtime_ns == mtime
+    (out / MARKER).unlink()  # an unfinished run (no marker) is redone
+    assert pretrain_lm(base / "world", base / "tokenizer", out, TINY)["metrics"] == info["metrics"]
+
+
+def test_pretraining_refuses_heldout_pairs(base, tmp_path):
+    import shutil
+
+    world = tmp_path / "world"
+    shutil.copytree(base / "world", world)
+    path = world / "annotations" / "instances_train.json"
+    inst = json.loads(path.read_text())
+    color, shape = HELDOUT_PAIRS[0]
+    inst["annotations"][0]["color"] = color
+    inst["annotations"][0]["category_id"] = next(c["id"] for c in inst["categories"] if c["name"] == shape)
+    path.write_text(json.dumps(inst))
+    with pytest.raises(AssertionError, match="held-out"):
+        pretrain_clip(world, tmp_path / "clip", TINY)
+    with pytest.raises(AssertionError, match="held-out"):
+        pretrain_lm(world, base / "tokenizer", tmp_path / "lm", TINY)

@@ -1,0 +1,197 @@
+"""Export to transformers' llava-hf layout: same logits and greedy tokens in LlavaForConditionalGeneration,
+refusals for what HF Llava cannot hold, LoRA merging."""
+from __future__ import annotations
+
+import argparse
+import json
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from llava_lite.config import ModelConfig, VisionConfig
+from llava_lite.infer.chat import Assistant
+from llava_lite.interop.export import add_parser, export, main, run
+from llava_lite.interop.hf_llava import check_exportable, write_hf_llava
+from llava_lite.model.llava import LlavaLite
+from llava_lite.model.vision import TINY_DIR, VisionTower
+
+try:
+    from llava_lite.data.conversation import Message
+except ImportError:  # before the data/ package
+    from llava_lite.conversation import Message
+
+TOL = 1e-4
+
+
+def noise(w: int, h: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def tower_dir(tmp_path, name: str, **vision_cfg) -> str:
+    """The tiny open_clip config with some vision_cfg / model_cfg / preprocess_cfg options changed."""
+    cfg = json.loads((TINY_DIR / "open_clip_config.json").read_text())
+    for key, value in vision_cfg.items():
+        if key == "quick_gelu":
+            cfg["model_cfg"]["quick_gelu"] = value
+        elif key == "resize_mode":
+            cfg["preprocess_cfg"]["resize_mode"] = value
+        else:
+            cfg["model_cfg"]["vision_cfg"][key] = value
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "open_clip_config.json").write_text(json.dumps(cfg))
+    return f"local-dir:{tmp_path / name}"
+
+
+def build(lm, seed: int = 0, projector: str = "mlp2x_gelu", model: str = "tiny", **vision) -> LlavaLite:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vision=VisionConfig(model=model, pretrained=None, **vision), lm=str(lm), projector=projector)
+    return LlavaLite.build(cfg).eval()
+
+
+def hf_parity(model: LlavaLite, out, chats, backend: str | None = "pil", new_tokens: int = 6, tol: float = TOL) -> float:
+    """Exported dir vs llava-lite on each (typed messages, llava-lite messages, images): same ids and pixels,
+    logits within `tol`, same greedy tokens. Returns the largest logit difference."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    hf, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    processor = AutoProcessor.from_pretrained(out, **({"backend": backend} if backend else {}))
+    assistant, worst = Assistant(model), 0.0
+    for typed, ours, images in chats:
+        text = processor.apply_chat_template(typed, add_generation_prompt=True)
+        inputs = processor(images=images or None, text=text, return_tensors="pt")
+        ids, pixels = assistant.encode(ours, images)
+        assert inputs["input_ids"].tolist() == ids.tolist()
+        with torch.no_grad():
+            theirs = hf(**inputs).logits
+            mine = model(ids, torch.ones_like(ids), pixels).logits
+        if images:
+            torch.testing.assert_close(inputs["pixel_values"], pixels, atol=1e-6, rtol=0)
+        worst = max(worst, float((theirs - mine).abs().max()))
+        assert worst < tol
+        gen = hf.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)[0, ids.shape[1]:].tolist()
+        gen = [t for t in gen if t not in model.stop_token_ids()]
+        reply = assistant.reply(ours, images, max_new_tokens=new_tokens, temperature=0.0)
+        assert processor.decode(gen, skip_special_tokens=True) == reply.text and len(gen) == reply.completion_tokens
+    return worst
+
+
+def one_image_chat(image):
+    typed = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]}]
+    return typed, [Message("user", "<image>\nWhat colour is it?")], [image]
+
+
+def two_turn_chat(a, b):
+    typed = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Same?"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "No."}]},
+             {"role": "user", "content": "Why?"}]
+    ours = [Message("user", "<image>\n<image>\nSame?"), Message("assistant", "No."), Message("user", "Why?")]
+    return typed, ours, [a, b]
+
+
+TEXT_ONLY = ([{"role": "user", "content": "Add 1 and 2."}], [Message("user", "Add 1 and 2.")], [])
+
+
+@pytest.mark.parametrize("case", [
+    dict(use_cls=False, layer=-2, projector="mlp2x_gelu"),
+    dict(use_cls=True, layer=-1, projector="linear"),
+    dict(use_cls=False, layer=0, projector="linear", pad_to_square=True, system_prompt="Answer briefly."),
+    dict(use_cls=True, layer=-2, projector="mlp2x_gelu", pad_to_square=True, quick_gelu=True),
+])
+def test_hf_llava_parity(tiny_lm, tmp_path, case):
+    case = dict(case)
+    system, quick = case.pop("system_prompt", None), case.pop("quick_gelu", False)
+    tower = tower_dir(tmp_path, "qg", quick_gelu=True) if quick else "tiny"
+    model = build(tiny_lm, model=tower, **case)
+    model.system_prompt = system
+    assert (type(model.vision.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU") == quick
+    write_hf_llava(model, tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["vision_feature_layer"] == {-2: -2, -1: -1, 0: 1}[case["layer"]]
+    assert config["vision_feature_select_strategy"] == ("full" if case["use_cls"] else "default")
+    # 40x30 -> 42x32, 30x47 -> 32x50: even crop margins; padded images are square before the resize
+    chats = [one_image_chat(noise(40, 30)), two_turn_chat(noise(30, 47, 1), noise(64, 64, 2)), TEXT_ONLY]
+    worst = hf_parity(model, tmp_path / "hf", chats)
+    print(f"max |logit diff| {case} quick_gelu={quick}: {worst:.2e}")
+
+
+def test_cli_export_and_default_backend(tiny_lm, tmp_path):
+    """`export MODEL_DIR OUT`: the default (torchvision) image backend is exact when no resize is needed."""
+    model = build(tiny_lm, seed=3)
+    model.save_pretrained(tmp_path / "m")
+    main([str(tmp_path / "m"), str(tmp_path / "hf")])
+    assert (tmp_path / "hf" / "generation_config.json").is_file()
+    chats = [one_image_chat(noise(32, 32, 5)), two_turn_chat(noise(32, 32, 6), noise(32, 32, 7))]
+    hf_parity(LlavaLite.from_pretrained(tmp_path / "m"), tmp_path / "hf", chats, backend=None)
+    with pytest.raises(FileExistsError):
+        main([str(tmp_path / "m"), str(tmp_path / "hf")])
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())  # how cli.py mounts it
+    args = parser.parse_args(["export", "m", "out", "--format", "llava-lite", "--merge-lora"])
+    assert (args.model_dir, args.out, args.fmt, args.merge_lora, args.func) == ("m", "out", "llava-lite", True, run)
+
+
+def test_plain_mode_template(tiny_lm, tmp_path):
+    """A stage-1 model (render_mode plain) exports a template that is bos + one <image> per image."""
+    model = build(tiny_lm, seed=4)
+    model.render_mode = "plain"
+    write_hf_llava(model, tmp_path / "hf")
+    hf_parity(model, tmp_path / "hf", [one_image_chat(noise(40, 30, 8))])
+
+
+@pytest.mark.parametrize("option,match", [
+    (dict(pixel_shuffle=2), "pixel_shuffle"),
+    (dict(normalize=True), "normalize"),
+    (dict(projector="mlp3x_gelu"), "mlp3x_gelu"),
+    (dict(tower=dict(ls_init_value=0.1)), "layer scale"),
+    (dict(tower=dict(attentional_pool=True, attn_pooler_heads=2, attn_pooler_queries=4)), "attention pooling"),
+    (dict(tower=dict(no_ln_pre=True)), "no_ln_pre"),
+    (dict(tower=dict(qk_norm=True)), "custom attention block"),
+    (dict(tower=dict(resize_mode="longest")), "resize_mode"),
+])
+def test_refusals(tiny_lm, tmp_path, option, match):
+    model = build(tiny_lm)
+    vision = VisionConfig(model="tiny", pretrained=None, pixel_shuffle=option.get("pixel_shuffle", 1),
+                          normalize=option.get("normalize", False))
+    if "tower" in option:
+        vision.model = tower_dir(tmp_path, "t", **option["tower"])
+    candidate = types.SimpleNamespace(vision=VisionTower(vision), lm=model.lm, tokenizer=model.tokenizer,
+                                      cfg=types.SimpleNamespace(projector=option.get("projector", "mlp2x_gelu")))
+    with pytest.raises(ValueError, match=match):
+        check_exportable(candidate)
+
+
+def test_refusal_through_export_writes_nothing(tiny_lm, tmp_path):
+    build(tiny_lm, pixel_shuffle=2).save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="pixel_shuffle"):
+        export(tmp_path / "m", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_lora_is_merged(tiny_lm, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = build(tiny_lm, seed=5)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    model.lm = get_peft_model(model.lm, lora)
+    with torch.no_grad():  # a non-trivial adapter, so that a lost one would show
+        for name, p in model.lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model.save_pretrained(tmp_path / "lora")
+    adapted = LlavaLite.from_pretrained(tmp_path / "lora")
+    assert adapted.lm_weights == "lora"
+    export(tmp_path / "lora", tmp_path / "hf", "hf-llava")
+    hf_parity(adapted, tmp_path / "hf", [one_image_chat(noise(40, 30, 9))])
+
+    main([str(tmp_path / "lora"), str(tmp_path / "merged"), "--format", "llava-lite", "--merge-lora"])
+    merged = LlavaLite.from_pretrained(tmp_path / "merged")
+    assert merged.lm_weights == "full" and (tmp_path / "merged" / "lm").is_dir()
+    assert not (tmp_path / "merged" / "lm_adapter").exists()
+    ids, pixels = Assistant(adapted).encode(*one_image_chat(noise(40, 30, 9))[1:])
+    with torch.no_grad():
+        diff = (merged(ids, None, pixels).logits - adapted(ids, None, pixels).logits).abs().max()
+    assert diff < TOL
