@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llava_lite.data.conversation import DataError
+
 from .teachers.rule import COLORS
 from .teachers.scene import Obj
 
@@ -32,7 +34,10 @@ class Scene:
 
     def context(self) -> str:
         """What an LLM teacher is shown: LLaVA's captions-then-boxes text."""
-        boxes = [f"{' '.join(filter(None, [o.get('color'), o['category']]))}: [{', '.join(f'{v:.3g}' for v in o['box'])}]" for o in self.objects]
+        boxes = [
+            f"{' '.join(filter(None, [o.get('color'), o['category']]))}: [{', '.join(f'{v:.3g}' for v in o['box'])}]"
+            for o in self.objects
+        ]
         return "\n".join(self.captions) + "\n\n" + "\n".join(boxes)
 
 
@@ -73,12 +78,13 @@ def load_layout_text(path: Path) -> list[Scene]:
             scenes.append(Scene(id=Path(file_name).stem, file_name=file_name, objects=[]))
             continue
         if not scenes:
-            raise ValueError(f"{path}:{n}: text before the first 'image:' line")
+            raise DataError(f"{path}:{n}: text before the first 'image:' line", "bad annotation")
         m = BOX_LINE.match(line)
         if m:
             box = [float(v) for v in m.group("nums").split(",")]
             if len(box) != 4 or not all(0 <= v <= 1 for v in box) or box[0] > box[2] or box[1] > box[3]:
-                raise ValueError(f"{path}:{n}: box must be [x1, y1, x2, y2] with 0 <= x1 <= x2 <= 1: {line.strip()!r}")
+                raise DataError(f"{path}:{n}: box must be [x1, y1, x2, y2] with 0 <= x1 <= x2 <= 1: {line.strip()!r}",
+                                "bad annotation")
             color, category = _label(m.group("label"))
             scenes[-1].objects.append({"category": category, "color": color, "box": box})
         else:

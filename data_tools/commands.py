@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 from llava_lite.data.readers import read_conversations
+from llava_lite.infer.openai_client import Teacher
 
 from .formats import write_conversations, write_records
-from .teachers import Teacher, make_teacher
+from .teachers import make_teacher
 
 
 def _log(msg: str) -> None:
@@ -27,7 +28,9 @@ def _teacher(args: argparse.Namespace) -> Teacher:
     if args.teacher == "local":
         if not args.model_dir:
             raise SystemExit("--teacher local needs --model-dir")
-        return make_teacher("local", model_dir=args.model_dir, max_new_tokens=args.max_new_tokens, temperature=args.temperature or 0.0)
+        return make_teacher(
+            "local", model_dir=args.model_dir, max_new_tokens=args.max_new_tokens, temperature=args.temperature or 0.0
+        )
     return make_teacher("rule")
 
 
@@ -100,7 +103,9 @@ def tag_cmd(args: argparse.Namespace) -> int:
         tags, rejects = teacher_tags(convs, _teacher(args), _journal(args, args.out), args.prompts)
     else:
         tags = [heuristic_tags(cv) for cv in convs]
-    _write_jsonl([{"id": cv.id, "source": cv.source, "tags": t} for cv, t in zip(convs, tags) if t is not None], args.out)
+    _write_jsonl(
+        [{"id": cv.id, "source": cv.source, "tags": t} for cv, t in zip(convs, tags) if t is not None], args.out
+    )
     if rejects:
         _write_jsonl(rejects, args.out.with_name(args.out.name + ".rejects.jsonl"))
     _log(json.dumps({"tagged": len(convs) - len(rejects), "rejects": len(rejects)}))
@@ -123,7 +128,16 @@ def select_cmd(args: argparse.Namespace) -> int:
     tags = _tags(args, convs)
     chosen = select(tags, args.n, args.seed)
     write_conversations([convs[i] for i in chosen], args.out, args.to, Path(args.src).resolve().parent)
-    _log(json.dumps({"selected": len(chosen), "of": len(convs), "tags_covered": diversity([tags[i] for i in chosen]), "tags_total": diversity(tags)}))
+    _log(
+        json.dumps(
+            {
+                "selected": len(chosen),
+                "of": len(convs),
+                "tags_covered": diversity([tags[i] for i in chosen]),
+                "tags_total": diversity(tags),
+            }
+        )
+    )
     return 0
 
 
@@ -131,8 +145,8 @@ def convert_cmd(args: argparse.Namespace) -> int:
     from .convert import convert
 
     stats = convert(args.src, args.dst, args.to, args.src_format, args.image_folder, args.out_image_folder)
-    for where, reason in stats["bad"] + stats["skipped"]:
-        _log(f"skipped: {reason}")
+    for message in [b.message for b in stats["bad"]] + [m for _, m in stats["skipped"]]:
+        _log(f"skipped: {message}")
     _log(json.dumps({"read": stats["read"], "written": stats["written"]}))
     return 1 if stats["bad"] or stats["skipped"] else 0
 

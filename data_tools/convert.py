@@ -26,7 +26,12 @@ class Problem:
 
 
 def convert(
-    src: Path, dst: Path, to: str, src_format: str = "auto", image_folder: Path | None = None, out_image_folder: Path | None = None
+    src: Path,
+    dst: Path,
+    to: str,
+    src_format: str = "auto",
+    image_folder: Path | None = None,
+    out_image_folder: Path | None = None,
 ) -> dict[str, int | list]:
     """Read `src` (bad records are reported, not converted) and write it to `dst` in format `to`.
 
@@ -58,7 +63,7 @@ def validate(path: Path, fmt: str = "auto", image_folder: Path | None = None, ch
     (`load_image`), so what passes here is what training accepts. An empty file is a problem."""
     good, bad = read_conversations(path, fmt, image_folder, errors="collect", check_images=check_images,
                                    allow_absolute_images=allow_absolute_images)
-    found = [(b[0], b[1], b.reason) for b in bad]
+    found = [(b.source, b.message, b.reason) for b in bad]
     n_good = len(good)
     if decode_images:
         for conv in good:

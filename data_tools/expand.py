@@ -15,13 +15,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from llava_lite.config import ConfigError
 from llava_lite.data.readers import read_conversations
+from llava_lite.infer.openai_client import Request, Teacher, TeacherError, complete_all
 
 from .filters import InstructionFilter, normalize
 from .parse import ParseError, parse_instruction
 from .prompts import few_shot_messages, load_prompt
 from .tagging import query_text
-from .teachers.base import Request, Teacher, TeacherError, complete_all
 
 OPERATIONS = ("variation", "breadth", "constraint", "deepen", "concretize", "reasoning")
 
@@ -46,7 +47,9 @@ def load_seed_instructions(path: Path) -> list[str]:
 def _request(op: str, parent: str, pool: list[str], prompt: dict, rng: random.Random) -> Request:
     examples = "\n".join(f"- {x}" for x in rng.sample(pool, min(3, len(pool))))
     query = prompt["operations"][op].format(instruction=parent, examples=examples)
-    return Request("expand", few_shot_messages(prompt, query), {"instruction": parent, "operation": op}, seed=rng.randrange(2**31))
+    return Request(
+        "expand", few_shot_messages(prompt, query), {"instruction": parent, "operation": op}, seed=rng.randrange(2**31)
+    )
 
 
 def expand(
@@ -64,7 +67,7 @@ def expand(
     """Grow `seeds` by up to `n_new` filtered instructions (fewer if `max_rounds` runs out)."""
     bad = set(operations) - set(OPERATIONS)
     if bad or not seeds:
-        raise ValueError(f"need seed instructions and operations from {OPERATIONS}; got unknown {sorted(bad)}")
+        raise ConfigError(f"need seed instructions and operations from {OPERATIONS}; got unknown {sorted(bad)}")
     rng, prompt = random.Random(seed), load_prompt("expand", prompts_dir)
     filt = filt or InstructionFilter()
     for s in seeds:
@@ -86,7 +89,14 @@ def expand(
                     if reason:
                         raise ParseError(reason)
                 except ParseError as e:
-                    result.rejects.append({"operation": op, "parent": parent, "reason": str(e), "reply": reply if isinstance(reply, str) else None})
+                    result.rejects.append(
+                        {
+                            "operation": op,
+                            "parent": parent,
+                            "reason": str(e),
+                            "reply": reply if isinstance(reply, str) else None,
+                        }
+                    )
                     continue
                 if len(result.instructions) < n_new:
                     filt.add(text)
@@ -106,5 +116,10 @@ def answer_instructions(
         if isinstance(reply, str) and reply.strip():
             records.append({"instruction": q, "input": "", "output": reply.strip()})
         else:
-            rejects.append({"instruction": q, "reason": f"teacher error: {reply}" if isinstance(reply, TeacherError) else "empty answer"})
+            rejects.append(
+                {
+                    "instruction": q,
+                    "reason": f"teacher error: {reply}" if isinstance(reply, TeacherError) else "empty answer",
+                }
+            )
     return records, rejects

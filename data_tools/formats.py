@@ -16,6 +16,7 @@ from typing import Any
 
 from PIL import Image
 
+from llava_lite.config import ConfigError
 from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.data.conversation import Conversation, DataError, ImageRef
 
@@ -114,7 +115,7 @@ def write_conversations(
 ) -> list[tuple[str, str]]:
     """Write every conversation the format can hold; return (where, reason) for those it cannot."""
     if fmt not in WRITERS:
-        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+        raise ConfigError(f"fmt must be one of {FORMATS}, got {fmt!r}")
     records, skipped = [], []
     for conv in convs:
         try:

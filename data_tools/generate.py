@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llava_lite.config import ConfigError
 from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.data.conversation import Conversation, DataError, Message
+from llava_lite.infer.openai_client import Request, Teacher, TeacherError, complete_all
 
 from .annotations import Scene, vocabulary
 from .parse import ParseError, parse_description, parse_qa
 from .prompts import few_shot_messages, load_lines, load_prompt
-from .teachers.base import Request, Teacher, TeacherError, complete_all
 from .teachers.rule import SHORT_SUFFIX
 
 KINDS = ("conversation", "detail", "reasoning")
@@ -47,7 +48,9 @@ class _Job:
     instruction: str = ""  # the user turn for `detail` records
 
 
-def _jobs(scenes: list[Scene], kinds: Sequence[str], short_fraction: float, seed: int, prompts_dir: Path | None) -> list[_Job]:
+def _jobs(
+    scenes: list[Scene], kinds: Sequence[str], short_fraction: float, seed: int, prompts_dir: Path | None
+) -> list[_Job]:
     rng = random.Random(seed)
     prompts = {k: load_prompt(k, prompts_dir) for k in kinds}
     detail_questions = load_lines("detail_questions", prompts_dir)
@@ -90,7 +93,7 @@ def generate(
     """Ask `teacher` for every (scene, kind) and parse the replies; nothing is dropped silently."""
     unknown = set(kinds) - set(KINDS)
     if unknown:
-        raise ValueError(f"unknown kinds {sorted(unknown)}; choose from {KINDS}")
+        raise ConfigError(f"unknown kinds {sorted(unknown)}; choose from {KINDS}")
     jobs = _jobs(scenes, kinds, short_fraction, seed, prompts_dir)
     replies = complete_all(teacher, [j.request for j in jobs], journal, desc="generate")
     result = GenerationResult([])

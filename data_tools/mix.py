@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llava_lite.data.conversation import Conversation
+from llava_lite.data.conversation import Conversation, DataError
 from llava_lite.data.mixture import difficulty, epoch_draw, proportional_counts
 from llava_lite.data.readers import read_conversations
 
@@ -64,7 +64,7 @@ def mix_epoch(
         counts.append(round(replay_fraction * size))
     empty = [s.name for s, d, n in zip(sources, data, counts) if n and not d]
     if empty:
-        raise ValueError(f"sources {empty} have a weight but no records")
+        raise DataError(f"sources {empty} have a weight but no records", "empty file")
     scores = None
     if curriculum is not None:
         score = difficulty(curriculum) if isinstance(curriculum, str) else curriculum

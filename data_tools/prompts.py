@@ -6,6 +6,8 @@ from typing import Any
 
 import yaml
 
+from llava_lite.data.conversation import DataError
+
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 
 
@@ -14,7 +16,7 @@ def load_prompt(name: str, folder: Path | None = None) -> dict[str, Any]:
     path = Path(folder or PROMPTS_DIR) / f"{name}.yaml"
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict) or not isinstance(data.get("system"), str):
-        raise ValueError(f"{path}: a prompt file needs a 'system' text")
+        raise DataError(f"{path}: a prompt file needs a 'system' text", "bad prompt file")
     return data
 
 
@@ -28,5 +30,8 @@ def few_shot_messages(prompt: dict[str, Any], query: str) -> list[dict[str, str]
     """system, then each example as a user/assistant exchange, then the query."""
     messages = [{"role": "system", "content": prompt["system"].strip()}]
     for ex in prompt.get("examples") or []:
-        messages += [{"role": "user", "content": ex["context"].strip()}, {"role": "assistant", "content": ex["reply"].strip()}]
+        messages += [
+            {"role": "user", "content": ex["context"].strip()},
+            {"role": "assistant", "content": ex["reply"].strip()},
+        ]
     return messages + [{"role": "user", "content": query.strip()}]

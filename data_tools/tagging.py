@@ -12,10 +12,10 @@ from pathlib import Path
 
 from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.data.conversation import Conversation
+from llava_lite.infer.openai_client import Request, Teacher, TeacherError, complete_all
 
 from .parse import ParseError, parse_tags
 from .prompts import few_shot_messages, load_prompt
-from .teachers.base import Request, Teacher, TeacherError, complete_all
 from .teachers.rule import SHORT_SUFFIX
 
 # (tag, pattern over the user turns); word boundaries keep "list" from matching "listen".
@@ -35,7 +35,10 @@ RULES: list[tuple[str, str]] = [
     ("translation", r"\btranslat"),
     ("explanation", r"\bexplain\b|\bwhy\b|\bwhat is\b"),
     ("listing", r"\blist\b|\benumerate\b"),
-    ("format constraint", r"\bno more than\b|\bat most\b|\bnumbered list\b|\bbullet|\bjson\b|\bin \w+ (words|sentences)\b|\bdo not use\b"),
+    (
+        "format constraint",
+        r"\bno more than\b|\bat most\b|\bnumbered list\b|\bbullet|\bjson\b|\bin \w+ (words|sentences)\b|\bdo not use\b",
+    ),
     ("advice", r"\bhow (can|do|should) i\b|\btips?\b|\badvice\b|\bplan\b"),
     ("rewriting", r"\brewrite\b|\bparaphrase\b|\brephrase\b|\bedit\b"),
     ("classification", r"\bclassify\b|\bcategori[sz]e\b"),
@@ -80,7 +83,14 @@ def teacher_tags(
             tags.append(parse_tags(reply))
         except ParseError as e:
             tags.append(None)
-            rejects.append({"id": conv.id, "source": conv.source, "reason": str(e), "reply": None if isinstance(reply, TeacherError) else reply})
+            rejects.append(
+                {
+                    "id": conv.id,
+                    "source": conv.source,
+                    "reason": str(e),
+                    "reply": None if isinstance(reply, TeacherError) else reply,
+                }
+            )
     return tags, rejects
 
 

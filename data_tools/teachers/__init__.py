@@ -1,12 +1,14 @@
-"""Teachers: one interface (`Teacher.complete(Request) -> str`), three kinds."""
+"""Teachers: one interface (`Teacher.complete(Request) -> str`, llava_lite.infer.openai_client), three kinds."""
 from __future__ import annotations
 
 from typing import Any
 
-from .base import Request, Teacher, TeacherError, complete_all
+from llava_lite.config import ConfigError
+from llava_lite.infer.openai_client import Teacher
+
 from .rule import RuleTeacher
 
-__all__ = ["Request", "RuleTeacher", "Teacher", "TeacherError", "complete_all", "make_teacher"]
+__all__ = ["RuleTeacher", "make_teacher"]
 
 
 def make_teacher(kind: str, **options: Any) -> Teacher:
@@ -15,11 +17,11 @@ def make_teacher(kind: str, **options: Any) -> Teacher:
     if kind == "rule":
         return RuleTeacher()
     if kind == "openai":
-        from .openai_teacher import OpenAITeacher
+        from llava_lite.infer.openai_client import OpenAITeacher
 
         return OpenAITeacher(**options)
     if kind == "local":
         from .local import LocalTeacher
 
         return LocalTeacher(**options)
-    raise ValueError(f"unknown teacher {kind!r}; choose rule, openai or local")
+    raise ConfigError(f"unknown teacher {kind!r}; choose rule, openai or local")

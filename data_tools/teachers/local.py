@@ -6,13 +6,15 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .base import Request
+from llava_lite.infer.openai_client import Request
 
 
 class LocalTeacher:
     concurrency = 1  # one model, one forward at a time
 
-    def __init__(self, model_dir: str | Path, max_new_tokens: int = 512, temperature: float = 0.0, device: str | None = None) -> None:
+    def __init__(
+        self, model_dir: str | Path, max_new_tokens: int = 512, temperature: float = 0.0, device: str | None = None
+    ) -> None:
         self.name = f"local:{Path(model_dir).name}"
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -27,7 +29,9 @@ class LocalTeacher:
 
     @torch.no_grad()
     def complete(self, request: Request) -> str:
-        enc = self.tokenizer(self.prompt(request.messages), return_tensors="pt", add_special_tokens=not self.tokenizer.chat_template)
+        enc = self.tokenizer(
+            self.prompt(request.messages), return_tensors="pt", add_special_tokens=not self.tokenizer.chat_template
+        )
         enc = {k: v.to(self.device) for k, v in enc.items()}
         sample = self.temperature > 0
         if sample:
@@ -39,6 +43,8 @@ class LocalTeacher:
             temperature=self.temperature if sample else None,
             top_p=None,
             top_k=None,
-            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id,
         )
         return self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()

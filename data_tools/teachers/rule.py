@@ -10,7 +10,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from .base import Request, TeacherError
+from llava_lite.infer.openai_client import Request, TeacherError
+
 from .rule_scene import describe, reasoning_qa
 from .rule_text import evolve
 from .scene import CENTER_MARGIN, PAIR_MARGIN, Obj, article, center, name, plural, referable
@@ -55,11 +56,28 @@ def _count_qa(objects: list[Obj], shapes: list[str], rng: random.Random) -> list
     cats = Counter(o["category"] for o in objects)
     absent = [s for s in shapes if s not in cats]
     asked = sorted(cats) + ([rng.choice(absent)] if absent else [])
-    out = [("count", f"How many {plural(c)} are there in the image?", str(cats[c]), _count_sentence(cats[c], c)) for c in asked]
-    out.append(("count", "How many objects are there in the image?", str(len(objects)), _count_sentence(len(objects), "object")))
+    out = [
+        ("count", f"How many {plural(c)} are there in the image?", str(cats[c]), _count_sentence(cats[c], c))
+        for c in asked
+    ]
+    out.append(
+        (
+            "count",
+            "How many objects are there in the image?",
+            str(len(objects)),
+            _count_sentence(len(objects), "object"),
+        )
+    )
     if all(o.get("color") for o in objects):
         for col, n in sorted(Counter(o["color"] for o in objects).items()):
-            out.append(("count", f"How many {col} objects are there in the image?", str(n), _count_sentence(n, f"{col} object")))
+            out.append(
+                (
+                    "count",
+                    f"How many {col} objects are there in the image?",
+                    str(n),
+                    _count_sentence(n, f"{col} object"),
+                )
+            )
     return out
 
 
@@ -70,10 +88,24 @@ def _position_qa(objects: list[Obj]) -> list[QA]:
         (cx, cy), n = center(o), name(o)
         if abs(cx - 0.5) >= CENTER_MARGIN:
             side = "left" if cx < 0.5 else "right"
-            out.append(("position", f"Is the {n} on the left or right side of the image?", side, f"The {n} is on the {side} side of the image."))
+            out.append(
+                (
+                    "position",
+                    f"Is the {n} on the left or right side of the image?",
+                    side,
+                    f"The {n} is on the {side} side of the image.",
+                )
+            )
         if abs(cy - 0.5) >= CENTER_MARGIN:
             half = "top" if cy < 0.5 else "bottom"  # image y grows downwards
-            out.append(("position", f"Is the {n} in the top or bottom half of the image?", half, f"The {n} is in the {half} half of the image."))
+            out.append(
+                (
+                    "position",
+                    f"Is the {n} in the top or bottom half of the image?",
+                    half,
+                    f"The {n} is in the {half} half of the image.",
+                )
+            )
     for a in refs:
         for b in refs:
             if a is b:
@@ -85,7 +117,14 @@ def _position_qa(objects: list[Obj]) -> list[QA]:
                             f"The {name(a)} is to the {side} of the {name(b)}."))
             if abs(ay - by) >= PAIR_MARGIN:
                 rel = "above" if ay < by else "below"
-                out.append(("position", f"Is the {name(a)} above or below the {name(b)}?", rel, f"The {name(a)} is {rel} the {name(b)}."))
+                out.append(
+                    (
+                        "position",
+                        f"Is the {name(a)} above or below the {name(b)}?",
+                        rel,
+                        f"The {name(a)} is {rel} the {name(b)}.",
+                    )
+                )
     return out
 
 
@@ -101,10 +140,17 @@ def _exists_qa(objects: list[Obj], shapes: list[str], colors: list[str], rng: ra
         pool = hard if rng.random() < 0.5 else [f"{c} {s}" for c in colors for s in shapes]  # half hard negatives
     else:
         pool = list(shapes)
-    negatives = sorted(set(pool) - present - avoid) or sorted({f"{c} {s}" for c in colors for s in shapes} - present - avoid)
+    negatives = sorted(set(pool) - present - avoid) or sorted(
+        {f"{c} {s}" for c in colors for s in shapes} - present - avoid
+    )
     yes, no = rng.choice(sorted(present)), rng.choice(negatives)
     return [
-        ("exists", f"Is there {article(yes)} {yes} in the image?", "yes", f"Yes, there is {article(yes)} {yes} in the image."),
+        (
+            "exists",
+            f"Is there {article(yes)} {yes} in the image?",
+            "yes",
+            f"Yes, there is {article(yes)} {yes} in the image.",
+        ),
         ("exists", f"Is there {article(no)} {no} in the image?", "no", f"No, there is no {no} in the image."),
     ]
 
@@ -127,7 +173,8 @@ def grounded_qa(
     chosen = [rng.choice(g) for g in groups if g] + _exists_qa(objects, shapes, colors, rng, avoid)
     rng.shuffle(chosen)
     return [
-        {"question": q + SHORT_SUFFIX if short else q, "answer": sa if short else la, "type": t} for t, q, sa, la in chosen
+        {"question": q + SHORT_SUFFIX if short else q, "answer": sa if short else la, "type": t}
+        for t, q, sa, la in chosen
     ]
 
 
@@ -156,4 +203,6 @@ class RuleTeacher:
             return render_qa([reasoning_qa(p["objects"], rng)])
         if request.task == "expand":
             return evolve(p["instruction"], p["operation"], rng)
-        raise TeacherError(f"the rule teacher cannot do task {request.task!r}; use an LLM teacher or the heuristic tagger")
+        raise TeacherError(
+            f"the rule teacher cannot do task {request.task!r}; use an LLM teacher or the heuristic tagger"
+        )

@@ -1,8 +1,8 @@
 """From Conversations to padded batches: render lazily, load only the images that exist, pad right.
 
 A sample that cannot be used (an image that will not open, a render failure, an answer truncated
-away) is returned as a skipped sample that carries its reject row (see rejects.py); the collator
-drops it from the batch and passes the rows on in `batch["num_skipped"].rejects`, so a bad JPEG costs one sample,
+away) is returned as a skipped sample that carries its `Reject` (see rejects.py); the collator
+drops it from the batch and passes the rejects on in `batch["num_skipped"].rejects`, so a bad JPEG costs one sample,
 not the run, also inside DataLoader workers. Skipped rows carry no labels: token weighting holds."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from llava_lite.constants import IGNORE_INDEX
 from llava_lite.data.conversation import Conversation, DataError
 from llava_lite.data.images import load_image
-from llava_lite.data.rejects import row
+from llava_lite.data.rejects import Reject
 from llava_lite.data.render import RenderError, render
 
 
@@ -25,7 +25,7 @@ class Sample:
     labels: torch.Tensor  # [T]
     pixel_values: torch.Tensor | None  # [n_images, 3, H, W]
     skipped: bool  # truncation left no supervised token, or an image would not load: counted, never trained on
-    reject: dict | None = None  # why it was skipped (a rejects.jsonl row)
+    reject: Reject | None = None  # why it was skipped
 
 
 class ConversationDataset(Dataset):
@@ -71,10 +71,17 @@ class ConversationDataset(Dataset):
         try:
             r = render(conv, self.tokenizer, **self.kw)
         except RenderError as e:
-            return self.skipped(conv.source, conv.id, e.reason if e.reason != "bad record" else "render failed", str(e), "render")
+            return self.skipped(
+                conv.source, conv.id, e.reason if e.reason != "bad record" else "render failed", str(e), "render"
+            )
         if r is None:  # truncation left nothing to learn
-            return self.skipped(conv.source, conv.id, "answer truncated away",
-                                f"{conv.where}: the answer is truncated away by data.max_length={self.kw['max_length']}", "truncated")
+            return self.skipped(
+                conv.source,
+                conv.id,
+                "answer truncated away",
+                f"{conv.where}: the answer is truncated away by data.max_length={self.kw['max_length']}",
+                "truncated",
+            )
         pixels = None
         if r.num_images:
             try:
@@ -87,7 +94,7 @@ class ConversationDataset(Dataset):
     def skipped(self, source: str, id: str, reason: str, message: str, kind: str) -> Sample:
         """A one-pad-token stand-in with no label, counted and reported by the collator."""
         return Sample(torch.tensor([self.tokenizer.pad_token_id]), torch.tensor([IGNORE_INDEX]), None, True,
-                      row(source, id, reason, message, kind))
+                      Reject(id, source, reason, kind, 0, message))
 
 
 class Collator:
@@ -118,7 +125,7 @@ class Collator:
 
 
 class Skipped(int):
-    """A batch's number of skipped samples that also carries their reject rows (`.rejects`). An int,
+    """A batch's number of skipped samples that also carries their `Reject`s (`.rejects`). An int,
     so every consumer that sums or strips "num_skipped" keeps working; it survives DataLoader workers."""
 
     rejects: list
@@ -130,6 +137,6 @@ class Skipped(int):
         return n
 
 
-def batch_rejects(batch: dict) -> list[dict]:
-    """The reject rows a collated batch carries (none for collators that do not record them)."""
+def batch_rejects(batch: dict) -> list[Reject]:
+    """The rejects a collated batch carries (none for collators that do not record them)."""
     return list(getattr(batch.get("num_skipped"), "rejects", []))

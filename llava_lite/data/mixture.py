@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from llava_lite.config import ConfigError
 from llava_lite.data.conversation import Conversation, DataError
 from llava_lite.data.readers import read_conversations
-from llava_lite.data.rejects import describe, row
+from llava_lite.data.rejects import Reject, describe
 
 CURRICULA = ("length", "tags")
 
@@ -43,7 +43,7 @@ def repeat_counts(sizes: Sequence[int], weights: Sequence[float]) -> list[int]:
     """Records per epoch when a weight is a repeat factor: round(size * weight), halves up."""
     for i, w in enumerate(weights):
         if not w >= 0 or math.isinf(w):
-            raise ValueError(f"source {i}: weight must be a finite number >= 0, got {w!r}")
+            raise ConfigError(f"source {i}: weight must be a finite number >= 0, got {w!r}")
     return [math.floor(n * w + 0.5) for n, w in zip(sizes, weights)]
 
 
@@ -51,10 +51,10 @@ def proportional_counts(total: int, weights: Sequence[float]) -> list[int]:
     """Split `total` records across sources in proportion to their weights; largest-remainder
     rounding makes the counts add up to exactly `total`."""
     if any(not w >= 0 for w in weights):
-        raise ValueError(f"weights must be >= 0, got {list(weights)}")
+        raise ConfigError(f"weights must be >= 0, got {list(weights)}")
     total_w = sum(weights)
     if not weights or total_w <= 0:
-        raise ValueError("a mixture needs at least one source with a positive weight")
+        raise ConfigError("a mixture needs at least one source with a positive weight")
     exact = [total * w / total_w for w in weights]
     counts = [int(x) for x in exact]
     by_remainder = sorted(range(len(weights)), key=lambda i: exact[i] - counts[i], reverse=True)
@@ -113,9 +113,9 @@ def difficulty(name: str) -> Callable[[Conversation], float]:
         try:
             return getattr(importlib.import_module(module), attr)
         except ModuleNotFoundError as e:
-            raise ValueError(f"curriculum {name!r} needs the data tools' tagger ({module}.{attr}), which is not "
-                             f"installed ({e}); use curriculum 'length'") from None
-    raise ValueError(f"unknown curriculum {name!r}; choose one of {CURRICULA}")
+            raise ConfigError(f"curriculum {name!r} needs the data tools' tagger ({module}.{attr}), which is not "
+                              f"installed ({e}); use curriculum 'length'") from None
+    raise ConfigError(f"unknown curriculum {name!r}; choose one of {CURRICULA}")
 
 
 # ---- a training run's file sources ---------------------------------------------------------------
@@ -150,8 +150,8 @@ def source_name(src, i: int) -> str:
 
 
 def read_sources(sources, images: bool = True, allow_absolute: bool = False, key: str = "data.sources",
-                 ) -> tuple[list[list[Conversation]], list[dict]]:
-    """Read every source to the end: its good records, and a reject row (kind "record") for every
+                 ) -> tuple[list[list[Conversation]], list[Reject]]:
+    """Read every source to the end: its good records, and a Reject (kind "record") for every
     bad one of every source, so that all problems are reported together. An empty file is an error."""
     convs, rejects = [], []
     for i, src in enumerate(sources):
@@ -160,16 +160,16 @@ def read_sources(sources, images: bool = True, allow_absolute: bool = False, key
         if not good and not bad:
             raise DataError(f"{src.path}: the file holds no records ({key}[{i}].path); give a JSON list or JSONL "
                             "file of conversations", "empty file")
-        rejects += [row(b[0], b.id, b.reason, b[1], "record") for b in bad]
+        rejects += bad
         if not images:  # text-only stages: a record with images is a bad record like any other
-            rejects += [row(c.source, c.id, "image in text-only stage", f"{c.where}: stage 'text' got a record with "
-                            "images", "record") for c in good if c.images]
+            rejects += [Reject(c.id, c.source, "image in text-only stage", "record", 0,
+                               f"{c.where}: stage 'text' got a record with images") for c in good if c.images]
             good = [c for c in good if not c.images]
         convs.append(good)
     return convs, rejects
 
 
-def bad_records_error(rejects: list[dict]) -> DataError:
+def bad_records_error(rejects: list[Reject]) -> DataError:
     return DataError(f"{describe(rejects)}; fix them (llava-lite data validate FILE lists every one) or set "
                      "data.on_bad_record=skip to train without them", "bad records")
 
@@ -179,7 +179,7 @@ def load_mixture(sources, seed: int, curriculum: str | None = None, images: bool
     """Read every file source once; each epoch then draws round(weight * size) records of each
     (see SourceConfig.weight). `images=False` (text-only stages) rejects records with images.
     Bad records of all sources are reported together (on_bad="error") or dropped and appended to
-    `rejects` as rows (on_bad="skip")."""
+    `rejects` (on_bad="skip")."""
     convs, bad = read_sources(sources, images, allow_absolute)
     if bad and on_bad != "skip":
         raise bad_records_error(bad)

@@ -2,7 +2,8 @@
 
 Images are not opened here: a Conversation's `images` holds resolved paths (confined to the
 image folder, see `images.resolve_image`), or PIL images for inline `data:` URLs. Every error
-names the file, the record (index or line, and id) and the field, and carries a short `reason`.
+names the file, the record (index or line, and id) and the field, and carries a short `reason`;
+collected, a bad record is a `Reject` (rejects.py), the row rejects.jsonl gets.
 """
 from __future__ import annotations
 
@@ -13,28 +14,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Union, overload
 
+from llava_lite.config import ConfigError
 from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.data.conversation import ROLES, Conversation, DataError, ImageRef, Message
 from llava_lite.data.images import decode_data_url, resolve_image
+from llava_lite.data.rejects import Reject
 
 FORMATS = ("llava", "sharegpt", "alpaca", "openai")
 PathLike = Union[str, "os.PathLike[str]"]
 
 _LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 _SHAREGPT_ROLES = {**_LLAVA_ROLES, "user": "user", "assistant": "assistant"}
-
-
-class Bad(tuple):
-    """A record that could not be used: unpacks as (source, message); `.reason` is its short label
-    (DataError.reason) and `.id` the record's id ("" when it has none)."""
-
-    def __new__(cls, source: str, message: str, reason: str = "bad record", id: str = ""):
-        self = super().__new__(cls, (source, message))
-        self.reason, self.id = reason, id
-        return self
-
-    def __getnewargs__(self):
-        return (self[0], self[1], self.reason, self.id)
 
 
 @dataclass
@@ -61,7 +51,8 @@ class _Record:
         if ref.startswith("data:"):
             return decode_data_url(ref, f"{self.where}: field {field!r}")
         if ref.startswith(("http://", "https://")):
-            raise self.fail(field, f"is a remote URL ({ref}); download the images and use local paths", "remote image URL")
+            raise self.fail(field, f"is a remote URL ({ref}); download the images and use local paths",
+                            "remote image URL")
         path = resolve_image(self.image_folder, ref, self.allow_absolute, f"{self.where}: field {field!r}")
         if self.check_images and not os.path.isfile(path):
             raise self.fail(field, f"names a missing image file: {path}", "image file not found")
@@ -95,7 +86,8 @@ def _turns(rec: dict, r: _Record, roles: dict[str, str]) -> Conversation:
             raise r.fail(field, f"must be an object, got {type(turn).__name__}")
         speaker = r.text(turn, "from", f"{field}.from")
         if speaker not in roles:
-            raise r.fail(f"{field}.from", f"has unknown role {speaker!r} (expected one of {sorted(roles)})", "unknown role")
+            raise r.fail(f"{field}.from", f"has unknown role {speaker!r} (expected one of {sorted(roles)})",
+                         "unknown role")
         messages.append(r.answer(roles[speaker], r.text(turn, "value", f"{field}.value"), f"{field}.value"))
     key = "images" if rec.get("images") is not None else "image"
     refs = rec.get(key)
@@ -232,15 +224,15 @@ def iter_conversations(
     image_folder: PathLike | None = None,
     *,
     errors: Literal["raise", "collect"] = "raise",
-    bad: list[Bad] | None = None,
+    bad: list[Reject] | None = None,
     check_images: bool = False,
     allow_absolute_images: bool = False,
 ) -> Iterator[Conversation]:
     """Stream validated Conversations from a file. With errors="collect", a bad record is appended to
-    `bad` as a `Bad` (source, message; .reason, .id) instead of raising; problems with the file as a
-    whole always raise. Image paths must stay inside `image_folder` unless `allow_absolute_images`."""
+    `bad` as a `Reject` (kind "record") instead of raising; problems with the file as a whole always
+    raise. Image paths must stay inside `image_folder` unless `allow_absolute_images`."""
     if fmt != "auto" and fmt not in _PARSERS:
-        raise ValueError(f"fmt must be 'auto' or one of {FORMATS}, got {fmt!r}")
+        raise ConfigError(f"fmt must be 'auto' or one of {FORMATS}, got {fmt!r}")
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
     if errors == "collect" and bad is None:
@@ -273,17 +265,19 @@ def iter_conversations(
         except DataError as e:
             if errors == "raise":
                 raise
-            bad.append(Bad(source, str(e), e.reason, rid))
+            bad.append(Reject(rid, source, e.reason, "record", 0, str(e)))
         else:
             yield conv
 
 
 @overload
-def read_conversations(path: PathLike, fmt: str = ..., image_folder: PathLike | None = ..., *, errors: Literal["raise"] = ...,
-                       check_images: bool = ..., allow_absolute_images: bool = ...) -> list[Conversation]: ...
+def read_conversations(path: PathLike, fmt: str = ..., image_folder: PathLike | None = ..., *,
+                       errors: Literal["raise"] = ..., check_images: bool = ...,
+                       allow_absolute_images: bool = ...) -> list[Conversation]: ...
 @overload
-def read_conversations(path: PathLike, fmt: str = ..., image_folder: PathLike | None = ..., *, errors: Literal["collect"],
-                       check_images: bool = ..., allow_absolute_images: bool = ...) -> tuple[list[Conversation], list[Bad]]: ...
+def read_conversations(path: PathLike, fmt: str = ..., image_folder: PathLike | None = ..., *,
+                       errors: Literal["collect"], check_images: bool = ...,
+                       allow_absolute_images: bool = ...) -> tuple[list[Conversation], list[Reject]]: ...
 def read_conversations(
     path: PathLike,
     fmt: str = "auto",
@@ -292,10 +286,10 @@ def read_conversations(
     errors: Literal["raise", "collect"] = "raise",
     check_images: bool = False,
     allow_absolute_images: bool = False,
-) -> list[Conversation] | tuple[list[Conversation], list[Bad]]:
+) -> list[Conversation] | tuple[list[Conversation], list[Reject]]:
     """Read a whole file. errors="raise": the Conversations, or DataError at the first bad record.
-    errors="collect": (good Conversations, a `Bad` (source, message; .reason, .id) for every bad record)."""
-    bad: list[Bad] = []
+    errors="collect": (good Conversations, a `Reject` for every bad record)."""
+    bad: list[Reject] = []
     good = list(iter_conversations(path, fmt, image_folder, errors=errors, bad=bad, check_images=check_images,
                                    allow_absolute_images=allow_absolute_images))
     return (good, bad) if errors == "collect" else good

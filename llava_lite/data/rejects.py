@@ -12,16 +12,20 @@ Two kinds of defect reach a training run:
   once (however many epochs meet it) and stops the run once more than `data.max_bad_fraction` of
   the records are bad. Truncated answers are listed but not counted as bad data.
 
-Each row of rejects.jsonl: {"id", "source", "reason", "kind", "step", "message"}; source is
-"file:N" as everywhere in the data package (N: the index in a JSON list, the line in JSONL); kind is
-"record" (structural), "image", "render" or "truncated"; step 0 for what was found up front.
+A reject is one `Reject`, made where the problem is found (the reader, the dataset, the mixture)
+and written as it is: each row of rejects.jsonl is its fields {"id", "source", "reason", "kind",
+"step", "message"}; source is "file:N" as everywhere in the data package (N: the index in a JSON
+list, the line in JSONL); kind is "record" (structural), "image", "render" or "truncated"; step 0
+for what was found up front.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from llava_lite.data.conversation import DataError
@@ -30,8 +34,19 @@ FILE = "rejects.jsonl"
 COUNTED = ("record", "image", "render")  # kinds that count as bad data against data.max_bad_fraction
 
 
-def row(source: str, id: str, reason: str, message: str, kind: str, step: int = 0) -> dict:
-    return {"id": id, "source": source, "reason": reason, "kind": kind, "step": step, "message": message}
+@dataclass(frozen=True)
+class Reject:
+    """A record or sample that was not used; its fields, in this order, are a rejects.jsonl row."""
+
+    id: str  # the record's id, "" when it has none
+    source: str  # "file:N"
+    reason: str  # the short label counted per reason (DataError.reason)
+    kind: str  # "record", "image", "render" or "truncated"
+    step: int  # the training step that found it; 0 when found up front
+    message: str  # the whole one-line error
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
 
 
 def _lines(path: str, upto: int) -> list[int]:
@@ -71,43 +86,42 @@ def file_lines(sources: list[str]) -> dict[str, str]:
     return out
 
 
-def by_reason(rows: Iterable[dict]) -> dict[str, int]:
-    return dict(collections.Counter(r["reason"] for r in rows).most_common())
+def by_reason(rows: Iterable[Reject]) -> dict[str, int]:
+    return dict(collections.Counter(r.reason for r in rows).most_common())
 
 
-def describe(rows: list[dict], first: int = 3) -> str:
+def describe(rows: list[Reject], first: int = 3) -> str:
     """"5 bad record(s) (2 empty answer, 1 unknown role, ...); first: a.json:7 (id='x'): empty answer, ..."""
     counts = ", ".join(f"{n} {reason}" for reason, n in by_reason(rows).items())
-    where = file_lines([r["source"] for r in rows[:first]])
-    named = "; ".join(where[r["source"]] + (f" (id={r['id']!r})" if r["id"] else "") + f": {r['reason']}"
-                      for r in rows[:first])
+    where = file_lines([r.source for r in rows[:first]])
+    named = "; ".join(where[r.source] + (f" (id={r.id!r})" if r.id else "") + f": {r.reason}" for r in rows[:first])
     return f"{len(rows)} bad record(s) ({counts}); first: {named}"
 
 
 class Rejects:
     """The rejects of one training run: structural ones from the start, the rest as steps find them."""
 
-    def __init__(self, structural: list[dict], total: int, max_fraction: float,
+    def __init__(self, structural: list[Reject], total: int, max_fraction: float,
                  log: Callable[[str], object] = print):
         self.structural, self.total, self.max_fraction, self.log = structural, total, max_fraction, log
-        self.found: list[dict] = []  # rows found while training (distinct by source and reason)
+        self.found: list[Reject] = []  # found while training (distinct by source and reason)
         self.seen: set[tuple[str, str]] = set()
         self.path: Path | None = None
         self.main = True
 
     @property
-    def rows(self) -> list[dict]:
+    def rows(self) -> list[Reject]:
         return self.structural + self.found
 
     def bad(self) -> int:
         """Distinct bad records so far (structural + images + render failures, not truncation)."""
-        return len({r["source"] for r in self.rows if r["kind"] in COUNTED})
+        return len({r.source for r in self.rows if r.kind in COUNTED})
 
-    def check(self, latest: dict | None = None) -> None:
+    def check(self, latest: Reject | None = None) -> None:
         bad, total = self.bad(), max(self.total, 1)
         if bad / total <= self.max_fraction:
             return
-        what = f"latest: {latest['message']}" if latest else describe([r for r in self.rows if r["kind"] in COUNTED])
+        what = f"latest: {latest.message}" if latest else describe([r for r in self.rows if r.kind in COUNTED])
         where = f"; see {self.path}" if self.path else ""
         raise DataError(f"{bad} of {total} records are bad ({bad / total:.1%}), more than "
                         f"data.max_bad_fraction={self.max_fraction}; {what}{where}; "
@@ -120,22 +134,22 @@ class Rejects:
         self.found, self.seen = [], set()
         if resume and self.path.is_file():
             for line in self.path.read_text().splitlines():
-                r = json.loads(line) if line.strip() else None
-                if r and r["kind"] != "record" and r["step"] <= step and (r["source"], r["reason"]) not in self.seen:
+                r = Reject(**json.loads(line)) if line.strip() else None
+                if r and r.kind != "record" and r.step <= step and (r.source, r.reason) not in self.seen:
                     self.found.append(r)
-                    self.seen.add((r["source"], r["reason"]))
+                    self.seen.add((r.source, r.reason))
         if main:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(FILE + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+            tmp.write_text("".join(r.to_json() + "\n" for r in self.rows))
             os.replace(tmp, self.path)
         if self.structural and not resume:
             self.log(f"data: skipped {describe(self.structural)}; all of them are in {self.path}")
 
-    def update(self, rejects: list[dict], step: int, acc=None) -> None:
+    def update(self, rejects: list[Reject], step: int, acc=None) -> None:
         """Add one step's rejects (from every process when `acc` is given), write the new ones,
         and stop the run when too many records are bad. Every process reaches the same verdict."""
-        new = [r for r in rejects if (r["source"], r["reason"]) not in self.seen]
+        new = [r for r in rejects if (r.source, r.reason) not in self.seen]
         if acc is not None and acc.num_processes > 1:
             import torch
             from accelerate.utils import gather_object
@@ -145,17 +159,17 @@ class Rejects:
             new = gather_object(new)
         fresh = []
         for r in new:
-            key = (r["source"], r["reason"])
+            key = (r.source, r.reason)
             if key not in self.seen:
                 self.seen.add(key)
-                fresh.append({**r, "step": step})
+                fresh.append(dataclasses.replace(r, step=step))
         if not fresh:
             return
         self.found += fresh
         if self.main and self.path is not None:
             with open(self.path, "a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in fresh)
-        counted = [r for r in fresh if r["kind"] in COUNTED]
+                f.writelines(r.to_json() + "\n" for r in fresh)
+        counted = [r for r in fresh if r.kind in COUNTED]
         if counted:
             self.check(counted[-1])
 
@@ -163,4 +177,4 @@ class Rejects:
         """For train_summary.json: counts per kind and per reason."""
         rows = self.rows
         return {"file": str(self.path) if self.path else None, "bad_records": self.bad(), "records": self.total,
-                "by_kind": dict(collections.Counter(r["kind"] for r in rows)), "by_reason": by_reason(rows)}
+                "by_kind": dict(collections.Counter(r.kind for r in rows)), "by_reason": by_reason(rows)}

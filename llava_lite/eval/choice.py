@@ -1,6 +1,6 @@
 """Multiple choice by log-likelihood (MMLU style), for text and for images.
 
-    rows = read_choice_questions("mc.jsonl")   # {"question", "choices": [...], "answer": 1 | "B" | "text", "image"?}
+    rows = read_questions("mc.jsonl", "choice")  # {"question", "choices": [...], "answer": 1 | "B" | "text", "image"?}
     choice_accuracy(model, rows, image_folder)  # {"choice_accuracy": ..., "choice_accuracy_norm": ...}
 
 Each option is rendered as the assistant's answer to the question (the same rendering as
@@ -21,45 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from llava_lite.constants import IGNORE_INDEX, IMAGE_TOKEN
-from llava_lite.data.conversation import Conversation, Message
+from llava_lite.data.conversation import Conversation, DataError, Message
 from llava_lite.data.dataset import Collator
 from llava_lite.data.loader import dataset_for
-from llava_lite.eval.scorers import LETTERS
-
-
-def read_choice_questions(path: str | Path) -> list[dict]:
-    """JSONL of {question, choices, answer[, image, category]}; `answer` is a 0-based index, a letter
-    or the text of one choice. Checked line by line; the answer is resolved to an index."""
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not JSON ({e.msg}); write one JSON object per line") from None
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str):
-            raise ValueError(f"{where}: needs a string 'question'")
-        choices = row.get("choices")
-        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
-            raise ValueError(f"{where}: 'choices' must be a list of at least 2 non-empty strings")
-        row["answer_index"] = _answer_index(row.get("answer"), choices, where)
-        rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no questions")
-    return rows
-
-
-def _answer_index(answer, choices: list[str], where: str) -> int:
-    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
-        return answer
-    if isinstance(answer, str):
-        if answer in choices:
-            return choices.index(answer)
-        if len(answer) == 1 and answer.upper() in LETTERS[:len(choices)]:
-            return LETTERS.index(answer.upper())
-    raise ValueError(f"{where}: 'answer' {answer!r} is neither an index, a letter nor one of the choices")
 
 
 @torch.no_grad()
@@ -90,8 +54,14 @@ def option_conversations(row: dict, image_folder: str | Path | None) -> list[Con
         images = [image_path(image_folder or ".", row["image"], f"choice question {row['question']!r:.40}")]
         if IMAGE_TOKEN not in prompt:
             prompt = IMAGE_TOKEN + "\n" + prompt
-    return [Conversation([Message("user", prompt), Message("assistant", c)], list(images),
-                         source=f"choice question {row['question'][:40]!r}, option {i}") for i, c in enumerate(row["choices"])]
+    return [
+        Conversation(
+            [Message("user", prompt), Message("assistant", c)],
+            list(images),
+            source=f"choice question {row['question'][:40]!r}, option {i}",
+        )
+        for i, c in enumerate(row["choices"])
+    ]
 
 
 def score_options(model, rows: list[dict], image_folder: str | Path | None = None, batch_size: int = 16,
@@ -106,8 +76,8 @@ def score_options(model, rows: list[dict], image_folder: str | Path | None = Non
         samples = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
         for s, conv in zip(samples, convs[start:]):
             if s.skipped:  # an option is never dropped silently: the accuracy would be over other options
-                why = (getattr(s, "reject", None) or {}).get("message") or f"longer than max_length={max_length}"
-                raise ValueError(f"{conv.where}: cannot be scored: {why}")
+                why = s.reject.message if s.reject else f"longer than max_length={max_length}"
+                raise DataError(f"{conv.where}: cannot be scored: {why}", s.reject.reason if s.reject else "too long")
         total, count = response_logprobs(model, collate(samples))
         flat += list(zip(total.tolist(), count.tolist()))
     out, i = [], 0
@@ -138,8 +108,11 @@ def choice_accuracy(model, rows: list[dict], image_folder: str | Path | None = N
               "choice_chance": sum(1 / len(r["choices"]) for r in rows) / n}
     text = [i for i, r in enumerate(rows) if not r.get("image")]
     if text:  # what a text-only base can be compared on
-        report |= {"choice_text_accuracy": sum(raw[i] for i in text) / len(text),
-                   "choice_text_accuracy_norm": sum(norm[i] for i in text) / len(text), "choice_text_questions": len(text)}
+        report |= {
+            "choice_text_accuracy": sum(raw[i] for i in text) / len(text),
+            "choice_text_accuracy_norm": sum(norm[i] for i in text) / len(text),
+            "choice_text_questions": len(text),
+        }
     return report
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llava_lite.config import ModelConfig
+from llava_lite.config import ConfigError, ModelConfig
 from llava_lite.model.llava import CONFIG_NAME, LlavaLite
 
 # (report key, row label, higher is better)
@@ -81,8 +81,8 @@ def _check_same_vocabulary(base_tok, tuned_tok, path) -> None:
     tuned = tuned_tok.get_vocab()
     moved = [t for t, i in base_tok.get_vocab().items() if tuned.get(t) != i]
     if moved:
-        raise ValueError(f"--base {path}: its tokenizer differs from the tuned model's ({len(moved)} tokens, e.g. "
-                         f"{moved[:3]}); compare against the base the tuned model was trained from")
+        raise ConfigError(f"--base {path}: its tokenizer differs from the tuned model's ({len(moved)} tokens, e.g. "
+                          f"{moved[:3]}); compare against the base the tuned model was trained from")
 
 
 def sees_images(model) -> bool:
@@ -122,6 +122,8 @@ def markdown(rows: list[dict], tuned_name: str, base_name: str, notes: list[str]
     for r in rows:
         delta = f"{r['delta'] * 100:+.1f} pt" if _is_share(r["metric"]) else f"{r['delta']:+.3f}"
         ratio = f"{r['ratio']:.3f}" if r.get("ratio") else ""
-        lines.append(f"| {r['label']} | {_fmt(r['metric'], r['base'])} | {_fmt(r['metric'], r['tuned'])} | {delta} | {ratio} |")
+        lines.append(
+            f"| {r['label']} | {_fmt(r['metric'], r['base'])} | {_fmt(r['metric'], r['tuned'])} | {delta} | {ratio} |"
+        )
     lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

@@ -12,50 +12,29 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import string
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
 
+from llava_lite.data.conversation import DataError
 from llava_lite.data.dataset import Collator, Sample
 from llava_lite.data.loader import dataset_for
 from llava_lite.data.readers import read_conversations
 from llava_lite.eval.benchmarks import answer_questions, score, write_llava_answers
-from llava_lite.eval.choice import choice_accuracy, read_choice_questions
+from llava_lite.eval.choice import choice_accuracy
 from llava_lite.eval.compare import comparison, load_model, markdown, sees_images
 from llava_lite.eval.judge import counting, grade, win_rate
-from llava_lite.eval.scorers import read_llava_questions
+from llava_lite.eval.scorers import read_questions, vqa_normalize, vqa_score
 from llava_lite.infer.chat import Assistant
 from llava_lite.model.llava import LlavaLite, default_device
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-
-
-def normalize_answer(text: str) -> str:
-    """VQA-style normalisation: lower case, no punctuation or articles, single spaces."""
-    text = text.lower().strip().translate(str.maketrans("", "", string.punctuation))
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def read_questions(path: str | Path) -> list[dict]:
-    rows = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if line.strip():
-            row = json.loads(line)
-            for key in ("question_id", "image", "text", "answer"):
-                if key not in row:
-                    raise ValueError(f"{path}:{n}: question record has no field {key!r}")
-            rows.append(row)
-    return rows
 
 
 def chance_accuracy(questions: list[dict]) -> tuple[float, float]:
     """(uniform guess among each category's answers, always answer the category's majority)."""
     by_type: dict[str, Counter] = defaultdict(Counter)
     for q in questions:
-        by_type[q.get("category", "all")][normalize_answer(q["answer"])] += 1
+        by_type[q.get("category", "all")][vqa_normalize(q["answer"])] += 1
     n = len(questions)
     uniform = sum(sum(c.values()) / len(c) for c in by_type.values()) / n
     majority = sum(max(c.values()) for c in by_type.values()) / n
@@ -65,16 +44,16 @@ def chance_accuracy(questions: list[dict]) -> tuple[float, float]:
 def vqa_accuracy(assistant: Assistant, questions: list[dict], image_folder: str | Path,
                  answers_path: Path | None = None, max_new_tokens: int = 16, batch_size: int = 32,
                  replies: list[str] | None = None) -> dict:
-    """Exact match after `normalize_answer`, per question type. Greedy answers, `batch_size`
-    questions per forward pass (the answers one at a time would get, up to float rounding in bf16),
-    unless `replies` are given."""
+    """Exact match with each question's one `answer` (scorers.vqa_score: VQAv2 normalisation), per
+    question type. Greedy answers, `batch_size` questions per forward pass (the answers one at a time
+    would get, up to float rounding in bf16), unless `replies` are given."""
     if replies is None:
         replies = answer_questions(assistant, questions, image_folder, "vqa", max_new_tokens, batch_size)
     hits: dict[str, list[bool]] = defaultdict(list)
     unseen: list[bool] = []
     out = open(answers_path, "w") if answers_path else None
     for q, text in zip(questions, replies):
-        ok = normalize_answer(text) == normalize_answer(q["answer"])
+        ok = vqa_score(text, q["answer"]) == 1.0
         hits[q.get("category", "all")].append(ok)
         if q.get("unseen_combo"):
             unseen.append(ok)
@@ -114,7 +93,9 @@ def response_perplexity(model: LlavaLite, path: str, fmt: str = "auto", image_fo
     return conversations_perplexity(model, read_conversations(path, fmt, image_folder), max_length, batch_size)
 
 
-def conversations_perplexity(model: LlavaLite, conversations: list, max_length: int = 2048, batch_size: int = 8) -> float:
+def conversations_perplexity(
+    model: LlavaLite, conversations: list, max_length: int = 2048, batch_size: int = 8
+) -> float:
     ds = dataset_for(model, conversations, max_length, model.render_mode, model.system_prompt)
     return _perplexity(model, ds, batch_size)
 
@@ -123,7 +104,9 @@ class _TextDataset:
     """Plain text lines as fully supervised samples (no template): language-model perplexity."""
 
     def __init__(self, lines: list[str], tokenizer, max_length: int):
-        self.rows = [tokenizer(line, add_special_tokens=False)["input_ids"][:max_length] for line in lines if line.strip()]
+        self.rows = [
+            tokenizer(line, add_special_tokens=False)["input_ids"][:max_length] for line in lines if line.strip()
+        ]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -160,7 +143,7 @@ def evaluate_model(model: LlavaLite, sets: dict, out: Path | None, model_id: str
     for kind in ("vqa", "pope", "mc"):
         if not sets.get(kind):
             continue
-        rows = _text_rows(read_llava_questions(sets[kind]), text_only, kind, notes)
+        rows = _text_rows(read_questions(sets[kind]), text_only, kind, notes)
         if not rows:
             continue
         replies = answer_questions(assistant, rows, folder or str(Path(sets[kind]).parent), kind, max_new_tokens,
@@ -171,7 +154,7 @@ def evaluate_model(model: LlavaLite, sets: dict, out: Path | None, model_id: str
             report |= vqa_accuracy(assistant, rows, folder, out / "vqa_answers.jsonl" if out else None, replies=replies)
         report |= score(kind, rows, replies)
     if sets.get("choice"):
-        rows = _text_rows(read_choice_questions(sets["choice"]), text_only, "choice", notes)
+        rows = _text_rows(read_questions(sets["choice"], "choice"), text_only, "choice", notes)
         if rows:
             report |= choice_accuracy(model, rows, folder or str(Path(sets["choice"]).parent), batch_size,
                                       out / "choice_predictions.jsonl" if out else None)
@@ -195,20 +178,34 @@ def judge_model(judge, assistant: Assistant, sets: dict, out: Path | None, model
                 text_only: bool = False) -> dict:
     """Open answers to the judge questions, graded 1-10, and (with a reference model's LLaVA answer
     file) the pairwise win rate against it."""
-    rows = _text_rows(read_llava_questions(sets["judge_questions"]), text_only, "judge", notes)
+    rows = _text_rows(read_questions(sets["judge_questions"]), text_only, "judge", notes)
     folder = sets.get("image_folder") or str(Path(sets["judge_questions"]).parent)
     answers = answer_questions(assistant, rows, folder, "vqa", sets.get("judge_max_new_tokens", 256), suffix=False)
     if out:
         write_llava_answers(rows, answers, out / "judge_llava_answers.jsonl", model_id)
     report = {k: v for k, v in grade(judge, rows, answers).items() if k != "judge_ratings"}
     if sets.get("judge_reference"):
-        ref = {json.loads(x)["question_id"]: json.loads(x)["text"]
-               for x in Path(sets["judge_reference"]).read_text().splitlines() if x.strip()}
+        ref = _reference_answers(sets["judge_reference"])
         missing = [r["question_id"] for r in rows if r["question_id"] not in ref]
         if missing:
-            raise ValueError(f"{sets['judge_reference']}: no reference answer for question_id(s) {missing[:5]}")
+            raise DataError(f"{sets['judge_reference']}: no reference answer for question_id(s) {missing[:5]}",
+                            "no reference answer")
         report |= win_rate(judge, rows, answers, [ref[r["question_id"]] for r in rows])
     return report
+
+
+def _reference_answers(path: str) -> dict:
+    """question_id -> text of a LLaVA answer JSONL (a reference model's answers)."""
+    ref = {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+            if row is not None:
+                ref[row["question_id"]] = row["text"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f"{path}:{n}: not a LLaVA answer line; write one JSON object per line with question_id and "
+                            "text", "bad answer") from None
+    return ref
 
 
 def evaluate(model_dir: str, vqa: str | None = None, image_folder: str | None = None,

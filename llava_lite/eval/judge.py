@@ -22,8 +22,8 @@ import re
 import threading
 from dataclasses import dataclass
 
-from data_tools.teachers.base import Request, TeacherError, complete_all
 from llava_lite.eval.scorers import vqa_normalize
+from llava_lite.infer.openai_client import Request, TeacherError, complete_all
 
 SYSTEM = "You are a helpful assistant."
 SINGLE = (
@@ -105,10 +105,17 @@ def _run(judge, requests: list[Request], journal=None) -> list[str | None]:
 
 def grade(judge, questions: list[dict], answers: list[str], journal=None) -> dict:
     """Mean 1-10 rating over the questions the judge rated; unparsable replies are counted apart."""
-    requests = [Request("judge-single", [{"role": "system", "content": SYSTEM},
-                                         {"role": "user", "content": SINGLE.format(question=_question(q), answer=a, **_ref(q))}],
-                        payload={"question": _question(q), "answer": a, "reference": q.get("annotation")})
-                for q, a in zip(questions, answers)]
+    requests = [
+        Request(
+            "judge-single",
+            [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": SINGLE.format(question=_question(q), answer=a, **_ref(q))},
+            ],
+            payload={"question": _question(q), "answer": a, "reference": q.get("annotation")},
+        )
+        for q, a in zip(questions, answers)
+    ]
     ratings = [parse_rating(r) if r is not None else None for r in _run(judge, requests, journal)]
     got = [r for r in ratings if r is not None]
     return {"judge_score": sum(got) / len(got) if got else None, "judge_rated": len(got),
@@ -121,9 +128,18 @@ def win_rate(judge, questions: list[dict], answers: list[str], reference: list[s
     for q, a, r in zip(questions, answers, reference):
         for first, second in ((a, r), (r, a)):
             text = PAIR.format(question=_question(q), answer_a=first, answer_b=second, **_ref(q))
-            requests.append(Request("judge-pair", [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}],
-                                    payload={"question": _question(q), "answer_a": first, "answer_b": second,
-                                             "reference": q.get("annotation")}))
+            requests.append(
+                Request(
+                    "judge-pair",
+                    [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}],
+                    payload={
+                        "question": _question(q),
+                        "answer_a": first,
+                        "answer_b": second,
+                        "reference": q.get("annotation"),
+                    },
+                )
+            )
     verdicts = [parse_verdict(r) if r is not None else None for r in _run(judge, requests, journal)]
     outcome = {"win": 0, "loss": 0, "tie": 0}
     inconsistent = unparsed = 0

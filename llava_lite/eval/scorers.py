@@ -1,7 +1,9 @@
 """Benchmark file formats and scorers the field reports: VQAv2 soft accuracy, POPE, multiple choice.
 
-Pure Python (no torch) so answer files written elsewhere can be scored anywhere. Each scorer follows
-the reference script named in its docstring, so numbers are comparable with published ones.
+No torch, so answer files written elsewhere can be scored anywhere. Each scorer follows the
+reference script named in its docstring, so numbers are comparable with published ones.
+`read_questions` is the one reader of question files (LLaVA's JSONL and log-likelihood choice
+sets): a bad row is one DataError line, "file:line: what is wrong; how to fix it".
 """
 from __future__ import annotations
 
@@ -12,21 +14,21 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from llava_lite.data.conversation import DataError
+
 # The prompt suffixes LLaVA-1.5's eval question files and loaders use.
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 MC_ANSWER = "Answer with the option's letter from the given choices directly."
 LETTERS = string.ascii_uppercase
 
 
-# ---- LLaVA question / answer JSONL ------------------------------------------------------------
+# ---- question files: LLaVA question / answer JSONL, choice sets ----------------------------------
 
 def _fail(path, n: int, what: str) -> None:
-    raise ValueError(f"{path}:{n}: {what}")
+    raise DataError(f"{path}:{n}: {what}", "bad question")
 
 
-def _check_question(row, path, n: int) -> None:
-    if not isinstance(row, dict):
-        _fail(path, n, f"expected a JSON object, got {type(row).__name__}; write one question object per line")
+def _check_llava(row: dict, path, n: int) -> None:
     for key in ("question_id", "text"):
         if key not in row:
             _fail(path, n, f"question has no field {key!r}; add it (LLaVA questions need question_id and text)")
@@ -48,8 +50,34 @@ def _check_question(row, path, n: int) -> None:
                 _fail(path, n, f"{key} must be a list of 2 to 26 strings (the option texts, in letter order)")
 
 
-def read_llava_questions(path: str | Path) -> list[dict]:
-    """LLaVA's question JSONL, checked line by line so a bad file fails before any model runs."""
+def _check_choice(row: dict, path, n: int) -> None:
+    """{question, choices, answer[, image, category]}; `answer` (a 0-based index, a letter or the text
+    of one choice) is resolved to `answer_index`."""
+    if not isinstance(row.get("question"), str):
+        _fail(path, n, "needs a string 'question'")
+    choices = row.get("choices")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+        _fail(path, n, "'choices' must be a list of at least 2 non-empty strings")
+    answer = row.get("answer")
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
+        row["answer_index"] = answer
+    elif isinstance(answer, str) and answer in choices:
+        row["answer_index"] = choices.index(answer)
+    elif isinstance(answer, str) and len(answer) == 1 and answer.upper() in LETTERS[:len(choices)]:
+        row["answer_index"] = LETTERS.index(answer.upper())
+    else:
+        _fail(path, n, f"'answer' {answer!r} is neither an index, a letter nor one of the choices")
+
+
+# kind -> (row check, what every row needs: named when the file holds none)
+_KINDS = {"llava": (_check_llava, "question_id and text"), "choice": (_check_choice, "question, choices and answer")}
+
+
+def read_questions(path: str | Path, kind: str = "llava") -> list[dict]:
+    """A question JSONL, checked line by line so a bad file fails before any model runs. kind "llava":
+    LLaVA's questions (`--vqa`, `--pope`, `--mc`, `--judge-questions`; question_id unique); "choice":
+    multiple choice by log-likelihood (`--choice`, see choice.py)."""
+    check, needs = _KINDS[kind]
     rows: list[dict] = []
     seen: dict = {}
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
@@ -59,14 +87,17 @@ def read_llava_questions(path: str | Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             _fail(path, n, f"not JSON ({e.msg}); write one JSON object per line")
-        _check_question(row, path, n)
-        qid = row["question_id"]
+        if not isinstance(row, dict):
+            _fail(path, n, f"expected a JSON object, got {type(row).__name__}; write one question object per line")
+        check(row, path, n)
+        qid = row.get("question_id") if kind == "llava" else None
         if qid in seen:
             _fail(path, n, f"question_id {qid!r} repeats line {seen[qid]}; answers are matched by id, make ids unique")
-        seen[qid] = n
+        if qid is not None:
+            seen[qid] = n
         rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: no questions; write one JSON object per line with question_id and text")
+        raise DataError(f"{path}: no questions; write one JSON object per line with {needs}", "bad question")
     return rows
 
 
@@ -84,7 +115,7 @@ def with_suffix(text: str, suffix: str) -> str:
 def render_options(question: str, options: Sequence[str]) -> str:
     """MMBench/ScienceQA layout: the question, then "A. option" lines."""
     if len(options) > len(LETTERS):
-        raise ValueError(f"{len(options)} options; at most 26 can be lettered A-Z")
+        raise DataError(f"{len(options)} options; at most 26 can be lettered A-Z", "bad question")
     return "\n".join([question] + [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)])
 
 
@@ -131,16 +162,24 @@ _COMMA_DIGITS = re.compile(r"(\d)(,)(\d)")
 # The official pattern, kept as is: its look-behind is malformed, so in effect a period is kept only
 # when a digit follows it ("2.5" stays, "2." and "end." lose it).
 _PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
+# vqaEval.py calls periodStrip.sub("", outText, re.UNICODE): the flag lands in `count` (re.UNICODE == 32),
+# so at most 32 periods are stripped.
+_PERIOD_COUNT = 32
 
 
 def vqa_normalize(text: str) -> str:
-    """The official VQA answer normalisation, so our VQAv2 numbers match the evaluation server's."""
+    """The official VQA answer normalisation (vqaEval.py: newlines and tabs to spaces, strip, then
+    processPunctuation and processDigitArticle), so our VQAv2 numbers match the evaluation server's.
+    The apostrophe is no punctuation there: "the man's hat" -> "man's hat"."""
     text = text.replace("\n", " ").replace("\t", " ").strip()
+    # processPunctuation: each mark in _PUNCT is dropped when the text has it next to a space or has a
+    # comma between digits ("1,000"), else spaced; then periods not before a digit are stripped.
     out = text
-    glue = _COMMA_DIGITS.search(text) is not None  # "1,000": drop punctuation instead of spacing it
+    glue = _COMMA_DIGITS.search(text) is not None
     for p in _PUNCT:
         out = out.replace(p, "" if glue or p + " " in text or " " + p in text else " ")
-    out = _PERIOD.sub("", out)
+    out = _PERIOD.sub("", out, count=_PERIOD_COUNT)
+    # processDigitArticle: lower case, number words to digits, articles dropped, contractions restored.
     words = [_DIGITS.get(w, w) for w in out.lower().split()]
     return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
 
@@ -152,7 +191,7 @@ def vqa_score(pred: str, answers: str | Sequence[str]) -> float:
     already normalised, other sets' are not."""
     refs = [vqa_normalize(a) for a in ([answers] if isinstance(answers, str) else answers)]
     if not refs:
-        raise ValueError("no reference answers to score against")
+        raise DataError("no reference answers to score against", "bad question")
     p = vqa_normalize(pred)
     if len(refs) == 1:
         return float(p == refs[0])
@@ -191,7 +230,7 @@ def pope_metrics(preds: Sequence[str], labels: Sequence[str]) -> dict:
     for label in labels:
         label = str(label).strip().lower()
         if label not in ("yes", "no"):
-            raise ValueError(f"POPE label {label!r} is neither 'yes' nor 'no'")
+            raise DataError(f"POPE label {label!r} is neither 'yes' nor 'no'", "bad question")
         truth.append(label == "yes")
     guess = [parse_yes_no(p) == "yes" for p in preds]
     tp = sum(g and t for g, t in zip(guess, truth))

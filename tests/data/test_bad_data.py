@@ -27,10 +27,22 @@ def hostile(tmp_path_factory):
 
 def args(tiny_lm, out, data, *extra):
     source = f"data.sources=[{{path: {data['data']}, image_folder: {data['images']}}}]"
-    return [str(CONFIGS / "stage2.yaml"), f"model.lm={tiny_lm}", "model.init_from=null", "data.chat_template=null",
-            "model.vision.model=tiny", "model.vision.pretrained=null", "model.dtype=float32", "data.max_length=128",
-            "train.batch_size=4", "train.gradient_checkpointing=false", "data.num_workers=0", f"train.output_dir={out}", source,
-            *extra]
+    return [
+        str(CONFIGS / "stage2.yaml"),
+        f"model.lm={tiny_lm}",
+        "model.init_from=null",
+        "data.chat_template=null",
+        "model.vision.model=tiny",
+        "model.vision.pretrained=null",
+        "model.dtype=float32",
+        "data.max_length=128",
+        "train.batch_size=4",
+        "train.gradient_checkpointing=false",
+        "data.num_workers=0",
+        f"train.output_dir={out}",
+        source,
+        *extra,
+    ]
 
 
 def rejects(out) -> dict[str, dict]:

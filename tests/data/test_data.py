@@ -205,9 +205,9 @@ def test_collect_reports_every_bad_record(tmp_path: Path) -> None:
     ]))
     good, bad = read_conversations(path, errors="collect")
     assert len(good) == 2
-    assert [source for source, _ in bad] == [f"{path}:{n}" for n in (2, 3, 4, 6)]
-    assert "not valid JSON" in bad[0][1] and "JSON object" in bad[1][1]
-    assert "conversations[1].value" in bad[2][1] and "id='s'" in bad[3][1]
+    assert [b.source for b in bad] == [f"{path}:{n}" for n in (2, 3, 4, 6)]
+    assert "not valid JSON" in bad[0].message and "JSON object" in bad[1].message
+    assert "conversations[1].value" in bad[2].message and "id='s'" in bad[3].message
     with pytest.raises(DataError, match=r"data\.jsonl:2"):
         read_conversations(path)
 
@@ -220,7 +220,7 @@ def test_iter_is_lazy_and_collects_into_list(tmp_path: Path) -> None:
         next(stream)
     bad: list = []
     assert [c.id for c in iter_conversations(path, errors="collect", bad=bad)] == ["g"]
-    assert len(bad) == 1 and bad[0][0] == f"{path}:2"
+    assert len(bad) == 1 and bad[0].source == f"{path}:2"
 
 
 def test_check_images_reports_missing_files(tmp_path: Path) -> None:
@@ -233,4 +233,4 @@ def test_check_images_reports_missing_files(tmp_path: Path) -> None:
     assert len(read_conversations(path)) == 2  # not checked by default
     good, bad = read_conversations(path, errors="collect", check_images=True)
     assert [c.id for c in good] == ["ok"]
-    assert len(bad) == 1 and "gone.png" in bad[0][1] and "'image'" in bad[0][1]
+    assert len(bad) == 1 and "gone.png" in bad[0].message and "'image'" in bad[0].message

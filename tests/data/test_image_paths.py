@@ -71,7 +71,7 @@ def test_training_config_switch(hostile, tmp_path):
                                  f"data.allow_absolute_image_paths={allow}"])
         data = TrainData(cfg.data, batch_size=4, seed=0, mode="chat", images=True)
         assert len(data.rejects.structural) == n_bad
-        assert ({r["id"] for r in data.rejects.structural} >= {"dotdot", "absolute"}) == (allow == "false")
+        assert ({r.id for r in data.rejects.structural} >= {"dotdot", "absolute"}) == (allow == "false")
 
 
 def test_shard_writing_refuses_escaping_paths(hostile, tmp_path):
@@ -116,12 +116,18 @@ def test_corrupt_image_in_a_shard_is_skipped_not_fatal(tmp_path):
     shards = write_shards(tmp_path / "c.json", tmp_path / "shards", images)
     tok = make_tokenizer("chatml")
     tok.add_special_tokens({"additional_special_tokens": ["<image>"]}, replace_extra_special_tokens=False)
-    ds = ConversationDataset([], tok, lambda im: torch.zeros(3, 4, 4), image_token_id=tok.convert_tokens_to_ids("<image>"),
-                             image_seq_len=2, max_length=64)
+    ds = ConversationDataset(
+        [],
+        tok,
+        lambda im: torch.zeros(3, 4, 4),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        image_seq_len=2,
+        max_length=64,
+    )
     stream = ShardStream([str(p) for p in shards], ds, batch_size=2, shuffle_buffer=0)
     samples = list(stream)
     assert [s.skipped for s in samples] == [False, True]
     batch = Collator(tok.pad_token_id)(samples)
-    (row,) = batch_rejects(batch)
+    (reject,) = batch_rejects(batch)
     assert batch["num_skipped"] == 1 and batch["input_ids"].shape[0] == 1
-    assert row["id"] == "cut" and row["reason"] == "unreadable image" and row["kind"] == "image"
+    assert reject.id == "cut" and reject.reason == "unreadable image" and reject.kind == "image"

@@ -15,9 +15,9 @@ from data_tools.mix import Source, mix_epoch
 from data_tools.rouge import lcs_length, rouge_l, tokens
 from data_tools.tagging import complexity, diversity, heuristic_tags, select, teacher_tags
 from data_tools.teachers import RuleTeacher
-from data_tools.teachers.base import Request
 from llava_lite.data.conversation import Conversation, Message
 from llava_lite.data.readers import read_conversations
+from llava_lite.infer.openai_client import Request
 
 SEEDS = ["Explain how photosynthesis works.", "Write a Python function that reverses a string.",
          "Give three tips for saving money on groceries.", "Summarize the plot of a famous fairy tale.",

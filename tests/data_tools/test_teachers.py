@@ -13,8 +13,7 @@ import pytest
 from test_data_tools_world import make_world
 
 from data_tools.cli import main
-from data_tools.teachers.base import Request, TeacherError, complete_all
-from data_tools.teachers.openai_teacher import OpenAITeacher
+from llava_lite.infer.openai_client import OpenAITeacher, Request, TeacherError, complete_all
 
 
 def default_reply(body: dict) -> str:

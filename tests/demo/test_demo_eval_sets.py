@@ -8,8 +8,7 @@ import pytest
 
 from llava_lite.demo.eval_sets import pope_rows, write_sets
 from llava_lite.demo.world import load_objects, make_world
-from llava_lite.eval.choice import read_choice_questions
-from llava_lite.eval.scorers import read_llava_questions
+from llava_lite.eval.scorers import read_questions
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +36,8 @@ def test_pope_set_is_balanced_and_true(world):
 
 def test_choice_set_has_text_and_image_rows(world, tmp_path):
     paths = write_sets(tmp_path, world, seed=0)
-    rows = read_choice_questions(paths["choice"])
+    rows = read_questions(paths["choice"], "choice")
     assert {r["kind"] for r in rows} == {"text", "image"}
     assert all(r["choices"].count(r["answer"]) == 1 and 2 <= len(r["choices"]) <= 4 for r in rows)
     assert all(("image" in r) == (r["kind"] == "image") for r in rows)
-    assert len(read_llava_questions(paths["pope"])) == 4 * 12
+    assert len(read_questions(paths["pope"])) == 4 * 12

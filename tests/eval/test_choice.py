@@ -12,6 +12,7 @@ from llava_lite.config import ModelConfig, VisionConfig
 from llava_lite.data.dataset import Collator
 from llava_lite.data.loader import dataset_for
 from llava_lite.eval import choice
+from llava_lite.eval.scorers import read_questions
 from llava_lite.model.llava import LlavaLite
 
 
@@ -27,16 +28,16 @@ def write(path, rows):
 
 
 def test_answer_forms_and_errors(tmp_path):
-    rows = choice.read_choice_questions(write(tmp_path / "q.jsonl", [
+    rows = read_questions(write(tmp_path / "q.jsonl", [
         {"question": "q", "choices": ["x", "y", "z"], "answer": 2},
         {"question": "q", "choices": ["x", "y"], "answer": "b"},
-        {"question": "q", "choices": ["x", "y"], "answer": "x"}]))
+        {"question": "q", "choices": ["x", "y"], "answer": "x"}]), "choice")
     assert [r["answer_index"] for r in rows] == [2, 1, 0]
     for bad, msg in (({"question": "q", "choices": ["x"], "answer": 0}, "at least 2"),
                      ({"question": "q", "choices": ["x", "y"], "answer": 5}, "neither"),
                      ({"choices": ["x", "y"], "answer": 0}, "question")):
         with pytest.raises(ValueError, match=msg):
-            choice.read_choice_questions(write(tmp_path / "bad.jsonl", [bad]))
+            read_questions(write(tmp_path / "bad.jsonl", [bad]), "choice")
 
 
 def test_scores_are_the_models_own_loss_and_batching_changes_nothing(model, tmp_path):

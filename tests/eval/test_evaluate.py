@@ -1,4 +1,4 @@
-"""Evaluation: answer normalisation, baselines, VQA bookkeeping, perplexities against the model's own loss."""
+"""Evaluation: baselines, VQA bookkeeping, perplexities against the model's own loss."""
 from __future__ import annotations
 
 import json
@@ -9,14 +9,9 @@ from helpers.tiny import make_llava_data
 
 from llava_lite.cli import main
 from llava_lite.config import ModelConfig, VisionConfig
-from llava_lite.eval.evaluate import chance_accuracy, normalize_answer, read_questions
+from llava_lite.eval.evaluate import chance_accuracy
+from llava_lite.eval.scorers import read_questions
 from llava_lite.model.llava import LlavaLite
-
-
-def test_normalize_answer():
-    assert normalize_answer(" The Red. ") == "red"
-    assert normalize_answer("a circle!") == "circle"
-    assert normalize_answer("3") == "3"
 
 
 def test_chance_and_majority():
@@ -48,7 +43,9 @@ def test_eval_command_writes_consistent_report(tiny_lm, tmp_path, capsys):
     vocab = len(LlavaLite.from_pretrained(tmp_path / "m").tokenizer)
     for key in ("instruction_ppl", "general_ppl"):  # a random model is near-uniform over the vocabulary
         assert vocab / 4 < report[key] < vocab * 4
-    assert report["general_to_instruction_ppl_ratio"] == pytest.approx(report["general_ppl"] / report["instruction_ppl"])
+    assert report["general_to_instruction_ppl_ratio"] == pytest.approx(
+        report["general_ppl"] / report["instruction_ppl"]
+    )
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("{"):]) == report
 
@@ -73,7 +70,9 @@ def test_eval_benchmarks_base_table_and_judge(tiny_lm, tmp_path):
     data = make_llava_data(tmp_path / "d", n=8)
     images = tmp_path / "d" / "images"
     torch.manual_seed(0)
-    LlavaLite.build(ModelConfig(vision=VisionConfig(model="tiny", pretrained=None), lm=str(tiny_lm))).save_pretrained(tmp_path / "m")
+    LlavaLite.build(ModelConfig(vision=VisionConfig(model="tiny", pretrained=None), lm=str(tiny_lm))).save_pretrained(
+        tmp_path / "m"
+    )
 
     def jsonl(name, rows):
         (images / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -81,14 +80,38 @@ def test_eval_benchmarks_base_table_and_judge(tiny_lm, tmp_path):
 
     pope = jsonl("pope.jsonl", [{"question_id": i, "image": f"{i}.png", "text": "Is there a red square in the image?",
                                  "answer": "yes" if i % 2 else "no", "category": "random"} for i in range(6)])
-    mc = jsonl("mc.jsonl", [{"question_id": i, "image": f"{i}.png", "text": "What colour?", "options": ["red", "blue", "green"],
-                             "answer": "ABC"[i % 3]} for i in range(3)] + [{"question_id": 9, "text": "2+2?", "options": ["4", "5"], "answer": "A"}])
-    vqa = jsonl("vqa.jsonl", [{"question_id": "a", "image": "0.png", "text": "Colour?", "answers": ["red"] * 3 + ["blue"] * 7},
-                              {"question_id": "b", "image": "1.png", "text": "Colour?"}])  # LLaVA style: no ground truth
-    choice = jsonl("choice.jsonl", [{"question": "Add 2 and 3.", "choices": ["5", "6", "7"], "answer": 0},
-                                    {"question": "Add 1 and 3.", "choices": ["4", "2"], "answer": "4"},
-                                    {"question": "What colour?", "choices": ["red", "blue"], "answer": 0, "image": "0.png"}])
-    judged = jsonl("judge.jsonl", [{"question_id": i, "text": f"Add {i} and 2.", "annotation": str(i + 2)} for i in range(3)])
+    mc = jsonl(
+        "mc.jsonl",
+        [
+            {
+                "question_id": i,
+                "image": f"{i}.png",
+                "text": "What colour?",
+                "options": ["red", "blue", "green"],
+                "answer": "ABC"[i % 3],
+            }
+            for i in range(3)
+        ]
+        + [{"question_id": 9, "text": "2+2?", "options": ["4", "5"], "answer": "A"}],
+    )
+    vqa = jsonl(
+        "vqa.jsonl",
+        [
+            {"question_id": "a", "image": "0.png", "text": "Colour?", "answers": ["red"] * 3 + ["blue"] * 7},
+            {"question_id": "b", "image": "1.png", "text": "Colour?"},
+        ],
+    )  # LLaVA style: no ground truth
+    choice = jsonl(
+        "choice.jsonl",
+        [
+            {"question": "Add 2 and 3.", "choices": ["5", "6", "7"], "answer": 0},
+            {"question": "Add 1 and 3.", "choices": ["4", "2"], "answer": "4"},
+            {"question": "What colour?", "choices": ["red", "blue"], "answer": 0, "image": "0.png"},
+        ],
+    )
+    judged = jsonl(
+        "judge.jsonl", [{"question_id": i, "text": f"Add {i} and 2.", "annotation": str(i + 2)} for i in range(3)]
+    )
     ref = jsonl("ref.jsonl", [{"question_id": i, "text": str(i + 2 if i else 0)} for i in range(3)])
     general = tmp_path / "general.txt"
     general.write_text("A red circle.\nThe quick brown fox.\n")

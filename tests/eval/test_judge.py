@@ -6,9 +6,8 @@ import pytest
 from test_serve import LiveServer, direct
 from test_serve_teacher import KEY, long_context_assistant  # noqa: F401  (fixture)
 
-from data_tools.teachers.base import Request
-from data_tools.teachers.openai_teacher import OpenAITeacher
 from llava_lite.eval.judge import PAIR, SINGLE, RuleJudge, counting, grade, parse_rating, parse_verdict, win_rate
+from llava_lite.infer.openai_client import OpenAITeacher, Request
 from llava_lite.serve import Settings, create_app
 
 QUESTIONS = [{"question_id": i, "text": f"What colour is object {i}?", "annotation": a}

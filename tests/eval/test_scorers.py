@@ -1,10 +1,12 @@
-"""Scorers against hand-computed cases; file readers against good and bad JSONL."""
+"""Scorers against hand-computed cases; the one question reader against good and bad JSONL; the one
+VQA normaliser against hand-made cases that follow the official VQA eval script (vqaEval.py)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
+from llava_lite.data.conversation import DataError
 from llava_lite.eval.scorers import (
     MC_ANSWER,
     SHORT_ANSWER,
@@ -13,7 +15,7 @@ from llava_lite.eval.scorers import (
     parse_letter,
     parse_yes_no,
     pope_metrics,
-    read_llava_questions,
+    read_questions,
     render_options,
     vqa_accuracy,
     vqa_normalize,
@@ -28,12 +30,12 @@ def _write(tmp_path, lines):
     return p
 
 
-def test_read_llava_questions_keeps_optional_fields(tmp_path):
+def test_read_questions_keeps_optional_fields(tmp_path):
     rows = [{"question_id": 1, "image": "a.png", "text": "What color?", "category": "color", "answer": "red"},
             {"question_id": "q2", "text": "Text only?", "answers": ["yes"] * 10},
             {"question_id": 3, "image": "b.png", "text": "Which?", "options": ["cat", "dog"], "answer": "B"}]
     p = _write(tmp_path, [json.dumps(r) for r in rows[:2]] + ["", json.dumps(rows[2])])
-    assert read_llava_questions(p) == rows
+    assert read_questions(p) == rows
 
 
 @pytest.mark.parametrize("line, message", [
@@ -48,18 +50,35 @@ def test_read_llava_questions_keeps_optional_fields(tmp_path):
     ('{"question_id": 2, "text": "Q?", "options": ["only"]}', "options must be a list of 2 to 26 strings"),
     ('{"question_id": 1, "text": "Q?"}', "question_id 1 repeats line 1"),
 ])
-def test_read_llava_questions_errors_name_the_line(tmp_path, line, message):
+def test_read_questions_errors_name_the_line(tmp_path, line, message):
     p = _write(tmp_path, ['{"question_id": 1, "text": "ok"}', line])
-    with pytest.raises(ValueError) as e:
-        read_llava_questions(p)
+    with pytest.raises(DataError) as e:
+        read_questions(p)
     text = str(e.value)
     assert text.startswith(f"{p}:2: ") and message in text and "\n" not in text
 
 
-def test_read_llava_questions_empty_file(tmp_path):
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "not JSON"),
+    ("[1, 2]", "expected a JSON object, got list"),
+    ('{"choices": ["x", "y"], "answer": 0}', "needs a string 'question'"),
+    ('{"question": "q", "choices": ["x"], "answer": 0}', "'choices' must be a list of at least 2"),
+    ('{"question": "q", "choices": ["x", "y"], "answer": 5}', "is neither an index, a letter nor one of the choices"),
+])
+def test_read_choice_questions_errors_name_the_line(tmp_path, line, message):
+    """The same reader, the same one-line errors, for the log-likelihood choice sets."""
+    p = _write(tmp_path, ['{"question": "q", "choices": ["x", "y"], "answer": "B"}', line])
+    with pytest.raises(DataError) as e:
+        read_questions(p, "choice")
+    text = str(e.value)
+    assert text.startswith(f"{p}:2: ") and message in text and "\n" not in text
+
+
+@pytest.mark.parametrize("kind", ["llava", "choice"])
+def test_read_questions_empty_file(tmp_path, kind):
     p = _write(tmp_path, ["", "  "])
-    with pytest.raises(ValueError, match="no questions"):
-        read_llava_questions(p)
+    with pytest.raises(DataError, match="no questions"):
+        read_questions(p, kind)
 
 
 def test_answer_record_is_llava_format():
@@ -85,6 +104,30 @@ def test_suffixes_and_options():
 
 @pytest.mark.parametrize("raw, norm", [
     ("The dog.", "dog"),
+    ("a dog.", "dog"),
+    ("the man's hat", "man's hat"),  # the apostrophe is no punctuation in the official script
+    ("The Man's Hat!", "man's hat"),
+    ("dont", "don't"),
+    ("doesnt know", "doesn't know"),
+    ("two", "2"),
+    ("Three dogs", "3 dogs"),
+    ("zero", "0"),
+    ("eleven", "eleven"),  # the official number map stops at ten
+    ("No.", "no"),
+    (" The Red. ", "red"),
+    ("a circle!", "circle"),
+    ("an apple, please", "apple please"),  # "," next to a space: dropped
+    ("3,5", "35"),  # a comma between digits: punctuation dropped
+    ("red,blue", "red blue"),  # no space, no digits: spaced
+    ("1,000 red,blue", "1000 redblue"),  # a comma between digits anywhere glues every mark in the text
+    ("what?", "what"),
+    ("e.g.", "eg"),  # periods not before a digit are stripped
+    ("3.14", "3.14"),
+    ("end. 5", "end 5"),
+    ("." * 34, ".."),  # vqaEval.py passes re.UNICODE (32) as sub's count: at most 32 periods go
+    ("yes: left", "yes: left"),  # ':' is not in the official punctuation list
+    ("t-shirt", "t shirt"),
+    ("left - right", "left right"),  # "-" next to a space: dropped
     ("Two", "2"),
     ("none", "0"),
     ("ten apples", "10 apples"),

@@ -10,9 +10,8 @@ from test_data_tools_world import make_world
 from test_serve import LiveServer, direct, load_assistant
 
 from data_tools.cli import main as data_main
-from data_tools.teachers.base import Request, TeacherError, complete_all
-from data_tools.teachers.openai_teacher import OpenAITeacher
 from llava_lite.config import ModelConfig, VisionConfig
+from llava_lite.infer.openai_client import OpenAITeacher, Request, TeacherError, complete_all
 from llava_lite.model.llava import LlavaLite
 from llava_lite.serve import Settings, create_app
 
