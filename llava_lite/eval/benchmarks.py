@@ -1,6 +1,6 @@
 """Generated-answer benchmarks in LLaVA's formats: short-answer VQA, POPE and multiple-choice letters.
 
-    rows = read_llava_questions("llava_pope_test.jsonl")
+    rows = read_questions("llava_pope_test.jsonl")  # scorers.py
     replies = answer_questions(assistant, rows, "images/", "pope")
     write_llava_answers(rows, replies, "answers.jsonl", model_id="my-run")  # LLaVA's scripts read it
     score("pope", rows, replies)  # {"pope_f1": ..., "pope_yes_ratio": ...}

@@ -4,7 +4,7 @@
     grade(judge, questions, answers)           # MT-Bench "single-v1": 1-10, the rubric in the prompt
     win_rate(judge, questions, answers, ref)   # "pair-v2", asked twice with the answers swapped
 
-Any OpenAI-compatible endpoint goes through the data tools' teacher (retries with back-off,
+Any OpenAI-compatible endpoint goes through llava_lite.infer.openai_client (retries with back-off,
 Retry-After, a shared rate limit, bounded concurrency, a reply journal so a rerun pays nothing
 twice). The judge reads text only: for an image question it sees the question and the answers,
 not the image, so judge image sets whose questions carry what matters (or use a reference
