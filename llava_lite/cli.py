@@ -47,7 +47,7 @@ def _eval(args: argparse.Namespace) -> None:
 
         judge = RuleJudge()
     elif args.judge:  # any OpenAI-compatible endpoint; the key comes from OPENAI_API_KEY
-        from llava_lite.infer.openai_client import OpenAITeacher
+        from data_tools.teachers.openai_teacher import OpenAITeacher
 
         judge = OpenAITeacher(model=args.judge, base_url=args.judge_base_url, concurrency=args.judge_concurrency,
                               requests_per_minute=args.judge_rpm, temperature=0.0, max_tokens=1024)
@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a stage (align / instruct / text) from a YAML config",
-                       description="Train from a YAML config; overrides like train.lr=2e-5 are cast to the field's type.")
+                       description="Train from a YAML config; overrides like train.lr=2e-5 are cast to the "
+                                   "field's type.")
     p.add_argument("config", help="YAML file (see configs/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=2e-5 data.max_length=1024")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
@@ -121,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     # Commands living in other modules; their parser modules import nothing heavy, so --help is fast.
-    for module in ("llava_lite.demo.run", "data_tools.cli", "llava_lite.serve.cli", "llava_lite.interop.export", "llava_lite.bench.run"):
+    for module in ("llava_lite.demo.run", "data_tools.cli", "llava_lite.serve.cli", "llava_lite.interop.export",
+                   "llava_lite.bench.run"):
         _mount(sub, module)
     return parser
 
@@ -165,7 +167,10 @@ def main(argv: list[str] | None = None) -> None:
     """Run a command. The package's own errors, missing files and bad YAML print one line,
     `error: <what>, <where>, <how to fix>`, and exit with code 2; `--debug` (anywhere on the line)
     or LLAVA_LITE_DEBUG=1 shows the traceback instead."""
+    from llava_lite.log import setup
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    setup()  # the package logger: progress lines on stdout, main process only
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("LLAVA_LITE_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]

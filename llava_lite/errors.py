@@ -5,6 +5,8 @@
       DataError              a record, file or image (llava_lite.data.conversation); `reason` is a short
         RenderError          stable label ("empty answer", "path escapes image folder") for reports
       ModelLoadError         a model reference that cannot be loaded (checked before anything is built)
+      PromptError            a prompt that cannot be answered as asked (chat, serve, eval): too long for
+                             the model's context, or images and placeholders that do not pair up
 
 `check_model_refs(cfg)` runs before the trainer builds a model: a local path that does not exist,
 or a hub id while HF_HUB_OFFLINE=1 that is not in the local cache, is one line naming the key.
@@ -33,6 +35,10 @@ def __getattr__(name: str):
 
 class ModelLoadError(LlavaLiteError, OSError):
     """A model reference (`model.lm`, `model.vision.model`, `model.init_from`, `--model`) that cannot be loaded."""
+
+
+class PromptError(LlavaLiteError, ValueError):
+    """A prompt that cannot be answered as asked; `serve` answers it with HTTP 400, `chat` keeps the session."""
 
 
 def _looks_local(ref: str) -> bool:
@@ -98,5 +104,5 @@ def check_model_refs(cfg) -> None:
         check_ref(vision[len("hf-hub:"):], "model.vision.model")
     pretrained = m.vision.pretrained
     if pretrained and _looks_local(pretrained) and not os.path.exists(os.path.expanduser(pretrained)):
-        raise ModelLoadError(f"model.vision.pretrained={pretrained!r}: no such checkpoint file; fix the path, or use an "
-                             "open_clip tag such as 'openai'")
+        raise ModelLoadError(f"model.vision.pretrained={pretrained!r}: no such checkpoint file; fix the path, "
+                             "or use an open_clip tag such as 'openai'")

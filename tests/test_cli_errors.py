@@ -102,7 +102,8 @@ def test_one_error_hierarchy():
 
 
 def test_check_model_refs_accepts_what_exists(tiny_lm, tmp_path):
-    cfg = load_config(CONFIGS / "stage2.yaml", [f"model.lm={tiny_lm}", "model.init_from=null", "model.vision.model=tiny"])
+    cfg = load_config(CONFIGS / "stage2.yaml",
+                      [f"model.lm={tiny_lm}", "model.init_from=null", "model.vision.model=tiny"])
     check_model_refs(cfg)  # nothing raised
     cfg.model.lm = str(tmp_path / "gone")
     with pytest.raises(ModelLoadError, match="model.lm="):
@@ -158,3 +159,25 @@ def test_error_from_a_dataloader_worker_keeps_its_own_line():
         wrapped.reraise()
     assert "Traceback" in str(e.value)
     assert error_line(e.value) == "f.json:3 (id='a'): field 'image' names a missing image file: x.png"
+
+
+def test_misspelt_chat_template_is_one_line_before_any_weights(capsys, tmp_path, tiny_lm, data, monkeypatch):
+    """A misspelt data.chat_template names itself and the valid names, before data or weights load."""
+    from llava_lite.data.templates import TEMPLATES
+
+    def not_now(*a, **k):
+        raise AssertionError("data or weights loaded although data.chat_template is misspelt")
+
+    monkeypatch.setattr(train_module, "build_model", not_now)
+    monkeypatch.setattr(train_module, "TrainData", not_now)
+    line = one_line(capsys, train_args(tiny_lm, data, tmp_path / "o", "data.chat_template=vicunna_v1"))
+    assert line.startswith("error: data.chat_template: unknown chat template 'vicunna_v1'; use one of ")
+    assert all(name in line for name in TEMPLATES) and ".jinja" in line
+    line = one_line(capsys, train_args(tiny_lm, data, tmp_path / "o", f"data.chat_template={tmp_path}/no.jinja"))
+    assert line.startswith(f"error: data.chat_template: chat template file '{tmp_path}/no.jinja' not found")
+
+
+def test_prompt_errors_are_package_errors():
+    from llava_lite.errors import LlavaLiteError, PromptError
+
+    assert issubclass(PromptError, LlavaLiteError) and issubclass(PromptError, ValueError)  # chat and serve catch it

@@ -16,6 +16,7 @@ machine. The run ends with the ratios to the baseline.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -24,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from llava_lite.log import logger, setup
 
 BASELINE = "hf-llava (TRL-style)"
 MAIN = [(BASELINE, {"side": "hf"}), ("llava-lite", {"side": "lite"}),
@@ -71,7 +74,8 @@ def model_flops(spec: dict) -> tuple[float, float]:
     return total / len(samples), total / sum(lengths)
 
 
-def bench(args: argparse.Namespace, log=print) -> dict:
+def bench(args: argparse.Namespace) -> dict:
+    """Run every side for --rounds rounds (progress on the package logger) and print the report."""
     from llava_lite.bench.setup import SHAPES, gemm_flops, write_vit_config
 
     shape = dict(SHAPES[args.shape], **({"vocab": args.vocab} if args.vocab else {}))
@@ -87,12 +91,12 @@ def bench(args: argparse.Namespace, log=print) -> dict:
         sides += [(name, base | {"side": "lite"} | v) for name, v in LEVERS]
         sides += [(name, base | {"side": "lite"} | CE_DATA | v) for name, v in CE_LEVERS]
     gemm_dtype = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[args.dtype]
-    log(f"llava-lite bench: shape {args.shape} (LM {shape['hidden']} x {shape['layers']} layers, vocab {shape['vocab']}; "
-        f"ViT {shape['vit_width']} x {shape['vit_layers']} @ {shape['image']} px / patch {shape['patch']}), "
-        f"batch {base['batch']}, {args.device} {args.dtype}, stage {args.stage}")
-    log(f"data: {args.text_fraction:.0%} text-only, prompts {args.prompt_len}, answers {args.answer_len} tokens, "
-        f"{args.images_per_sample} image(s) per image sample; {args.warmup} warm-up + {args.steps} timed steps per "
-        f"side, {args.rounds} round(s) alternating, medians; each side in its own process")
+    logger.info(f"llava-lite bench: shape {args.shape} (LM {shape['hidden']} x {shape['layers']} layers, "
+                f"vocab {shape['vocab']}; ViT {shape['vit_width']} x {shape['vit_layers']} @ {shape['image']} px / "
+                f"patch {shape['patch']}), batch {base['batch']}, {args.device} {args.dtype}, stage {args.stage}")
+    logger.info(f"data: {args.text_fraction:.0%} text-only, prompts {args.prompt_len}, answers {args.answer_len} "
+                f"tokens, {args.images_per_sample} image(s) per image sample; {args.warmup} warm-up + {args.steps} "
+                f"timed steps per side, {args.rounds} round(s) alternating, medians; each side in its own process")
     runs: dict[str, list[dict]] = {name: [] for name, _ in sides}
     gemms = []
     started = time.perf_counter()
@@ -103,8 +107,8 @@ def bench(args: argparse.Namespace, log=print) -> dict:
         for name, spec in (sides if r % 2 == 0 else sides[::-1]):
             res = run_worker(spec)
             runs[name].append(res)
-            log(f"  round {r + 1}: {name:<42} {res['samples_per_s']:8.2f} samples/s  {res['tokens_per_s']:9.0f} tokens/s  "
-                f"peak {res['peak_mb']:8.1f} MB", flush=True)
+            logger.info(f"  round {r + 1}: {name:<42} {res['samples_per_s']:8.2f} samples/s  "
+                        f"{res['tokens_per_s']:9.0f} tokens/s  peak {res['peak_mb']:8.1f} MB")
     gemm = statistics.median(gemms)
     rows = {}
     for name, spec in sides:
@@ -114,21 +118,24 @@ def bench(args: argparse.Namespace, log=print) -> dict:
         med["of_gemm"] = med["model_tflops_per_s"] * 1e12 / gemm
         med["tokens_per_s_limit"] = gemm / per_token
         rows[name] = med
-    return report(rows, gemm, args, time.perf_counter() - started, log)
+    return report(rows, gemm, args, time.perf_counter() - started)
 
 
-def report(rows: dict, gemm: float, args, seconds: float, log=print) -> dict:
-    log(f"\nmatmul limit: dense 2048^3 {args.dtype} GEMM {gemm / 1e9:.1f} GFLOP/s (median of rounds)\n")
+def report(rows: dict, gemm: float, args, seconds: float) -> dict:
+    """The table and ratios the user asked for: printed (stdout), not logged."""
+    show = functools.partial(print, flush=True)
+    show(f"\nmatmul limit: dense 2048^3 {args.dtype} GEMM {gemm / 1e9:.1f} GFLOP/s (median of rounds)\n")
     head = (f"| {'side':<42} | samples/s | samples/CPU-s | real tokens/s | padding | peak MB above rest | warm-up s | "
             f"model GFLOP/s | of GEMM limit |")
-    log(head)
-    log("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
+    show(head)
+    show("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     for name, m in rows.items():
-        log(f"| {name:<42} | {m['samples_per_s']:9.2f} | {m['samples_per_cpu_s']:13.2f} | {m['tokens_per_s']:13.0f} | {m['padding']:7.1%} | "
-            f"{m['peak_mb']:18.1f} | {m['warmup_s']:9.2f} | {m['model_tflops_per_s'] * 1e3:13.2f} | {m['of_gemm']:13.1%} |")
+        show(f"| {name:<42} | {m['samples_per_s']:9.2f} | {m['samples_per_cpu_s']:13.2f} | {m['tokens_per_s']:13.0f} | "
+            f"{m['padding']:7.1%} | {m['peak_mb']:18.1f} | {m['warmup_s']:9.2f} | "
+            f"{m['model_tflops_per_s'] * 1e3:13.2f} | {m['of_gemm']:13.1%} |")
     base = rows[BASELINE]
     ratios = {}
-    log("")
+    show("")
     for name, m in rows.items():
         if name == BASELINE or name not in dict(MAIN):
             continue
@@ -137,8 +144,9 @@ def report(rows: dict, gemm: float, args, seconds: float, log=print) -> dict:
                         "tokens_per_s": m["tokens_per_s"] / base["tokens_per_s"],
                         "peak_memory": m["peak_mb"] / base["peak_mb"] if base["peak_mb"] > 0 else float("nan")}
         r = ratios[name]
-        log(f"{name} / {BASELINE}: samples/s {r['samples_per_s']:.2f}x (per CPU-s {r['samples_per_cpu_s']:.2f}x), real tokens/s {r['tokens_per_s']:.2f}x, "
-            f"peak memory {r['peak_memory']:.2f}x; real tokens/s at {m['tokens_per_s'] / m['tokens_per_s_limit']:.0%} "
+        show(f"{name} / {BASELINE}: samples/s {r['samples_per_s']:.2f}x (per CPU-s {r['samples_per_cpu_s']:.2f}x), "
+            f"real tokens/s {r['tokens_per_s']:.2f}x, peak memory {r['peak_memory']:.2f}x; "
+            f"real tokens/s at {m['tokens_per_s'] / m['tokens_per_s_limit']:.0%} "
             f"of the GEMM limit ({m['tokens_per_s_limit']:.0f} tokens/s)")
     levers = {}
     plain = rows.get("llava-lite")
@@ -149,10 +157,11 @@ def report(rows: dict, gemm: float, args, seconds: float, log=print) -> dict:
                             "samples_per_cpu_s": m["samples_per_cpu_s"] / ref["samples_per_cpu_s"],
                             "peak_memory": m["peak_mb"] / ref["peak_mb"] if ref["peak_mb"] > 0 else float("nan")}
     if levers:
-        log("\neach lever against plain llava-lite (long-answer rows against their sparse-head row):")
+        show("\neach lever against plain llava-lite (long-answer rows against their sparse-head row):")
         for name, v in levers.items():
-            log(f"  {name:<42} samples/s {v['samples_per_s']:.2f}x (per CPU-s {v['samples_per_cpu_s']:.2f}x), peak memory {v['peak_memory']:.2f}x")
-    log(f"\nbench took {seconds:.0f} s")
+            show(f"  {name:<42} samples/s {v['samples_per_s']:.2f}x (per CPU-s {v['samples_per_cpu_s']:.2f}x), "
+                f"peak memory {v['peak_memory']:.2f}x")
+    show(f"\nbench took {seconds:.0f} s")
     return {"rows": rows, "ratios": ratios, "levers": levers, "gemm_flops": gemm, "seconds": seconds,
             "args": {k: v for k, v in vars(args).items() if k != "func"}}
 
@@ -180,7 +189,7 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    result = bench(args, log=lambda *a, **k: print(*a, flush=True))
+    result = bench(args)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result
@@ -195,6 +204,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    setup()
     return run(configure(argparse.ArgumentParser(prog="llava-lite bench", description=__doc__)).parse_args(argv))
 
 

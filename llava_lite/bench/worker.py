@@ -87,7 +87,8 @@ def head_forward(model, mode: str, chunk: int = 1024):
         keep = targets != IGNORE_INDEX
         if mode == "full":
             logits = (hidden[:, :-1] @ weight.t()).float()
-            loss_sum = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+            loss_sum = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                       reduction="sum")
         else:
             h, t = hidden[:, :-1][keep], targets[keep]
             loss_sum = sum(checkpoint(ce, weight, h[i:i + chunk], t[i:i + chunk], use_reentrant=False)

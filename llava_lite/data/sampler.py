@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import Sampler
 
+from llava_lite.config import ConfigError
+
 # As in transformers' LengthGroupedSampler: lengths are sorted within windows of 50 batches, so
 # batches are similar in length but the order stays random.
 MEGABATCH_MULT = 50
@@ -40,7 +42,7 @@ class ModalityLengthBatchSampler(Sampler[list[int]]):
         if len(lengths) != len(has_image):
             raise ValueError(f"lengths has {len(lengths)} entries but has_image has {len(has_image)}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"train.batch_size must be >= 1, got {batch_size}; set a positive micro-batch size")
         self.lengths = list(lengths)
         self.has_image = list(has_image)
         self.batch_size = batch_size
@@ -57,7 +59,8 @@ class ModalityLengthBatchSampler(Sampler[list[int]]):
     def indices(self) -> list[int]:
         """The current epoch's records (dataset indices), in the mixture's order."""
         if self._cache is None or self._cache[0] != self.epoch:
-            indices = list(range(len(self.lengths))) if self.epoch_indices is None else list(self.epoch_indices(self.epoch))
+            every = self.epoch_indices is None
+            indices = list(range(len(self.lengths))) if every else list(self.epoch_indices(self.epoch))
             self._cache = (self.epoch, indices)
         return self._cache[1]
 

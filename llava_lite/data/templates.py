@@ -28,6 +28,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from llava_lite.config import ConfigError
+
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 
 SYSTEM_PROMPTS = {
@@ -107,6 +109,22 @@ def _special_tokens(tokenizer) -> set[str]:
     return found
 
 
+def template_text(name_or_path: str) -> str:
+    """The Jinja text of a name in TEMPLATES or of a `.jinja` file; a ConfigError naming the choices
+    otherwise. Needs no tokenizer, so a run checks `data.chat_template` before any weights load."""
+    name_or_path = str(name_or_path)
+    if name_or_path in TEMPLATES:
+        return TEMPLATES[name_or_path]
+    if name_or_path.endswith(".jinja"):
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"data.chat_template: chat template file {name_or_path!r} not found; fix the path "
+                              f"(relative paths are relative to the current directory)")
+        return path.read_text(encoding="utf-8")
+    raise ConfigError(f"data.chat_template: unknown chat template {name_or_path!r}; use one of "
+                      f"{', '.join(TEMPLATES)} or a path to a .jinja file")
+
+
 def set_chat_template(tokenizer, name_or_path: str) -> None:
     """Set `tokenizer.chat_template` from a name in TEMPLATES or from a `.jinja` file.
 
@@ -116,19 +134,7 @@ def set_chat_template(tokenizer, name_or_path: str) -> None:
     then resize the LM's embeddings (`lm.resize_token_embeddings(len(tokenizer))`). The template
     and added tokens are saved with the tokenizer (`save_pretrained`).
     """
-    name_or_path = str(name_or_path)
-    if name_or_path in TEMPLATES:
-        template = TEMPLATES[name_or_path]
-    elif name_or_path.endswith(".jinja"):
-        path = Path(name_or_path).expanduser()
-        if not path.is_file():
-            raise ValueError(f"chat template file {name_or_path!r} not found")
-        template = path.read_text(encoding="utf-8")
-    else:
-        raise ValueError(
-            f"unknown chat template {name_or_path!r}: use one of {', '.join(TEMPLATES)} "
-            "or a path to a .jinja file"
-        )
+    template = template_text(name_or_path)
     missing = [t for t in CHATML_TOKENS if t in template and t not in _special_tokens(tokenizer)]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)

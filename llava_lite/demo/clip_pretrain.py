@@ -32,10 +32,12 @@ from PIL import Image
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from llava_lite.config import ConfigError
 from llava_lite.demo.corpus import assert_no_heldout, assert_train_clean
 from llava_lite.demo.presets import finished, mark_finished, resolve, world_fingerprint
 from llava_lite.demo.probe import patch_labels, patch_tokens, probe_patch_features, retrieval_and_zero_shot
 from llava_lite.demo.world import COLORS, SHAPES, load_objects
+from llava_lite.log import logger
 from llava_lite.train.optim import cosine_with_warmup
 
 MEAN, STD = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
@@ -100,7 +102,7 @@ def pretrain_clip(world_dir: str | Path, out_dir: str | Path, preset: str | dict
     p = resolve(preset)
     cfg = {"clip": p["clip"], "seed": p["seed"], "world": world_fingerprint(world_dir)}
     if (done := finished(out_dir, cfg)) is not None:
-        print(f"[clip] reusing {out_dir}")
+        logger.info(f"[clip] reusing {out_dir}")
         return done
     t0 = time.time()
     c = p["clip"]
@@ -118,13 +120,14 @@ def pretrain_clip(world_dir: str | Path, out_dir: str | Path, preset: str | dict
     params = list(model.parameters()) + list(head.parameters())
     decay = [q for q in params if q.ndim >= 2]
     no_decay = [q for q in params if q.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": c["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=c["lr"], betas=(0.9, 0.98), eps=1e-6)
+    groups = [{"params": decay, "weight_decay": c["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=c["lr"], betas=(0.9, 0.98), eps=1e-6)
     sched = cosine_with_warmup(opt, max(1, int(c["steps"] * c["warmup"])), c["steps"])
     loss_fn = ClipLoss()
     gen = torch.Generator().manual_seed(p["seed"])
     if len(u8) < c["batch_size"]:
-        raise ValueError(f"{len(u8)} train images is fewer than one batch of {c['batch_size']}")
+        raise ConfigError(f"{len(u8)} train images is fewer than one batch of {c['batch_size']}; "
+                          "lower the preset's clip.batch_size or grow its world")
     per_pass, total = len(u8) // c["batch_size"], c["steps"]  # one pass = one epoch over the images
     model.train()
     bar = tqdm(total=total, desc="clip pretrain", unit="step")
@@ -133,8 +136,8 @@ def pretrain_clip(world_dir: str | Path, out_dir: str | Path, preset: str | dict
             order = torch.randperm(len(u8), generator=gen)
         s = step % per_pass
         idx = order[s * c["batch_size"]:(s + 1) * c["batch_size"]]
-        text = torch.stack([cap_ids[images[i]["id"]][torch.randint(len(cap_ids[images[i]["id"]]), (1,), generator=gen)][0]
-                            for i in idx.tolist()])
+        caps = [cap_ids[images[i]["id"]] for i in idx.tolist()]
+        text = torch.stack([cap[torch.randint(len(cap), (1,), generator=gen)][0] for cap in caps])
         with torch.autocast("cpu", dtype=torch.bfloat16):
             r = model.visual.forward_intermediates(normalize(u8[idx]), indices=[-2], output_fmt="NLC")
             img_f = F.normalize(r["image_features"].float(), dim=-1)
@@ -159,9 +162,9 @@ def pretrain_clip(world_dir: str | Path, out_dir: str | Path, preset: str | dict
     (out_dir / "open_clip_config.json").write_text(json.dumps(full_cfg, indent=1))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "open_clip_model.safetensors"))
     metrics = evaluate_clip(model, world_dir)
-    info = {"final_clip_loss": round(clip_loss.item(), 4), "final_patch_loss": round(patch_loss.item(), 4), "steps": total,
-            "images_seen": total * c["batch_size"], "train_seconds": round(train_s, 1),
+    info = {"final_clip_loss": round(clip_loss.item(), 4), "final_patch_loss": round(patch_loss.item(), 4),
+            "steps": total, "images_seen": total * c["batch_size"], "train_seconds": round(train_s, 1),
             "seconds": round(time.time() - t0, 1), "metrics": metrics}
-    print(f"[clip] {total} steps in {train_s:.1f} s, clip loss {clip_loss.item():.3f}; test: " +
-          ", ".join(f"{k} {v}" for k, v in metrics.items()))
+    logger.info(f"[clip] {total} steps in {train_s:.1f} s, clip loss {clip_loss.item():.3f}; test: " +
+                ", ".join(f"{k} {v}" for k, v in metrics.items()))
     return mark_finished(out_dir, cfg, info)

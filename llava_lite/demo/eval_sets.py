@@ -68,8 +68,10 @@ def choice_rows(world_dir: str | Path, seed: int = 0) -> list[dict]:
         if len(qas) < 2:
             continue
         (q1, a1, o1), (q2, a2, o2) = qas[:2]
-        rows.append({"question": f"{rng.choice(captions[im['id']])}\n{q1}", "choices": o1, "answer": a1, "kind": "text"})
-        rows.append({"question": q2 + SHORT_SUFFIX, "choices": o2, "answer": a2, "image": im["file_name"], "kind": "image"})
+        rows.append({"question": f"{rng.choice(captions[im['id']])}\n{q1}", "choices": o1, "answer": a1,
+                     "kind": "text"})
+        rows.append({"question": q2 + SHORT_SUFFIX, "choices": o2, "answer": a2, "image": im["file_name"],
+                     "kind": "image"})
     return rows
 
 

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+from llava_lite.config import ConfigError
 from llava_lite.demo.corpus import (
     CORPUS_VERSION,
     assert_no_heldout,
@@ -28,6 +29,7 @@ from llava_lite.demo.corpus import (
 )
 from llava_lite.demo.presets import finished, mark_finished, resolve, world_fingerprint
 from llava_lite.demo.world import load_objects
+from llava_lite.log import logger
 from llava_lite.train.optim import cosine_with_warmup
 
 ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -43,7 +45,8 @@ def pack(docs: list[str], tokenizer, seq_len: int, seed: int) -> torch.Tensor:
         ids += row + [tokenizer.eos_token_id]
     n = len(ids) // seq_len
     if n == 0:
-        raise ValueError(f"only {len(ids)} tokens of text: fewer than one row of {seq_len}")
+        raise ConfigError(f"only {len(ids)} tokens of text: fewer than one row of {seq_len}; "
+                          "lower the preset's lm.seq_len or grow its world")
     return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
 
 
@@ -81,7 +84,8 @@ def qa_exact_match(model, tokenizer, world_dir: Path, n: int = 200, seed: int = 
     return right / min(n, len(images))
 
 
-def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path, preset: str | dict = "full") -> dict:
+def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
+                preset: str | dict = "full") -> dict:
     """Train, `save_pretrained` (model + tokenizer) into `out_dir`, report held-out loss.
     Skipped when `out_dir` already holds a model finished with the same config."""
     world_dir, out_dir = Path(world_dir), Path(out_dir)
@@ -91,7 +95,7 @@ def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str |
     cfg = {"lm": c, "seed": p["seed"], "world": world_fingerprint(world_dir), "vocab": len(tokenizer),
            "corpus": CORPUS_VERSION}
     if (done := finished(out_dir, cfg)) is not None:
-        print(f"[lm] reusing {out_dir}")
+        logger.info(f"[lm] reusing {out_dir}")
         return done
     t0 = time.time()
     torch.manual_seed(p["seed"])
@@ -106,8 +110,8 @@ def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str |
     model = LlamaForCausalLM(config)
     decay = [q for q in model.parameters() if q.ndim >= 2]
     no_decay = [q for q in model.parameters() if q.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": c["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=c["lr"], betas=(0.9, 0.95))
+    groups = [{"params": decay, "weight_decay": c["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=c["lr"], betas=(0.9, 0.95))
     sched = cosine_with_warmup(opt, max(1, int(c["steps"] * c["warmup"])), c["steps"], floor=0.1)
     gen = torch.Generator().manual_seed(p["seed"])
     order = torch.randperm(len(rows), generator=gen)
@@ -134,12 +138,13 @@ def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str |
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     lw, lt = mean_loss(model, eval_world), mean_loss(model, eval_text)
-    metrics = {"train_loss": round(loss.item(), 4), "heldout_world_loss": round(lw, 4), "heldout_world_ppl": round(math.exp(lw), 3),
+    metrics = {"train_loss": round(loss.item(), 4), "heldout_world_loss": round(lw, 4),
+               "heldout_world_ppl": round(math.exp(lw), 3),
                "heldout_text_tasks_loss": round(lt, 4), "heldout_text_tasks_ppl": round(math.exp(lt), 3),
                "reading_qa_exact_match": round(qa_exact_match(model, tokenizer, world_dir), 3)}
     info = {"params_millions": round(sum(q.numel() for q in model.parameters()) / 1e6, 2), "steps": c["steps"],
             "train_tokens": c["steps"] * c["batch_size"] * c["seq_len"], "corpus_tokens": rows.numel(),
             "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1), "metrics": metrics}
-    print(f"[lm] {info['params_millions']}M params, {c['steps']} steps in {train_s:.1f} s; " +
-          ", ".join(f"{k} {v}" for k, v in metrics.items()))
+    logger.info(f"[lm] {info['params_millions']}M params, {c['steps']} steps in {train_s:.1f} s; " +
+                ", ".join(f"{k} {v}" for k, v in metrics.items()))
     return mark_finished(out_dir, cfg, info)

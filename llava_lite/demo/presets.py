@@ -25,6 +25,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from llava_lite.config import ConfigError
+
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {
         "seed": 0,
@@ -69,7 +71,7 @@ def resolve(preset: str | dict) -> dict[str, Any]:
     """A preset name or an already resolved dict -> a private copy of the dict."""
     if isinstance(preset, str):
         if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         return copy.deepcopy(PRESETS[preset])
     return copy.deepcopy(preset)
 

@@ -28,6 +28,7 @@ from llava_lite.demo.presets import resolve
 from llava_lite.demo.text_tasks import write_text_tasks
 from llava_lite.demo.tokenizer import train_tokenizer
 from llava_lite.demo.world import make_world
+from llava_lite.log import logger
 
 __all__ = ["build_base", "build_world", "pretrain_clip", "pretrain_lm", "train_tokenizer"]
 
@@ -42,7 +43,7 @@ def build_world(out_dir: str | Path, preset: str | dict = "full") -> dict:
         same = (old["seed"], old["image_size"], old["counts"]["train"]["images"], old["counts"]["test"]["images"]) == (
             p["seed"], w["image_size"], w["n_train"], w["n_test"])
         if same and old.get("text_tasks") == t:
-            print(f"[world] reusing {out}")
+            logger.info(f"[world] reusing {out}")
             return old
         shutil.rmtree(out)  # a different world: no stale images may survive
     write_text_tasks(out, t["n_train"], t["n_test"], seed=p["seed"])
@@ -78,7 +79,7 @@ def build_base(out_dir: str | Path, preset: str | dict = "full", threads: int = 
         "heldout_pairs": results["world"]["heldout_pairs"],
     }
     (out / "base.json").write_text(json.dumps(summary, indent=1))
-    print(f"[base] done in {sum(seconds.values()):.1f} s: " + ", ".join(f"{k} {v} s" for k, v in seconds.items()))
+    logger.info(f"[base] done in {sum(seconds.values()):.1f} s: " + ", ".join(f"{k} {v} s" for k, v in seconds.items()))
     return summary
 
 

@@ -58,8 +58,10 @@ def patch_labels(images: list[dict], objects: dict, image_size: int, patch: int)
     for n, im in enumerate(images):
         for o in objects[im["id"]]:
             x, y, w, h = o["bbox"]
-            inside = (((centres >= y) & (centres < y + h))[:, None] & ((centres >= x) & (centres < x + w))[None, :]).flatten()
-            out[n, inside] = torch.tensor([SHAPES.index(o["shape"]) + 1, colors.index(o["color"]) + 1, sizes.index(o["size"]) + 1])
+            rows, cols = (centres >= y) & (centres < y + h), (centres >= x) & (centres < x + w)
+            inside = (rows[:, None] & cols[None, :]).flatten()
+            out[n, inside] = torch.tensor([SHAPES.index(o["shape"]) + 1, colors.index(o["color"]) + 1,
+                                           sizes.index(o["size"]) + 1])
     return out
 
 
@@ -104,7 +106,8 @@ def probe_patch_features(tok_tr, ims_tr, objs_tr, tok_te, ims_te, objs_te, image
 def retrieval_and_zero_shot(model, tokenizer, pixels, captions: list[str], images: list[dict], objects: dict) -> dict:
     """Image->caption recall@1 in chunks of 100; zero-shot (colour, shape) on single-object images."""
     img = torch.cat([model.encode_image(pixels[i:i + 256], normalize=True) for i in range(0, len(pixels), 256)])
-    txt = torch.cat([model.encode_text(tokenizer(captions[i:i + 256]), normalize=True) for i in range(0, len(captions), 256)])
+    txt = torch.cat([model.encode_text(tokenizer(captions[i:i + 256]), normalize=True)
+                     for i in range(0, len(captions), 256)])
     hits, chunk = [], min(100, len(img))
     for i in range(0, len(img) - chunk + 1, chunk):
         sims = img[i:i + chunk] @ txt[i:i + chunk].T

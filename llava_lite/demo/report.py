@@ -25,7 +25,8 @@ def write_summary(out: Path, report: dict) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     xs = range(len(types) + 2)
     labels = types + ["all", "unseen combos"]
-    s2 = [report["vqa_accuracy_by_type"][t] for t in types] + [report["vqa_accuracy"], report["vqa_accuracy_unseen_combos"] or 0]
+    s2 = [report["vqa_accuracy_by_type"][t] for t in types] + [report["vqa_accuracy"],
+                                                                report["vqa_accuracy_unseen_combos"] or 0]
     s1 = [report["stage1_vqa_accuracy_by_type"].get(t, 0) for t in types] + [report["stage1_vqa_accuracy"], 0]
     ax.bar([x - 0.2 for x in xs], s1, width=0.4, label="after stage 1")
     ax.bar([x + 0.2 for x in xs], s2, width=0.4, label="after stage 2")
@@ -46,7 +47,8 @@ def write_summary(out: Path, report: dict) -> None:
         f"| chance (uniform guess per question type) | {report['chance_accuracy']:.1%} |",
         f"| majority answer per type | {report['majority_accuracy']:.1%} |",
         f"| VQA after stage 1 only | {report['stage1_vqa_accuracy']:.1%} |",
-        f"| VQA with each question asked about another image (answer priors) | {report['other_image_vqa_accuracy']:.1%} |",
+        "| VQA with each question asked about another image (answer priors) | "
+        f"{report['other_image_vqa_accuracy']:.1%} |",
         f"| instruction perplexity (held-out, response tokens) | {report['instruction_ppl']:.2f} |",
         f"| general-text perplexity | {report['general_ppl']:.2f} |",
         f"| text-task perplexity (held-out, response tokens) | {report['text_task_ppl']:.2f} |",
@@ -66,7 +68,8 @@ def _base_lines(base: dict) -> list[str]:
     """What the base models bring: the CLIP's linear probes and the LM's reading comprehension
     (caption + question, no image). A weak LM here caps what stage 2 can learn."""
     clip, lm = base.get("clip") or {}, base.get("lm") or {}
-    rows = [("CLIP probe: object colour", clip.get("object_color")), ("CLIP probe: object shape", clip.get("object_shape")),
+    rows = [("CLIP probe: object colour", clip.get("object_color")),
+            ("CLIP probe: object shape", clip.get("object_shape")),
             ("CLIP probe: patch position", clip.get("patch_position")),
             ("LM reading QA (caption + question, exact match)", lm.get("reading_qa_exact_match"))]
     rows = [(k, v) for k, v in rows if v is not None]
@@ -85,12 +88,15 @@ def _pope_choice_lines(report: dict) -> list[str]:
                   f"| accuracy | {report['pope_accuracy']:.1%} | 50.0% |",
                   f"| yes-ratio | {report['pope_yes_ratio']:.1%} | 50.0% (the truth) |"]
         for cat, m in (report.get("pope_by_category") or {}).items():
-            lines.append(f"| {cat}: F1 / accuracy / yes-ratio | {m['f1']:.1%} / {m['accuracy']:.1%} / {m['yes_ratio']:.1%} | |")
+            lines.append(f"| {cat}: F1 / accuracy / yes-ratio | {m['f1']:.1%} / {m['accuracy']:.1%} / "
+                         f"{m['yes_ratio']:.1%} | |")
     if report.get("choice_questions"):
-        lines += ["", f"| multiple choice by log-likelihood ({report['choice_questions']} questions) | stage 2 | chance |",
+        chance = f"{report['choice_chance']:.1%}"
+        lines += ["", f"| multiple choice by log-likelihood ({report['choice_questions']} questions) "
+                      "| stage 2 | chance |",
                   "|---|---|---|",
-                  f"| accuracy (sum of response log-probs) | {report['choice_accuracy']:.1%} | {report['choice_chance']:.1%} |",
-                  f"| accuracy (per byte of option) | {report['choice_accuracy_norm']:.1%} | {report['choice_chance']:.1%} |"]
+                  f"| accuracy (sum of response log-probs) | {report['choice_accuracy']:.1%} | {chance} |",
+                  f"| accuracy (per byte of option) | {report['choice_accuracy_norm']:.1%} | {chance} |"]
         if report.get("choice_text_questions"):
             lines.append(f"| text rows only (caption + question), {report['choice_text_questions']} | "
                          f"{report['choice_text_accuracy']:.1%} | |")

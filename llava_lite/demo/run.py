@@ -46,7 +46,8 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
             ("test", "instruct_test", {"short_fraction": SHORT_FRACTION}))
     heldout = {f"{c} {s}" for c, s in world["heldout_pairs"]}
     for split, key, kw in jobs:
-        scenes = load_coco(wd / "annotations" / f"instances_{split}.json", wd / "annotations" / f"captions_{split}.json")
+        notes = wd / "annotations"
+        scenes = load_coco(notes / f"instances_{split}.json", notes / f"captions_{split}.json")
         # Training text never names a held-out pair, not even in a "no" question.
         teacher = RuleTeacher(avoid=heldout if split == "train" else frozenset())
         result = generate(scenes, teacher, seed=preset["seed"], **kw)

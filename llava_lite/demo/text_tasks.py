@@ -50,7 +50,8 @@ def _string(rng: random.Random) -> tuple[str, str]:
     if kind == 1:
         return rng.choice([f"Write the word '{w}' in uppercase.", f"Convert '{w}' to capital letters."]), w.upper()
     if kind == 2:
-        return rng.choice([f"How many letters are in the word '{w}'?", f"What is the length of the word '{w}'?"]), str(len(w))
+        asked = rng.choice([f"How many letters are in the word '{w}'?", f"What is the length of the word '{w}'?"])
+        return asked, str(len(w))
     if kind == 3:
         c = rng.choice(sorted(set(w)) + ["a", "e", "o"])
         return f"How many times does the letter '{c}' appear in '{w}'?", str(w.count(c))
@@ -71,9 +72,11 @@ def _list(rng: random.Random) -> tuple[str, str]:
     if kind == 1:
         return f"Sort these numbers from largest to smallest: {_fmt(xs)}.", _fmt(sorted(xs, reverse=True))
     if kind == 2:
-        return rng.choice([f"What is the largest number in [{_fmt(xs)}]?", f"Find the maximum of {_fmt(xs)}."]), str(max(xs))
+        asked = rng.choice([f"What is the largest number in [{_fmt(xs)}]?", f"Find the maximum of {_fmt(xs)}."])
+        return asked, str(max(xs))
     if kind == 3:
-        return rng.choice([f"What is the smallest number in [{_fmt(xs)}]?", f"Find the minimum of {_fmt(xs)}."]), str(min(xs))
+        asked = rng.choice([f"What is the smallest number in [{_fmt(xs)}]?", f"Find the minimum of {_fmt(xs)}."])
+        return asked, str(min(xs))
     return f"How many items are in the list [{_fmt(xs)}]?", str(len(xs))
 
 

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from llava_lite.demo.corpus import assert_no_heldout, text_task_documents, vocabulary_text, world_documents
 from llava_lite.demo.presets import finished, mark_finished, resolve, world_fingerprint
+from llava_lite.log import logger
 
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 CHAT_TOKENS = {"im_start_token": "<|im_start|>", "im_end_token": "<|im_end|>", "image_token": "<image>"}
@@ -72,7 +73,7 @@ def train_tokenizer(world_dir: str | Path, out_dir: str | Path, preset: str | di
     p = resolve(preset)
     cfg = {"tokenizer": p["tokenizer"], "seed": p["seed"], "world": world_fingerprint(world_dir)}
     if (done := finished(out_dir, cfg)) is not None:
-        print(f"[tokenizer] reusing {out_dir} (vocab {done['vocab']})")
+        logger.info(f"[tokenizer] reusing {out_dir} (vocab {done['vocab']})")
         return done
     t0 = time.time()
     texts = tokenizer_corpus(world_dir, p["seed"])
@@ -82,7 +83,8 @@ def train_tokenizer(world_dir: str | Path, out_dir: str | Path, preset: str | di
     sample = "\n".join(texts[:200])
     info = {"vocab": len(tok), "chars_per_token": round(len(sample) / len(tok.backend_tokenizer.encode(sample).ids), 2),
             "corpus_docs": len(texts), "seconds": round(time.time() - t0, 2)}
-    print(f"[tokenizer] vocab {info['vocab']}, {info['chars_per_token']} chars/token, {info['seconds']} s -> {out_dir}")
+    logger.info(f"[tokenizer] vocab {info['vocab']}, {info['chars_per_token']} chars/token, {info['seconds']} s "
+                f"-> {out_dir}")
     return mark_finished(out_dir, cfg, info)
 
 

@@ -89,7 +89,8 @@ def _unit_polygon(shape: str) -> list[tuple[float, float]] | None:
         "diamond": [(0.5, 0), (1, 0.5), (0.5, 1), (0, 0.5)],
         "cross": [(a, b) for a, b in [(.5 - t / 2, 0), (.5 + t / 2, 0), (.5 + t / 2, .5 - t / 2), (1, .5 - t / 2),
                                       (1, .5 + t / 2), (.5 + t / 2, .5 + t / 2), (.5 + t / 2, 1), (.5 - t / 2, 1),
-                                      (.5 - t / 2, .5 + t / 2), (0, .5 + t / 2), (0, .5 - t / 2), (.5 - t / 2, .5 - t / 2)]],
+                                      (.5 - t / 2, .5 + t / 2), (0, .5 + t / 2), (0, .5 - t / 2),
+                                      (.5 - t / 2, .5 - t / 2)]],
         "star": _star(),
         "circle": None,
     }[shape]
@@ -117,7 +118,8 @@ def _place(rng: np.random.Generator, combos: list[tuple[str, str]], n: int, size
             row, col = divmod(cell, 3)
             free = [(x, y) for x in _slots(col * third + margin, (col + 1) * third - margin, s, size, snap)
                     for y in _slots(row * third + margin, (row + 1) * third - margin, s, size, snap)
-                    if all(x + s < ox or ox + ow < x or y + s < oy or oy + oh < y for ox, oy, ow, oh in (o["bbox"] for o in objs))]
+                    if all(x + s < ox or ox + ow < x or y + s < oy or oy + oh < y
+                           for ox, oy, ow, oh in (o["bbox"] for o in objs))]
             if free:
                 x, y = free[rng.integers(len(free))]
                 cells.remove(cell)
@@ -223,8 +225,9 @@ def make_world(out_dir: str | Path, n_train: int, n_test: int, image_size: int =
         _write_json(out / f"captions_{split}.json", stage1)
         counts[split] = {"images": n, "objects": len(anns), "captions": len(caps),
                          "unseen_combo_images": sum(im["unseen_combo"] for im in images)}
-    world = {"seed": seed, "image_size": image_size, "unseen_fraction": unseen_fraction, "shapes": list(SHAPES), "colors": dict(COLORS),
-             "sizes": dict(SIZES), "snap": SNAP, "heldout_pairs": [list(p) for p in HELDOUT_PAIRS],
+    world = {"seed": seed, "image_size": image_size, "unseen_fraction": unseen_fraction, "shapes": list(SHAPES),
+             "colors": dict(COLORS), "sizes": dict(SIZES), "snap": SNAP,
+             "heldout_pairs": [list(p) for p in HELDOUT_PAIRS],
              "positions": [position_name(r, c) for r in range(3) for c in range(3)], "counts": counts,
              "layout": {"images": "images/{split}/NNNNNN.png", "instances": "annotations/instances_{split}.json",
                         "captions": "annotations/captions_{split}.json", "stage1": "captions_{split}.json"}}

@@ -17,6 +17,7 @@ from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.data.conversation import Message
 from llava_lite.data.images import load_image
 from llava_lite.data.render import render_prompt
+from llava_lite.errors import PromptError
 from llava_lite.infer.decode import generate
 from llava_lite.model.llava import LlavaLite
 
@@ -40,7 +41,8 @@ class Assistant:
         """Prompt ids [1, T] and pixel_values [N, 3, H, W] (None when there is no image)."""
         n = sum(m.content.count(IMAGE_TOKEN) for m in messages)
         if n != len(images):
-            raise ValueError(f"{n} {IMAGE_TOKEN} placeholder(s) but {len(images)} image(s)")
+            raise PromptError(f"{n} {IMAGE_TOKEN} placeholder(s) but {len(images)} image(s); "
+                              f"put one {IMAGE_TOKEN} in the text per image")
         m = self.model
         ids = render_prompt(messages, m.tokenizer, image_token_id=m.image_token_id, image_seq_len=m.image_seq_len,
                             mode=m.render_mode, system_prompt=m.system_prompt)
@@ -67,8 +69,8 @@ class Assistant:
         context = getattr(self.model.lm.config, "max_position_embeddings", None)
         if context is not None:
             if ids.shape[1] >= context:
-                raise ValueError(f"the prompt is {ids.shape[1]} tokens, the model's context is {context}: "
-                                 "start a new conversation or send less")
+                raise PromptError(f"the prompt is {ids.shape[1]} tokens, the model's context is {context}: "
+                                  "start a new conversation or send less")
             max_new_tokens = min(max_new_tokens, context - ids.shape[1])
         tok = self.model.tokenizer
         stop = [s for s in (stop or []) if s]
@@ -109,8 +111,8 @@ class Assistant:
         context = getattr(self.model.lm.config, "max_position_embeddings", None)
         longest = max(ids.shape[1] for ids, _ in encoded)
         if context is not None and longest + max_new_tokens > context:
-            raise ValueError(f"a prompt of {longest} tokens + {max_new_tokens} new ones exceeds the model's "
-                             f"context of {context}")
+            raise PromptError(f"a prompt of {longest} tokens + {max_new_tokens} new ones exceeds the model's "
+                              f"context of {context}; ask for fewer new tokens or shorten the prompt")
         pixels = [p for _, p in encoded if p is not None]
         with self.lock:
             new = generate(self.model, [ids[0].tolist() for ids, _ in encoded], torch.cat(pixels) if pixels else None,

@@ -14,7 +14,8 @@ def run_chat(args: argparse.Namespace) -> None:
     from llava_lite.model.llava import LlavaLite, default_device
 
     device = getattr(args, "device", None) or default_device()
-    assistant = Assistant(LlavaLite.from_pretrained(args.model, device=device, dtype=getattr(args, "dtype", None)), device)
+    model = LlavaLite.from_pretrained(args.model, device=device, dtype=getattr(args, "dtype", None))
+    assistant = Assistant(model, device)
     images = [load_image(p, where="--image") for p in args.image]
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     prompt = args.prompt

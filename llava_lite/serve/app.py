@@ -51,7 +51,8 @@ def create_app(assistant_or_model_dir: Assistant | str | Path, settings: Setting
             return
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
-            raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')", code="invalid_api_key")
+            raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
+                           code="invalid_api_key")
 
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "model": model_name, "queued": worker.jobs.qsize(),

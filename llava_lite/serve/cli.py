@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from pathlib import Path
 
+from llava_lite.log import logger, setup
 from llava_lite.serve.settings import MiB, Settings
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -71,19 +71,20 @@ def run(args: argparse.Namespace) -> None:
     from llava_lite.infer.chat import Assistant
     from llava_lite.model.llava import LlavaLite
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     settings = settings_from(args)
     if args.host not in LOOPBACK and settings.api_key is None:
-        logging.warning("serving on %s without an API key: anyone who can reach this port can use the model", args.host)
+        logger.warning("serving on %s without an API key: anyone who can reach this port can use the model",
+                       args.host)
     from llava_lite.model.llava import default_device
 
     device = args.device or default_device()
     model = LlavaLite.from_pretrained(args.model, device=device, dtype=args.dtype)
     app = create_app(Assistant(model, device), settings)
-    print(f"llava-lite serve: {settings.model_name} at http://{args.host}:{args.port}/ (API: /v1)", flush=True)
+    logger.info(f"llava-lite serve: {settings.model_name} at http://{args.host}:{args.port}/ (API: /v1)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = configure(argparse.ArgumentParser(prog="llava-lite serve", description=__doc__)).parse_args(argv)
+    setup()
     run(args)

@@ -8,17 +8,17 @@ generation loop reads through `should_stop`, or makes the worker skip it if it h
 from __future__ import annotations
 
 import asyncio
-import logging
 import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from llava_lite.infer.chat import Assistant
+from llava_lite.log import logger
 from llava_lite.serve.errors import APIError
 from llava_lite.serve.schema import Prompt
 
-log = logging.getLogger("llava_lite.serve")
+log = logger.getChild("serve")
 
 
 @dataclass
@@ -99,5 +99,6 @@ class Worker:
             should_stop=job.cancelled.is_set,
         )
         state = "cancelled" if job.cancelled.is_set() else reply.finish_reason
-        log.info("%s: %d prompt + %d completion tokens, %s", job.id, reply.prompt_tokens, reply.completion_tokens, state)
+        log.info("%s: %d prompt + %d completion tokens, %s", job.id, reply.prompt_tokens, reply.completion_tokens,
+                 state)
         job.emit("done", reply)

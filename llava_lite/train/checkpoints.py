@@ -16,6 +16,7 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from llava_lite.config import Config, save_config
+from llava_lite.log import logger
 
 STATE_NAME = "trainer_state.json"
 
@@ -27,6 +28,14 @@ def _steps(root: Path) -> list[Path]:
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     ckpts = [c for c in _steps(Path(output_dir, "checkpoints")) if (c / STATE_NAME).is_file()]  # complete ones
     return ckpts[-1] if ckpts else None
+
+
+def clear_previous_run(output_dir: Path) -> None:
+    """A new run in an old output directory replaces its checkpoints and metrics (main process only)."""
+    if (output_dir / "checkpoints").exists():
+        logger.info(f"replacing the checkpoints of a previous run in {output_dir}")
+        shutil.rmtree(output_dir / "checkpoints")
+    (output_dir / "metrics.jsonl").unlink(missing_ok=True)
 
 
 def _fsdp(acc: Accelerator, stage: str):

@@ -13,7 +13,8 @@ rank, checkpoints of what trains, and saving from a gathered state dict.
   FSDP `fsdp_trained_only` does the same from a gathered state dict; DeepSpeed gets
   exclude_frozen_parameters (checkpoints.py).
 - `full_state_dict(acc, model)`: the whole model gathered on the main process (all ranks call it).
-- `rescale_position`: a run resumed on another number of processes skips the same global batches.
+- `rescale_position`: a run resumed on another number of processes skips the same global batches;
+  `check_stream_layout`: a shard stream resumed on another layout restarts its epoch.
 - DeepSpeed: `fill_deepspeed_config` puts train.batch_size / grad_accum / max_grad_norm where the
   shipped zero configs say "auto" and makes the vision tower one ZeRO-3 leaf; `loss_scale`.
 - `fsdp2_shard(model)`: torch's FSDP2 wrapping as configs/accelerate/fsdp2.yaml does it (for CPU tests).
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from llava_lite.config import ConfigError
+from llava_lite.log import logger
 
 TRAINED_NAME = "model.safetensors"  # accelerate's name for model 0; it holds only trained tensors
 
@@ -138,8 +140,10 @@ class TrainedOnlyCheckpoints:
             state = {_strip(k): v for k, v in load_file(str(path)).items()}
             expected = trained_keys(model, self.parts)
             if set(state) != expected:
-                raise ValueError(f"{path} holds {len(state)} tensors but this run trains {len(expected)}; "
-                                 f"missing {sorted(expected - set(state))[:3]}, extra {sorted(set(state) - expected)[:3]}")
+                missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
+                raise ConfigError(f"{path} holds {len(state)} tensors but this run trains {len(expected)}; "
+                                  f"missing {missing}, extra {extra}; "
+                                  "resume with the config that wrote the checkpoint, or train without --resume")
             target = model.module if hasattr(model, "module") else model
             missing, unexpected = target.load_state_dict(state, strict=False)
             assert not unexpected, unexpected
@@ -152,7 +156,7 @@ def loss_scale(acc, grad_accum: int) -> float:
     return acc.num_processes * (grad_accum if acc.state.deepspeed_plugin is not None else 1)
 
 
-def rescale_position(state: dict, processes: int, files: bool, log=print) -> None:
+def rescale_position(state: dict, processes: int, files: bool) -> None:
     """`batches_in_epoch` counts one process's batches; files deal batch i of an epoch to process
     i % N, so N x that many batches of the epoch were taken. A run resumed on another number of
     processes skips the same global batches (and then, with the same global batch, continues the
@@ -163,12 +167,25 @@ def rescale_position(state: dict, processes: int, files: bool, log=print) -> Non
         return
     taken = state["batches_in_epoch"] * before
     if taken % processes:
-        log(f"the checkpoint took {taken} batches of epoch {state['epoch']} on {before} process(es), not a multiple of "
-            f"{processes}: the epoch restarts from its first batch")
+        logger.info(f"the checkpoint took {taken} batches of epoch {state['epoch']} on {before} process(es), "
+                    f"not a multiple of {processes}: the epoch restarts from its first batch")
         state["batches_in_epoch"] = 0
         return
     state["batches_in_epoch"] = taken // processes
-    log(f"resumed on {processes} process(es) after {before}: {taken} batches of epoch {state['epoch']} already taken")
+    logger.info(f"resumed on {processes} process(es) after {before}: {taken} batches of epoch {state['epoch']} "
+                "already taken")
+
+
+def check_stream_layout(state: dict, stream) -> None:
+    """A shard stream resumes exactly only with the same processes x readers; otherwise its epoch restarts."""
+    if stream is None:
+        return
+    now = [stream.world_size, stream.readers]
+    if state.get("stream_readers") != now and state["batches_in_epoch"]:
+        logger.info(f"the checkpoint streamed with processes x readers = {state.get('stream_readers')}, "
+                    f"this run with {now}: epoch {state['epoch']} restarts from its first batch")
+        state["batches_in_epoch"] = 0
+    state["stream_readers"] = now
 
 
 def full_state_dict(acc, model: nn.Module) -> dict:
@@ -233,7 +250,8 @@ def load_trained_sharded(model: nn.Module, in_dir, parts: tuple[str, ...]) -> No
     state = load_file(str(Path(in_dir, TRAINED_NAME)))
     expected = trained_keys(model, parts)
     if {_strip(k) for k in state} != expected:
-        raise ValueError(f"{in_dir}/{TRAINED_NAME} does not hold the {len(expected)} tensors this run trains")
+        raise ConfigError(f"{in_dir}/{TRAINED_NAME} does not hold the {len(expected)} tensors this run trains; "
+                          "resume with the config that wrote the checkpoint, or train without --resume")
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
@@ -244,8 +262,8 @@ def fsdp_trained_only(parts: tuple[str, ...]):
     import accelerate.accelerator as accel
 
     saved = accel.save_fsdp_model, accel.load_fsdp_model
-    accel.save_fsdp_model = lambda plugin, acc, model, output_dir, *a, **k: save_trained_sharded(model, output_dir, parts)
-    accel.load_fsdp_model = lambda plugin, acc, model, input_dir, *a, **k: load_trained_sharded(model, input_dir, parts)
+    accel.save_fsdp_model = lambda plugin, acc, model, out, *a, **k: save_trained_sharded(model, out, parts)
+    accel.load_fsdp_model = lambda plugin, acc, model, in_dir, *a, **k: load_trained_sharded(model, in_dir, parts)
     try:
         yield
     finally:

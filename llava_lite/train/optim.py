@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from llava_lite.config import TrainConfig
+from llava_lite.config import ConfigError, TrainConfig
 from llava_lite.train.stages import Stage
 
 
@@ -21,7 +21,8 @@ def build_optimizer(model: nn.Module, stage: Stage, t: TrainConfig) -> torch.opt
         wd = t.weight_decay if p.ndim >= 2 else 0.0
         groups.setdefault((lr, wd), []).append(p)
     if not groups:
-        raise ValueError(f"stage {stage.name!r} leaves nothing to train")
+        raise ConfigError(f"stage {stage.name!r} leaves nothing to train (train.stage); "
+                          "check train.stage and the lora settings")
     return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()])
 
 

@@ -21,7 +21,6 @@ import contextlib
 import itertools
 import json
 import math
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,12 +34,15 @@ from llava_lite.config import Config, ConfigError, save_config
 from llava_lite.constants import IGNORE_INDEX
 from llava_lite.data.dataset import batch_rejects
 from llava_lite.data.loader import TrainData
+from llava_lite.data.templates import template_text
 from llava_lite.errors import check_model_refs
+from llava_lite.log import logger
 from llava_lite.train.build import build_model
-from llava_lite.train.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from llava_lite.train.checkpoints import clear_previous_run, latest_checkpoint, load_checkpoint, save_checkpoint
 from llava_lite.train.distributed import (
     TrainedOnlyCheckpoints,
     check_launch,
+    check_stream_layout,
     fill_deepspeed_config,
     full_state_dict,
     loss_scale,
@@ -70,22 +72,23 @@ class Trainer:
         check_launch(self.acc)
         cpu_bf16 = not torch.cuda.is_available() and mixed == "bf16"
         self.autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cpu_bf16 else self.acc.autocast
-        self.log = self.acc.print
 
     # ---- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, t, acc = self.cfg, self.cfg.train, self.acc
         set_seed(t.seed)
+        if cfg.data.chat_template:  # a misspelt name or a missing .jinja: one line, before any data or weights
+            template_text(cfg.data.chat_template)
         for note in reconcile_init_from(cfg) if cfg.model.init_from else []:  # before any data or weights
-            self.log(note)
+            logger.info(note)
         mode = cfg.data.mode or self.stage.render_mode
         self.data = TrainData(cfg.data, batch_size=t.batch_size, seed=t.seed, mode=mode, images=self.stage.images,
                               group_by_length=t.group_by_modality_length, rank=acc.process_index,
-                              world_size=acc.num_processes, log=self.log)
-        self.log(f"stage {t.stage}: {acc.num_processes} process(es), device {acc.device}")
+                              world_size=acc.num_processes, log=logger.info)
+        logger.info(f"stage {t.stage}: {acc.num_processes} process(es), device {acc.device}")
         check_model_refs(cfg)  # a missing path or an uncached hub id offline: one line, before any weights load
         model = build_model(cfg, mode)
-        self.counts = set_trainable(model, self.stage, log=self.log)
+        self.counts = set_trainable(model, self.stage)
         if self.stage.images:  # text-only batches run the tower and projector on zero images
             run_vision_every_step(model)
         if t.gradient_checkpointing:
@@ -115,7 +118,7 @@ class Trainer:
                                   "not DeepSpeed or FSDP")
             self.kl = KLToBase(acc.unwrap_model(self.model), t.kl_to_base, cfg.model.dtype)
         self.total_steps = t.max_steps if t.max_steps > 0 else self._steps_for_epochs(t.epochs)
-        self.log(f"{self._epoch_steps(0)} optimizer steps per epoch, {self.total_steps} in all")
+        logger.info(f"{self._epoch_steps(0)} optimizer steps per epoch, {self.total_steps} in all")
         self.scheduler = cosine_with_warmup(self.optimizer, round(t.warmup_ratio * self.total_steps), self.total_steps)
         acc.register_for_checkpointing(self.scheduler)
         self.state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "skipped": 0, "tokens": 0}
@@ -125,25 +128,16 @@ class Trainer:
         ckpt = latest_checkpoint(self.out) if self.resume else None
         if ckpt is not None:
             self.state = load_checkpoint(acc, ckpt)
-            self.log(f"resumed from {ckpt} at step {self.state['step']}")
+            logger.info(f"resumed from {ckpt} at step {self.state['step']}")
             truncate_metrics(self.out / "metrics.jsonl", self.state["step"])
-            self._check_stream_layout()
+            check_stream_layout(self.state, self.data.stream)
         else:
             if self.resume:
-                self.log(f"--resume: no checkpoint in {self.out / 'checkpoints'}, starting fresh")
-            self._start_fresh()
-        rescale_position(self.state, acc.num_processes, self.data.stream is None, self.log)  # resume on N' processes
+                logger.info(f"--resume: no checkpoint in {self.out / 'checkpoints'}, starting fresh")
+            if acc.is_main_process:  # a later --resume can never pick up a step of the previous run
+                clear_previous_run(self.out)
+        rescale_position(self.state, acc.num_processes, self.data.stream is None)  # resume on N' processes
         self.data.rejects.start(self.out, self.state["step"], resume=ckpt is not None, main=acc.is_main_process)
-
-    def _start_fresh(self) -> None:
-        """A new run in an old output directory replaces its checkpoints and metrics, so a later
-        --resume can never pick up a step of the previous run."""
-        if not self.acc.is_main_process:
-            return
-        if (self.out / "checkpoints").exists():
-            self.log(f"replacing the checkpoints of a previous run in {self.out}")
-            shutil.rmtree(self.out / "checkpoints")
-        (self.out / "metrics.jsonl").unlink(missing_ok=True)
 
     def _epoch_steps(self, epoch: int) -> int:
         return math.ceil(self.data.epoch_batches(epoch) / self.cfg.train.grad_accum)
@@ -157,18 +151,6 @@ class Trainer:
         if total <= 0:
             raise ConfigError(f"train.epochs={epochs} with this data gives no optimizer step")
         return total
-
-    def _check_stream_layout(self) -> None:
-        """A stream resumes exactly only with the same processes x readers; otherwise restart the epoch."""
-        stream = self.data.stream
-        if stream is None:
-            return
-        now = [stream.world_size, stream.readers]
-        if self.state.get("stream_readers") != now and self.state["batches_in_epoch"]:
-            self.log(f"the checkpoint streamed with processes x readers = {self.state.get('stream_readers')}, this run "
-                     f"with {now}: epoch {self.state['epoch']} restarts from its first batch")
-            self.state["batches_in_epoch"] = 0
-        self.state["stream_readers"] = now
 
     def _epoch_iter(self, epoch: int, skip: int) -> Iterator[dict]:
         """The batches of `epoch` after the first `skip`, as an uninterrupted run would see them."""
@@ -211,14 +193,14 @@ class Trainer:
                 st["skipped"] += sum(int(b["num_skipped"]) for b in window)
                 # unreadable images etc. go to rejects.jsonl; too many stops the run (data.max_bad_fraction)
                 self.data.rejects.update([r for b in window for r in batch_rejects(b)], st["step"], acc)
-                seen = int(acc.reduce(torch.tensor(sum(int(b["attention_mask"].sum()) for b in window), device=acc.device), "sum"))
+                real = sum(int(b["attention_mask"].sum()) for b in window)  # this process's non-padding positions
+                seen = int(acc.reduce(torch.tensor(real, device=acc.device), "sum"))
                 st["tokens"] += seen
                 row = {"step": st["step"], "epoch": st["epoch"], "loss": loss, "lr": self.scheduler.get_last_lr()[0],
                        "grad_norm": grad_norm, "supervised_tokens": n_tokens,
                        "tokens_per_s": seen / (time.perf_counter() - t0), "skipped_total": st["skipped"],
                        # share of computed positions that are padding (this process's micro-batches)
-                       "padding_fraction": 1 - sum(int(b["attention_mask"].sum()) for b in window)
-                       / max(sum(b["attention_mask"].numel() for b in window), 1)}
+                       "padding_fraction": 1 - real / max(sum(b["attention_mask"].numel() for b in window), 1)}
                 if self.eval_loader is not None and t.eval_every and st["step"] % t.eval_every == 0:
                     row["eval_loss"] = self.evaluate()
                 if self.kl is not None:  # KL(base || tuned) per supervised token, apart from the CE `loss`
@@ -236,8 +218,8 @@ class Trainer:
         bar.close()
         metrics.close()
         if st["skipped"]:
-            self.log(f"skipped {st['skipped']} sample(s): answers truncated away (data.max_length="
-                     f"{self.cfg.data.max_length}) or images that would not load; see {self.data.rejects.path}")
+            logger.info(f"skipped {st['skipped']} sample(s): answers truncated away (data.max_length="
+                        f"{self.cfg.data.max_length}) or images that would not load; see {self.data.rejects.path}")
 
     def _step(self, window: list[dict]) -> tuple[float, float, int]:
         acc, model = self.acc, self.model
@@ -264,7 +246,8 @@ class Trainer:
             self.last_kl = float(acc.reduce(kl_sum, "sum")) / max(total, 1)
         if not images and acc.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP):
             skip_step(acc.unwrap_model(model).projector)  # no image on any process: the projector took no part
-        grad_norm = acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], self.cfg.train.max_grad_norm)
+        trained = [p for p in model.parameters() if p.requires_grad]
+        grad_norm = acc.clip_grad_norm_(trained, self.cfg.train.max_grad_norm)
         if total:  # a window whose answers were all truncated away updates nothing (the same on every process)
             self.optimizer.step()
         self.scheduler.step()
@@ -304,5 +287,5 @@ class Trainer:
             (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2))
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png", title=f"{self.cfg.train.stage} loss")
         acc.wait_for_everyone()
-        self.log(f"saved model to {self.out}")
+        logger.info(f"saved model to {self.out}")
         return self.out

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from llava_lite.log import logger
 from llava_lite.model.lm import is_peft
 
 PARTS = ("vision", "projector", "lm")
@@ -53,8 +54,8 @@ def count(params) -> int:
     return sum(p.numel() for p in params)
 
 
-def set_trainable(model: nn.Module, stage: Stage, log=print) -> dict[str, int]:
-    """requires_grad as the stage says, printed part by part; returns trainable counts per part."""
+def set_trainable(model: nn.Module, stage: Stage, log=logger.info) -> dict[str, int]:
+    """requires_grad as the stage says, logged part by part; returns trainable counts per part."""
     lora = is_peft(model.lm)
     for part in PARTS:
         module = getattr(model, part)
