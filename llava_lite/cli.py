@@ -47,7 +47,7 @@ def _eval(args: argparse.Namespace) -> None:
 
         judge = RuleJudge()
     elif args.judge:  # any OpenAI-compatible endpoint; the key comes from OPENAI_API_KEY
-        from data_tools.teachers.openai_teacher import OpenAITeacher
+        from llava_lite.infer.openai_client import OpenAITeacher
 
         judge = OpenAITeacher(model=args.judge, base_url=args.judge_base_url, concurrency=args.judge_concurrency,
                               requests_per_minute=args.judge_rpm, temperature=0.0, max_tokens=1024)
