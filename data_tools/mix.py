@@ -15,8 +15,6 @@ from llava_lite.data.conversation import Conversation, DataError
 from llava_lite.data.mixture import difficulty, epoch_draw, proportional_counts
 from llava_lite.data.readers import read_conversations
 
-from .tagging import heuristic_tags
-
 
 @dataclass
 class Source:
@@ -33,11 +31,6 @@ class Source:
                 raise ValueError(f"source {self.name!r} has neither conversations nor a path")
             self.conversations = read_conversations(self.path, self.fmt, self.image_folder)
         return self.conversations
-
-
-def tag_score(conv: Conversation) -> float:
-    """The number of skill tags the heuristic tagger gives the request (the curriculum "tags")."""
-    return float(len(heuristic_tags(conv)))
 
 
 def mix_epoch(

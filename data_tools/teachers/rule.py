@@ -10,13 +10,13 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from llava_lite.data.tags import SHORT_SUFFIX
 from llava_lite.infer.openai_client import Request, TeacherError
 
 from .rule_scene import describe, reasoning_qa
 from .rule_text import evolve
 from .scene import CENTER_MARGIN, PAIR_MARGIN, Obj, article, center, name, plural, referable
 
-SHORT_SUFFIX = "\nAnswer the question using a single word or phrase."  # LLaVA-1.5's VQA prompt
 COLORS = ("red", "green", "blue", "yellow", "purple", "orange", "pink", "brown", "black", "white", "gray", "cyan")
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "rectangle", "diamond", "cross", "ellipse", "pentagon")
 

@@ -19,7 +19,6 @@ here; `data_tools.mix.mix_epoch` draws through the same functions.
 """
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import random
@@ -30,6 +29,7 @@ from llava_lite.config import ConfigError
 from llava_lite.data.conversation import Conversation, DataError
 from llava_lite.data.readers import read_conversations
 from llava_lite.data.rejects import Reject, describe
+from llava_lite.data.tags import heuristic_tags
 
 CURRICULA = ("length", "tags")
 
@@ -93,28 +93,22 @@ def epoch_draw(
 
 
 # ---- difficulty scores for a curriculum (easy = low) ---------------------------------------------
+def tag_score(conv: Conversation) -> float:
+    """The number of skill tags the keyword tagger gives the request (data/tags.py)."""
+    return float(len(heuristic_tags(conv)))
+
+
 def length_score(conv: Conversation) -> float:
     """Characters of text, an image counting as 500."""
     return float(sum(len(m.content) for m in conv.messages) + 500 * len(conv.images))
-
-
-# "tags" is the InsTag-style heuristic tagger of the data tools (`data_tools.mix.tag_score`: the
-# number of skill tags of the request). llava_lite does not depend on data_tools: the scorer is
-# looked up by name only when a config asks for it, as `llava-lite` mounts the data commands.
-_PLUGIN_SCORES = {"tags": ("data_tools.mix", "tag_score")}
 
 
 def difficulty(name: str) -> Callable[[Conversation], float]:
     """The difficulty score called `name` ("length" or "tags")."""
     if name == "length":
         return length_score
-    if name in _PLUGIN_SCORES:
-        module, attr = _PLUGIN_SCORES[name]
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except ModuleNotFoundError as e:
-            raise ConfigError(f"curriculum {name!r} needs the data tools' tagger ({module}.{attr}), which is not "
-                              f"installed ({e}); use curriculum 'length'") from None
+    if name == "tags":
+        return tag_score
     raise ConfigError(f"unknown curriculum {name!r}; choose one of {CURRICULA}")
 
 

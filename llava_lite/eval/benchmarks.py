@@ -19,13 +19,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from llava_lite.constants import IMAGE_TOKEN
+from llava_lite.constants import IMAGE_TOKEN, SHORT_ANSWER
 from llava_lite.data.conversation import Message
 from llava_lite.data.images import resolve_image
 from llava_lite.eval.scorers import (
     LETTERS,
     MC_ANSWER,
-    SHORT_ANSWER,
     answer_record,
     mc_accuracy,
     parse_letter,

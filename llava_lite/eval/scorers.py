@@ -17,7 +17,6 @@ from pathlib import Path
 from llava_lite.data.conversation import DataError
 
 # The prompt suffixes LLaVA-1.5's eval question files and loaders use.
-SHORT_ANSWER = "Answer the question using a single word or phrase."
 MC_ANSWER = "Answer with the option's letter from the given choices directly."
 LETTERS = string.ascii_uppercase
 

@@ -51,8 +51,9 @@ def test_eval_command_writes_consistent_report(tiny_lm, tmp_path, capsys):
 
 
 def test_prompts_get_llava_suffixes_once():
+    from llava_lite.constants import SHORT_ANSWER
     from llava_lite.eval.benchmarks import build_prompt
-    from llava_lite.eval.scorers import MC_ANSWER, SHORT_ANSWER
+    from llava_lite.eval.scorers import MC_ANSWER
 
     row = {"question_id": 1, "image": "x.png", "text": "What is it?"}
     assert build_prompt(row, "vqa") == f"<image>\nWhat is it?\n{SHORT_ANSWER}"

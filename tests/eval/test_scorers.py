@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from llava_lite.constants import SHORT_ANSWER
 from llava_lite.data.conversation import DataError
 from llava_lite.eval.scorers import (
     MC_ANSWER,
-    SHORT_ANSWER,
     answer_record,
     mc_accuracy,
     parse_letter,
