@@ -13,7 +13,6 @@ and the process layout alone, which is what makes `--resume` exact.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from torch.utils.data import DataLoader
 
@@ -24,6 +23,7 @@ from llava_lite.data.mixture import Mixture, bad_records_error, load_mixture, re
 from llava_lite.data.rejects import Rejects
 from llava_lite.data.sampler import ModalityLengthBatchSampler
 from llava_lite.data.streaming import ShardStream, expand_shards
+from llava_lite.log import logger
 
 
 def source_kind(sources, key: str = "data.sources") -> str:
@@ -80,11 +80,10 @@ class TrainData:
     """The training (and in-training eval) data of one process of `world_size`."""
 
     def __init__(self, data: DataConfig, *, batch_size: int, seed: int, mode: str, images: bool,
-                 group_by_length: bool = True, rank: int = 0, world_size: int = 1,
-                 log: Callable[[str], object] = print):
+                 group_by_length: bool = True, rank: int = 0, world_size: int = 1):
         self.cfg, self.batch_size, self.seed, self.mode = data, batch_size, seed, mode
         self.group = group_by_length
-        self.rank, self.world_size, self.log = rank, world_size, log
+        self.rank, self.world_size = rank, world_size
         self.images = images
         self.kind = check_data(data)
         self.mixture: Mixture | None = None
@@ -104,7 +103,7 @@ class TrainData:
             raise bad_records_error(bad)
         self.eval_conversations = [c for cs in evals for c in cs]
         records = (len(self.mixture.conversations) if self.mixture else 0) + len(self.eval_conversations) + len(bad)
-        self.rejects = Rejects(bad, records, data.max_bad_fraction, log)
+        self.rejects = Rejects(bad, records, data.max_bad_fraction)
         self.rejects.check()
         self.sampler: ModalityLengthBatchSampler | None = None
         self.stream: ShardStream | None = None
@@ -133,15 +132,16 @@ class TrainData:
                 num_workers=workers, text_only=not self.images,
             )
             self.rejects.total += len(self.stream)  # image defects in shards are found as they stream
-            self.log(f"data: {len(self.stream)} samples streamed from {len(self.shards)} shard(s) by "
+            logger.info(f"data: {len(self.stream)} samples streamed from {len(self.shards)} shard(s) by "
                      f"{self.world_size} process(es) x {self.stream.readers} reader(s); shuffle buffer "
                      f"{self.cfg.shuffle_buffer}; batches mix modalities (no length grouping for streams)")
             if self.stream.epoch_batches(0) == 0:
                 raise ConfigError(f"{len(self.shards)} shard(s) cannot feed {self.world_size} process(es): some "
-                                  "process gets no shard; write more, smaller shards (llava-lite data shards --maxcount)")
+                                  "process gets no shard; write more, smaller shards "
+                                  "(llava-lite data shards --maxcount)")
             return DataLoader(self.stream, batch_size=self.batch_size, num_workers=workers, collate_fn=collate)
         mix, curriculum = self.mixture, self.cfg.curriculum
-        self.log(f"data: {mix.describe()}" + (f", curriculum {curriculum!r}" if curriculum else ""))
+        logger.info(f"data: {mix.describe()}" + (f", curriculum {curriculum!r}" if curriculum else ""))
         ds = self._dataset(model, mix.conversations)
         group = self.group
         lengths = ds.lengths() if group else [0] * len(ds)

@@ -24,11 +24,12 @@ import collections
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from llava_lite.data.conversation import DataError
+from llava_lite.log import logger
 
 FILE = "rejects.jsonl"
 COUNTED = ("record", "image", "render")  # kinds that count as bad data against data.max_bad_fraction
@@ -101,9 +102,8 @@ def describe(rows: list[Reject], first: int = 3) -> str:
 class Rejects:
     """The rejects of one training run: structural ones from the start, the rest as steps find them."""
 
-    def __init__(self, structural: list[Reject], total: int, max_fraction: float,
-                 log: Callable[[str], object] = print):
-        self.structural, self.total, self.max_fraction, self.log = structural, total, max_fraction, log
+    def __init__(self, structural: list[Reject], total: int, max_fraction: float):
+        self.structural, self.total, self.max_fraction = structural, total, max_fraction
         self.found: list[Reject] = []  # found while training (distinct by source and reason)
         self.seen: set[tuple[str, str]] = set()
         self.path: Path | None = None
@@ -144,7 +144,7 @@ class Rejects:
             tmp.write_text("".join(r.to_json() + "\n" for r in self.rows))
             os.replace(tmp, self.path)
         if self.structural and not resume:
-            self.log(f"data: skipped {describe(self.structural)}; all of them are in {self.path}")
+            logger.info(f"data: skipped {describe(self.structural)}; all of them are in {self.path}")
 
     def update(self, rejects: list[Reject], step: int, acc=None) -> None:
         """Add one step's rejects (from every process when `acc` is given), write the new ones,
