@@ -28,9 +28,11 @@ def _teacher_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--concurrency", type=int, default=4, help="openai: requests in flight (default 4)")
     g.add_argument("--rpm", type=float, help="openai: at most this many requests per minute")
     g.add_argument("--max-retries", type=int, default=5, help="openai: retries on 429/5xx with backoff (default 5)")
-    g.add_argument("--temperature", type=float, help="sampling temperature (openai default 0.7, local default 0 = greedy)")
+    g.add_argument("--temperature", type=float,
+                   help="sampling temperature (openai default 0.7, local default 0 = greedy)")
     g.add_argument("--max-new-tokens", type=int, default=1024, help="longest reply (default 1024)")
-    g.add_argument("--journal", type=Path, help="reply journal for resuming (default: OUT.partial.jsonl for paid teachers)")
+    g.add_argument("--journal", type=Path,
+                   help="reply journal for resuming (default: OUT.partial.jsonl for paid teachers)")
     g.add_argument("--prompts", type=Path, help="folder of prompt files to use instead of data_tools/prompts")
 
 
@@ -48,26 +50,34 @@ def _exiting(func: Command) -> Command:
 
 
 def _commands(sub: argparse._SubParsersAction, mounted: bool = False) -> None:
-    def _add(sub: argparse._SubParsersAction, name: str, func: Command, help: str, epilog: str = "") -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    def _add(
+        sub: argparse._SubParsersAction, name: str, func: Command, help: str, epilog: str = ""
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=_exiting(func) if mounted else func)
         return p
 
-    p = _add(sub, "generate", c.generate_cmd, "Turn captions + boxes into LLaVA conversations (conversation, detail, reasoning).",
+    p = _add(sub, "generate", c.generate_cmd,
+             "Turn captions + boxes into LLaVA conversations (conversation, detail, reasoning).",
              "example:\n  llava-lite data generate --annotations world/instances_train.json "
              "--captions world/captions_train.json --out data/instruct.json --short-fraction 0.5")
-    p.add_argument("--annotations", type=Path, required=True, help="COCO instances JSON, or LLaVA caption/box text (.txt)")
+    p.add_argument("--annotations", type=Path, required=True,
+                   help="COCO instances JSON, or LLaVA caption/box text (.txt)")
     p.add_argument("--captions", type=Path, help="COCO captions JSON for the same images")
     p.add_argument("--out", type=Path, required=True, help="LLaVA JSON to write")
     p.add_argument("--rejects", type=Path, help="rejected replies, JSONL (default: OUT.rejects.jsonl)")
     p.add_argument("--kinds", default="conversation,detail,reasoning", help="comma list of kinds per image")
-    p.add_argument("--short-fraction", type=float, default=0.0, help="share of conversation records in single-word VQA style")
+    p.add_argument("--short-fraction", type=float, default=0.0,
+                   help="share of conversation records in single-word VQA style")
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--seed", type=int, default=0)
     _teacher_options(p)
 
-    p = _add(sub, "expand", c.expand_cmd, "Grow a set of seed instructions (Self-Instruct variations, Evol-Instruct operations), filtered.")
-    p.add_argument("--seeds", type=Path, required=True, help=".txt (one per line), JSON list of strings, or a conversation file")
+    p = _add(sub, "expand", c.expand_cmd,
+             "Grow a set of seed instructions (Self-Instruct variations, Evol-Instruct operations), filtered.")
+    p.add_argument("--seeds", type=Path, required=True,
+                   help=".txt (one per line), JSON list of strings, or a conversation file")
     p.add_argument("--n", type=int, required=True, help="how many new instructions")
     p.add_argument("--out", type=Path, required=True, help="JSON list of {instruction, operation, parent[, output]}")
     p.add_argument("--rejects", type=Path, help="default: OUT.rejects.jsonl")
@@ -148,8 +158,11 @@ def _commands(sub: argparse._SubParsersAction, mounted: bool = False) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Mount the tools as `data <command>` on another CLI's subparsers."""
-    p = subparsers.add_parser("data", help="data tools (generate, expand, tag, report, select, convert, validate, shards, mix, dedup)",
-                              description=DESCRIPTION)
+    p = subparsers.add_parser(
+        "data",
+        help="data tools (generate, expand, tag, report, select, convert, validate, shards, mix, dedup)",
+        description=DESCRIPTION,
+    )
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
     _commands(p.add_subparsers(dest="data_command", metavar="COMMAND"), mounted=True)
     return p

@@ -41,7 +41,12 @@ def _image_member(ref: object) -> tuple[str, bytes]:
 
 
 def write_shards(
-    src: Path, out_dir: Path, image_folder: Path | None = None, maxsize: float = 256e6, maxcount: int = 100_000, fmt: str = "auto"
+    src: Path,
+    out_dir: Path,
+    image_folder: Path | None = None,
+    maxsize: float = 256e6,
+    maxcount: int = 100_000,
+    fmt: str = "auto",
 ) -> list[Path]:
     """Read a conversation file and write `out_dir/shard-000000.tar`..., each at most `maxsize` bytes."""
     convs = read_conversations(src, fmt, image_folder, check_images=True)

@@ -92,14 +92,18 @@ def _same_color(o: Obj, objects: list[Obj]) -> tuple[str, str] | None:
         return q, f"None. The {name(o)} is the only {o['color']} object in the image, so the answer is 0."
     listed = ", ".join(f"the {name(x)}" for x in others)
     verb = "is" if len(others) == 1 else "are"
-    return q, f"{len(others)}. Besides the {name(o)}, {listed} {verb} also {o['color']}, so {len(others)} other object{'s' if len(others) > 1 else ''} share its color."
+    return q, (
+        f"{len(others)}. Besides the {name(o)}, {listed} {verb} also {o['color']}, "
+        f"so {len(others)} other object{'s' if len(others) > 1 else ''} share its color."
+    )
 
 
 def _removal(o: Obj, objects: list[Obj]) -> tuple[str, str]:
     n = len(objects) - 1
     return (
         f"If the {name(o)} were taken away, how many objects would remain in the image?",
-        f"{n}. The image has {len(objects)} object{'s' if len(objects) > 1 else ''}, and removing the {name(o)} leaves {n}.",
+        f"{n}. The image has {len(objects)} object{'s' if len(objects) > 1 else ''}, "
+        f"and removing the {name(o)} leaves {n}.",
     )
 
 
@@ -110,8 +114,15 @@ def _more_of(objects: list[Obj]) -> list[tuple[str, str]]:
         for b in cats:
             if a != b:
                 yes = cats[a] > cats[b]
-                facts = f"There {'is' if cats[a] == 1 else 'are'} {cats[a]} {a if cats[a] == 1 else plural(a)} and {cats[b]} {b if cats[b] == 1 else plural(b)}"
-                out.append((f"Are there more {plural(a)} than {plural(b)} in the image?", f"{'Yes' if yes else 'No'}. {facts}, so {'there are more' if yes else 'there are not more'} {plural(a)}."))
+                facts = (
+                    f"There {'is' if cats[a] == 1 else 'are'} {cats[a]} {a if cats[a] == 1 else plural(a)} "
+                    f"and {cats[b]} {b if cats[b] == 1 else plural(b)}"
+                )
+                out.append((
+                    f"Are there more {plural(a)} than {plural(b)} in the image?",
+                    f"{'Yes' if yes else 'No'}. {facts}, "
+                    f"so {'there are more' if yes else 'there are not more'} {plural(a)}.",
+                ))
     return out
 
 

@@ -35,6 +35,8 @@ def referable(objects: list[Obj]) -> list[Obj]:
     """Objects that `the <name>` picks out uniquely (an uncoloured circle could be the red one)."""
 
     def clash(a: Obj, b: Obj) -> bool:
-        return a["category"] == b["category"] and (a.get("color") == b.get("color") or not a.get("color") or not b.get("color"))
+        return a["category"] == b["category"] and (
+            a.get("color") == b.get("color") or not a.get("color") or not b.get("color")
+        )
 
     return [o for o in objects if not any(clash(o, p) for p in objects if p is not o)]

@@ -65,11 +65,13 @@ class Conversation:
                 raise DataError(f"{self.where}: message {i} has unknown role {m.role!r} (expected one of {ROLES})",
                                 "unknown role")
             if m.role == "system" and i != 0:
-                raise DataError(f"{self.where}: message {i} is a system message after the first turn", "turns out of order")
+                raise DataError(f"{self.where}: message {i} is a system message after the first turn",
+                                "turns out of order")
         for i, m in enumerate(body):
             want = "user" if i % 2 == 0 else "assistant"
             if m.role != want:
-                raise DataError(f"{self.where}: turns must alternate user/assistant; turn {i} is {m.role!r}, expected {want!r}",
+                raise DataError(f"{self.where}: turns must alternate user/assistant; "
+                                f"turn {i} is {m.role!r}, expected {want!r}",
                                 "turns out of order")
             if m.role == "assistant" and not m.content.strip():
                 raise DataError(f"{self.where}: assistant turn {i} is empty", "empty answer")
@@ -81,7 +83,8 @@ class Conversation:
         n = self.num_placeholders()
         if n != len(self.images):
             raise DataError(
-                f"{self.where}: {n} {IMAGE_TOKEN} placeholder(s) in the text but {len(self.images)} image(s) in field 'image'",
+                f"{self.where}: {n} {IMAGE_TOKEN} placeholder(s) in the text "
+                f"but {len(self.images)} image(s) in field 'image'",
                 "placeholder count mismatch",
             )
         return self

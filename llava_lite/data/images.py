@@ -77,12 +77,15 @@ def open_image(fp: Union[str, IO[bytes]], where: str, name: str, *, formats: tup
         ) from None
     except UnidentifiedImageError as e:
         if formats:
-            raise DataError(f"{_prefix(where)}image {name} is not a {', '.join(formats)} file", "unreadable image") from None
-        raise DataError(f"{_prefix(where)}cannot read image {name}: {type(e).__name__}: {e}", "unreadable image") from None
+            raise DataError(f"{_prefix(where)}image {name} is not a {', '.join(formats)} file",
+                            "unreadable image") from None
+        raise DataError(f"{_prefix(where)}cannot read image {name}: {type(e).__name__}: {e}",
+                        "unreadable image") from None
     except IsADirectoryError:
         raise DataError(f"{_prefix(where)}image path is a directory: {name}", "image file not found") from None
     except _READ_ERRORS as e:
-        raise DataError(f"{_prefix(where)}cannot read image {name}: {type(e).__name__}: {e}", "unreadable image") from None
+        raise DataError(f"{_prefix(where)}cannot read image {name}: {type(e).__name__}: {e}",
+                        "unreadable image") from None
     return img
 
 
@@ -109,7 +112,8 @@ def load_image(ref: ImageRef | os.PathLike, where: str = "") -> Image.Image:
     try:
         rgb = to_rgb(img)
     except _READ_ERRORS as e:
-        raise DataError(f"{_prefix(where)}cannot convert image (mode {img.mode}) to RGB: {e}", "unreadable image") from None
+        raise DataError(f"{_prefix(where)}cannot convert image (mode {img.mode}) to RGB: {e}",
+                        "unreadable image") from None
     if opened and rgb is not img:
         img.close()  # multi-frame files (GIF, TIFF) keep their file open until closed
     return rgb

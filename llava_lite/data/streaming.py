@@ -93,7 +93,10 @@ def decode_sample(sample: dict) -> Conversation:
     Errors name the shard, the sample key and the field."""
     where = f"{sample.get('__url__', '')}:{sample.get('__key__', '')}"
     if "json" not in sample:
-        raise DataError(f"{where}: broken shard sample: no .json member (members: {sorted(k for k in sample if not k.startswith('__'))})")
+        raise DataError(
+            f"{where}: broken shard sample: no .json member "
+            f"(members: {sorted(k for k in sample if not k.startswith('__'))})"
+        )
     try:
         rec = json.loads(sample["json"])
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
