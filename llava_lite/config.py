@@ -43,6 +43,11 @@ class ModelConfig:
     init_from: Optional[str] = None  # a llava-lite model directory to start from (stage 2 <- stage 1 output)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    # How prompts are built, saved with the model so chat, eval, serve and export build them alike:
+    # "chat" (the tokenizer's template) or "plain" (stage-1: image then caption). A training run sets
+    # both from data.mode (else the stage's) and data.system_prompt.
+    render_mode: Literal["chat", "plain"] = "chat"
+    system_prompt: Optional[str] = None
 
 
 @dataclass
@@ -68,7 +73,8 @@ class SourceConfig:
     """
 
     path: str = ""  # a JSON list or JSONL file of conversations
-    shards: Optional[Union[str, list[str]]] = None  # instead of path: "dir/shard-{000000..000003}.tar", a glob, or a list
+    # instead of path: "dir/shard-{000000..000003}.tar", a glob, or a list
+    shards: Optional[Union[str, list[str]]] = None
     name: Optional[str] = None  # shown in the mixture log (default: the file name)
     format: Literal["auto", "llava", "sharegpt", "alpaca", "openai"] = "auto"
     image_folder: Optional[str] = None  # default: the file's own directory (shards carry their images)
@@ -87,7 +93,8 @@ class DataConfig:
     # never crossing samples (data/packing.py). Same samples per step, same loss, less padding.
     packing: bool = False
     system_prompt: Optional[str] = None
-    chat_template: Optional[str] = None  # vicuna_v1 | llava_llama_2 | mistral_instruct | chatml | path/to/template.jinja; overrides the tokenizer's
+    # vicuna_v1 | llava_llama_2 | mistral_instruct | chatml | path/to/template.jinja; overrides the tokenizer's
+    chat_template: Optional[str] = None
     num_workers: int = 0
     # Order within an epoch. null: shuffled (length-grouped per train.group_by_modality_length).
     # "length" | "tags": easy to hard by a difficulty score (text length, an image counting as
@@ -122,7 +129,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     group_by_modality_length: bool = True
     save_every: int = 0  # optimizer steps between checkpoints; 0 = only at the end
-    report_to: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb, ... (logs in output_dir/logs)
+    # accelerate trackers: tensorboard, wandb, ... (logs in output_dir/logs)
+    report_to: list[str] = field(default_factory=list)
     keep_last: int = 2
     log_every: int = 10
     eval_every: int = 0

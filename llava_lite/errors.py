@@ -86,7 +86,7 @@ def check_model_refs(cfg) -> None:
         check_ref(m.init_from, "model.init_from", "model")
         # a llava-lite, llava-hf or llava_llama directory names its own LM and tower; LLaVA's
         # mm_projector.bin (a file, or a directory holding one) takes them from model.lm and model.vision.
-        # init_from.resolve_init_from tells the layouts apart and names them all when none fits.
+        # interop.sources.resolve tells the layouts apart and names them all when none fits.
         path = os.path.expanduser(m.init_from)
         if not (os.path.isfile(path) or os.path.isfile(os.path.join(path, "mm_projector.bin"))):
             return

@@ -24,42 +24,27 @@ import time
 import torch
 
 SHAPES = {  # Llama shapes; "tiny" is the CPU test
-    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, vocab_size=32000),
-    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                vocab_size=32000),
+    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+               num_key_value_heads=4, vocab_size=32000),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=512),
 }
 VITS = {"7b": "ViT-L-14-336-quickgelu", "1b": "ViT-L-14-336-quickgelu", "tiny": "tiny"}
 PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
 
 
-class _Tokenizer:
-    """What LlavaLite needs of a tokenizer for training on ids: the image token's id."""
-
-    def __init__(self, image_id: int):
-        self.image_id = image_id
-
-    def convert_tokens_to_ids(self, token: str) -> int:
-        return self.image_id
-
-
 def build(shape: str, stage: str, attn: str, dtype: torch.dtype, device: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     from llava_lite.config import ModelConfig, VisionConfig
-    from llava_lite.model.llava import LlavaLite
-    from llava_lite.model.projector import build_projector
-    from llava_lite.model.vision import VisionTower
+    from llava_lite.model.random import random_llava
     from llava_lite.train.distributed import run_vision_every_step
 
-    cfg = ModelConfig(vision=VisionConfig(model=VITS[shape], pretrained=None), lm="random", dtype=str(dtype).split(".")[-1])
-    with torch.device(device):  # built with SDPA, then switched: flash-attn refuses a model made in fp32
-        lm = LlamaForCausalLM(LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, attn_implementation="sdpa")).to(dtype)
-    if attn != "sdpa":
-        lm.set_attn_implementation(attn)
-    vision = VisionTower(cfg.vision).to(device=device, dtype=dtype)
-    projector = build_projector(cfg.projector, vision.width, lm.config.hidden_size).to(device)
-    model = LlavaLite(vision, projector, lm, _Tokenizer(SHAPES[shape]["vocab_size"] - 1), cfg)
+    cfg = ModelConfig(vision=VisionConfig(model=VITS[shape], pretrained=None), lm="random",
+                      dtype=str(dtype).split(".")[-1])
+    lm_cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096)
+    model = random_llava(cfg, lm_cfg, device=device, attn=attn)  # token ids only: the image token is the last id
     model.lm.requires_grad_(stage == "instruct")
     if stage == "instruct":  # fp32 masters, as the trainer keeps them
         model.lm.float()
@@ -147,7 +132,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     except ImportError:
         print("flash-attn is not installed: SDPA rows only")
     if args.device.startswith("cuda"):
-        print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, {args.dtype}, batch {args.batch_size} x {args.seq}")
+        print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, {args.dtype}, "
+              f"batch {args.batch_size} x {args.seq}")
     rows = [run_row(shape, stage, attn, args) for shape, stage in pairs for attn in kernels]
     print("| LM shape | stage | attention | samples/s | tokens/s | peak GiB | MFU |")
     print("|---|---|---|---|---|---|---|")

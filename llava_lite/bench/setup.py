@@ -70,32 +70,26 @@ def make_tokenizer(vocab: int):
 
 def build_llava_lite(shape: dict, vit_ref: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
                      seed: int = 0, attn: str = "auto"):
-    """The bench's LlavaLite, random and seeded: identical in every process that builds it.
-    attn "auto": flash_attention_2 on CUDA in bf16 when flash-attn is installed, else SDPA."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """The bench's LlavaLite, random and seeded (model/random.py): identical in every process that builds
+    it. attn "auto": flash_attention_2 on CUDA in bf16 when flash-attn is installed, else SDPA."""
+    from transformers import LlamaConfig
 
+    from llava_lite.config import ModelConfig, VisionConfig
     from llava_lite.model.lm import pick_attention
+    from llava_lite.model.random import random_llava
 
     attn = pick_attention(attn, dtype) if device == "cuda" else ("sdpa" if attn == "auto" else attn)
-    from llava_lite.config import ModelConfig, VisionConfig
-    from llava_lite.model.llava import LlavaLite
-    from llava_lite.model.projector import build_projector
-    from llava_lite.model.vision import VisionTower
-
     tok = make_tokenizer(shape["vocab"])
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"], intermediate_size=shape["ffn"],
-                      num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
-                      num_key_value_heads=shape["kv_heads"], max_position_embeddings=4096,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
-    cfg._attn_implementation = attn
-    with torch.device(device):
-        lm = LlamaForCausalLM(cfg).to(dtype)
+    lm_cfg = LlamaConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"], intermediate_size=shape["ffn"],
+                         num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
+                         num_key_value_heads=shape["kv_heads"], max_position_embeddings=4096,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
     mcfg = ModelConfig(vision=VisionConfig(model=vit_ref, pretrained=None), lm="bench-random",
                        dtype=str(dtype).removeprefix("torch."), attn_implementation=attn)
-    vision = VisionTower(mcfg.vision).to(device=device, dtype=dtype)
-    projector = build_projector(mcfg.projector, vision.width, shape["hidden"]).to(device=device, dtype=dtype)
-    return LlavaLite(vision, projector, lm, tok, mcfg)
+    model = random_llava(mcfg, lm_cfg, tok, device=device, attn=attn)
+    model.projector.to(dtype)
+    return model
 
 
 def make_samples(mix: DataMix, image_seq_len: int, image_px: int, vocab: int) -> list[Sample]:
@@ -138,7 +132,8 @@ def step_flops(shape: dict, lengths: list[int], supervised: int, images: int, st
     """Useful model FLOPs of one training step on samples of `lengths` real tokens: LM matmuls
     (forward 2, backward 4 per weight and token; 2 when the LM is frozen: no weight gradients),
     causal attention, the LM head on supervised tokens only, the frozen ViT (forward), the projector."""
-    h, layers, ffn, kv = shape["hidden"], shape["layers"], shape["ffn"], shape["kv_heads"] * (shape["hidden"] // shape["heads"])
+    h, layers, ffn = shape["hidden"], shape["layers"], shape["ffn"]
+    kv = shape["kv_heads"] * (h // shape["heads"])
     body = layers * (2 * h * h + 2 * h * kv + 3 * h * ffn)  # q, o, k, v, gate/up/down weights
     train_mul = 6 if stage != "align" else 4
     tokens = sum(lengths)

@@ -68,7 +68,7 @@ def score_options(model, rows: list[dict], image_folder: str | Path | None = Non
                   max_length: int = 2048) -> list[list[tuple[float, int]]]:
     """(log-likelihood, response tokens) of every option of every question."""
     convs = [c for row in rows for c in option_conversations(row, image_folder)]
-    ds = dataset_for(model, convs, max_length, "chat", model.system_prompt)
+    ds = dataset_for(model, convs, max_length, "chat", model.cfg.system_prompt)
     collate = Collator(model.tokenizer.pad_token_id)
     flat: list[tuple[float, int]] = []
     model.eval()

@@ -72,7 +72,7 @@ def load_model(path: str | Path, like: LlavaLite | None = None, **kwargs) -> Lla
     device = kwargs.get("device")
     model = TextOnlyModel(load_lm(cfg.lm, cfg, len(tokenizer), device=device), tokenizer, cfg)
     if like is not None:
-        model.render_mode, model.system_prompt = like.render_mode, like.system_prompt
+        cfg.render_mode, cfg.system_prompt = like.cfg.render_mode, like.cfg.system_prompt
     return model.to(device or "cpu").eval()
 
 

@@ -96,7 +96,7 @@ def response_perplexity(model: LlavaLite, path: str, fmt: str = "auto", image_fo
 def conversations_perplexity(
     model: LlavaLite, conversations: list, max_length: int = 2048, batch_size: int = 8
 ) -> float:
-    ds = dataset_for(model, conversations, max_length, model.render_mode, model.system_prompt)
+    ds = dataset_for(model, conversations, max_length, model.cfg.render_mode, model.cfg.system_prompt)
     return _perplexity(model, ds, batch_size)
 
 

@@ -45,7 +45,7 @@ class Assistant:
                               f"put one {IMAGE_TOKEN} in the text per image")
         m = self.model
         ids = render_prompt(messages, m.tokenizer, image_token_id=m.image_token_id, image_seq_len=m.image_seq_len,
-                            mode=m.render_mode, system_prompt=m.system_prompt)
+                            mode=m.cfg.render_mode, system_prompt=m.cfg.system_prompt)
         pixels = None
         if images:
             pixels = torch.stack([m.vision.image_to_tensor(load_image(im)) for im in images]).to(self.device)

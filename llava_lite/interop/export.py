@@ -17,7 +17,9 @@ FORMATS = ("hf-llava", "llava-lite")
 
 def merge_adapters(model) -> bool:
     """Fold LoRA adapters into the LM weights in place; True when there were any."""
-    if not hasattr(model.lm, "peft_config"):
+    from llava_lite.model.lm import is_peft
+
+    if not is_peft(model.lm):
         return False
     model.lm = model.lm.merge_and_unload()  # W + (alpha/r) * B @ A, adapters dropped
     model.lm.requires_grad_(False)
@@ -43,7 +45,6 @@ def export(model_dir, out, fmt: str = "hf-llava", merge_lora: bool = False) -> P
     if merge_lora:
         merge_adapters(model)
     return model.save_pretrained(out)
-
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

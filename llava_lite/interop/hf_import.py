@@ -1,9 +1,11 @@
-"""Import LLaVA checkpoints into llava-lite model directories.
+"""Import LLaVA checkpoints into llava-lite model directories (which layout a path holds is told by
+sources.detect; `sources.import_dir(path, out_dir)` picks the importer):
 
-    detect(path)                          -> "llava-lite" | "hf-llava" | "llava-llama" | "mm-projector"
-    import_dir(path, out_dir)             a llava-hf or LLaVA `llava_llama` directory -> llava-lite directory
+    import_hf_llava(path, out_dir)        a llava-hf directory -> llava-lite directory
+    import_llava_llama(path, out_dir)     a LLaVA `llava_llama` directory -> llava-lite directory
     load_llava_projector(model, path)     LLaVA-1.5 stage-1 `mm_projector.bin` -> model.projector
-    (a run's model.init_from takes all three: init_from.resolve_init_from)
+
+What cannot be represented is one UnsupportedCheckpoint (a ModelLoadError) naming the setting.
 
 llava-hf (LlavaForConditionalGeneration + processor): CLIPVisionModel is mapped back to an open_clip
 local-dir tower, linear_1/gelu/linear_2 to mlp2x_gelu (act "linear" folds to one `linear`),
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 
 from llava_lite.constants import IMAGE_TOKEN
+from llava_lite.errors import ModelLoadError
 from llava_lite.interop.hf_clip import from_hf_layer, preprocess_from_hf, write_open_clip_dir
 
 # LLaVA's tower names -> (open_clip model, pretrained tag); OpenAI weights need QuickGELU.
@@ -39,59 +42,25 @@ LLAVA_KEYS = {"image_aspect_ratio", "image_grid_pinpoints", "tokenizer_padding_s
               "architectures", "model_type", "vision_tower"}
 
 
-def detect(path) -> str:
-    path = Path(path)
-    if path.is_file():
-        try:
-            if _projector_keys(_load_weights([path])):
-                return "mm-projector"
-        except Exception:
-            pass
-    elif (path / "llava_lite.json").is_file():
-        return "llava-lite"
-    elif (path / "config.json").is_file() and _config_kind(path):
-        return _config_kind(path)
-    elif (path / "mm_projector.bin").is_file():
-        return "mm-projector"
-    raise ValueError(f"{path}: not a llava-lite, llava-hf or LLaVA (llava_llama) directory, nor an mm_projector file")
+class UnsupportedCheckpoint(ModelLoadError, ValueError):
+    """A LLaVA checkpoint, or a setting in it, that llava-lite cannot represent; the message names it."""
 
 
-def _config_kind(path: Path) -> str | None:
-    cfg = json.loads((path / "config.json").read_text())
-    if cfg.get("model_type") == "llava":
-        return "hf-llava"
-    if str(cfg.get("model_type", "")).startswith("llava_") or "mm_vision_tower" in cfg:
-        # LLaVA's stage-1 output (config.json + mm_projector.bin, no LM weights) is a projector
-        full = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
-        return "mm-projector" if not full and (path / "mm_projector.bin").is_file() else "llava-llama"
-    return None
-
-
-def import_dir(path, out_dir, base_cfg=None, vision_tower=None, chat_template: str | None = None):
-    """Write the LLaVA checkpoint at `path` as a llava-lite model directory `out_dir`; returns it.
-    base_cfg (a ModelConfig) supplies dtype and attn_implementation; vision_tower overrides a
-    llava_llama tower ("local-dir:/path", or an (open_clip name, pretrained tag) pair); chat_template
-    (a templates.py name or .jinja path) replaces the tokenizer's (llava_llama default: vicuna_v1)."""
-    kind = detect(path)
-    if kind == "hf-llava":
-        return _import_hf_llava(Path(path), Path(out_dir), base_cfg, chat_template)
-    if kind == "llava-llama":
-        return _import_llava_llama(Path(path), Path(out_dir), base_cfg, vision_tower, chat_template)
-    if kind == "mm-projector":
-        raise ValueError(f"{path} holds only a projector: load it into a model with load_llava_projector(model, path)")
-    raise ValueError(f"{path} is already a llava-lite model directory")
+def projector_weights(path: Path) -> dict:
+    """LLaVA's `mm_projector.*` weights in a .bin / .safetensors file, keys without the prefix ({} if none)."""
+    return _projector_keys(_load_weights([path]))
 
 
 def load_llava_projector(model, path) -> None:
     """Load LLaVA's stage-1 projector (`model.mm_projector.0.weight` ...) into `model.projector`, strictly."""
     path = Path(path)
-    state = _projector_keys(_load_weights([path / "mm_projector.bin" if path.is_dir() else path]))
+    state = projector_weights(path / "mm_projector.bin" if path.is_dir() else path)
     if not state:
-        raise ValueError(f"{path} holds no mm_projector.* weights")
+        raise UnsupportedCheckpoint(f"{path} holds no mm_projector.* weights")
     ours = model.projector.state_dict()
     if set(state) != set(ours) or any(state[k].shape != ours[k].shape for k in ours):
         shapes = {k: tuple(v.shape) for k, v in state.items()}
-        raise ValueError(f"{path}: projector weights {shapes} do not fit projector={model.cfg.projector!r} "
+        raise UnsupportedCheckpoint(f"{path}: projector weights {shapes} do not fit projector={model.cfg.projector!r} "
                          f"{ {k: tuple(v.shape) for k, v in ours.items()} }")
     model.projector.load_state_dict(state)
 
@@ -115,7 +84,7 @@ def _load_weights(files: list[Path]) -> dict[str, torch.Tensor]:
 def _weight_files(path: Path) -> list[Path]:
     files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
     if not files:
-        raise ValueError(f"{path}: no *.safetensors or pytorch_model*.bin weights")
+        raise UnsupportedCheckpoint(f"{path}: no *.safetensors or pytorch_model*.bin weights")
     return files
 
 
@@ -134,7 +103,7 @@ def _meta_lm(text_config):
         return AutoModelForCausalLM.from_config(text_config)
 
 
-def _write_lm(text_config, state: dict[str, torch.Tensor], tokenizer, out: Path) -> None:
+def _write_lm(text_config, state: dict[str, torch.Tensor], tokenizer, out: Path, source: Path) -> None:
     """A causal-LM directory from its config and weights named as AutoModelForCausalLM names them
     (checked against a meta-device instance), plus the tokenizer."""
     from huggingface_hub import save_torch_state_dict
@@ -146,8 +115,9 @@ def _write_lm(text_config, state: dict[str, torch.Tensor], tokenizer, out: Path)
         expected.discard(head)
         state = {k: v for k, v in state.items() if k != head}
     if set(state) != expected:
-        raise ValueError(f"LM weights do not match {type(ref).__name__}: missing {sorted(expected - set(state))[:5]}, "
-                         f"unexpected {sorted(set(state) - expected)[:5]}")
+        raise UnsupportedCheckpoint(
+            f"{source}: LM weights do not match {type(ref).__name__}: missing {sorted(expected - set(state))[:5]}, "
+            f"unexpected {sorted(set(state) - expected)[:5]}")
     out.mkdir(parents=True)
     text_config.save_pretrained(out)
     save_torch_state_dict({k: v.detach().contiguous() for k, v in state.items()}, out)
@@ -161,6 +131,7 @@ def _assemble(staging: Path, out_dir: Path, base_cfg, vision, hf_layer: int, pro
 
     cfg = copy.deepcopy(base_cfg) if base_cfg is not None else ModelConfig()
     cfg.vision, cfg.projector, cfg.lm, cfg.dtype, cfg.init_from = vision, projector, str(staging / "lm"), dtype, None
+    cfg.render_mode, cfg.system_prompt = "chat", None  # the template carries the checkpoint's prompt format
     model = LlavaLite.build(cfg)
     model.vision.cfg.layer = from_hf_layer(hf_layer, len(model.vision.visual.transformer.resblocks))
     model.projector.load_state_dict(projector_state)
@@ -181,12 +152,16 @@ def _set_template(tokenizer, name: str | None, source: Path) -> None:
     except Exception:
         text = ""
     if not all(s in text for s in (IMAGE_TOKEN, "Q_PROBE", "A_PROBE")):
-        raise ValueError(f"{source}: the tokenizer's chat template is missing or does not render string content; "
-                         "pass chat_template= (in a run config: data.chat_template), a llava_lite.data.templates name "
-                         "such as vicuna_v1 or a .jinja file")
+        raise UnsupportedCheckpoint(
+            f"{source}: the tokenizer's chat template is missing or does not render string content; "
+            "pass chat_template= (in a run config: data.chat_template), a llava_lite.data.templates name "
+            "such as vicuna_v1 or a .jinja file")
 
 
-def _import_hf_llava(path: Path, out_dir: Path, base_cfg, chat_template: str | None) -> Path:
+def import_hf_llava(path: Path, out_dir: Path, base_cfg=None, chat_template: str | None = None) -> Path:
+    """Write the llava-hf directory `path` as a llava-lite model directory `out_dir`; returns it.
+    base_cfg (a ModelConfig) supplies dtype and attn_implementation; chat_template (a templates.py
+    name or .jinja path) replaces the tokenizer's."""
     from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
     from llava_lite.config import VisionConfig
@@ -194,9 +169,11 @@ def _import_hf_llava(path: Path, out_dir: Path, base_cfg, chat_template: str | N
     hf = LlavaForConditionalGeneration.from_pretrained(path, dtype="auto").eval()
     cfg = hf.config
     if not isinstance(cfg.vision_feature_layer, int):
-        raise ValueError(f"vision_feature_layer={cfg.vision_feature_layer}: llava-lite takes features from one layer")
+        raise UnsupportedCheckpoint(
+            f"{path}: vision_feature_layer={cfg.vision_feature_layer}: llava-lite takes features from one layer")
     if cfg.vision_config.model_type != "clip_vision_model":
-        raise ValueError(f"vision tower {cfg.vision_config.model_type!r}: only CLIPVisionModel maps to open_clip")
+        raise UnsupportedCheckpoint(
+            f"{path}: vision tower {cfg.vision_config.model_type!r}: only CLIPVisionModel maps to open_clip")
     base = getattr(hf, "model", hf)
     l1, l2 = base.multi_modal_projector.linear_1, base.multi_modal_projector.linear_2
     b1 = l1.bias if l1.bias is not None else torch.zeros(l1.out_features, dtype=l1.weight.dtype)
@@ -206,10 +183,12 @@ def _import_hf_llava(path: Path, out_dir: Path, base_cfg, chat_template: str | N
     elif cfg.projector_hidden_act == "linear":  # linear_2(linear_1(x)) folds into one Linear (exact if linear_2 = I)
         projector, proj_state = "linear", {"weight": l2.weight @ l1.weight, "bias": l2.weight @ b1 + b2}
     else:
-        raise ValueError(f"projector_hidden_act={cfg.projector_hidden_act!r}: llava-lite projectors use gelu or none")
+        raise UnsupportedCheckpoint(
+            f"{path}: projector_hidden_act={cfg.projector_hidden_act!r}: llava-lite projectors use gelu or none")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != cfg.image_token_index:
-        raise ValueError(f"the tokenizer's {IMAGE_TOKEN} is not image_token_index={cfg.image_token_index}")
+        raise UnsupportedCheckpoint(
+            f"{path}: the tokenizer's {IMAGE_TOKEN} is not image_token_index={cfg.image_token_index}")
     _set_template(tokenizer, chat_template, path)
     ip = AutoImageProcessor.from_pretrained(path, backend="pil").to_dict()
     vision_state = base.vision_tower.state_dict()
@@ -222,7 +201,7 @@ def _import_hf_llava(path: Path, out_dir: Path, base_cfg, chat_template: str | N
     with tempfile.TemporaryDirectory(prefix=".import-", dir=out_dir) as tmp:
         staging = Path(tmp)
         tower = write_open_clip_dir(vision_state, cfg.vision_config, preprocess_from_hf(ip), staging / "vision")
-        _write_lm(cfg.text_config, text_state, tokenizer, staging / "lm")
+        _write_lm(cfg.text_config, text_state, tokenizer, staging / "lm", path)
         vision = VisionConfig(model=tower, pretrained=None, use_cls=cfg.vision_feature_select_strategy == "full",
                               pad_to_square=_pads(ip))
         dtype = _dtype_name(cfg.text_config, base_cfg)
@@ -234,24 +213,31 @@ def _pads(ip: dict) -> bool:
     return str(ip.get("image_processor_type", "")).startswith("LlavaImageProcessor") and bool(ip.get("do_pad"))
 
 
-def _import_llava_llama(path: Path, out_dir: Path, base_cfg, vision_tower: str | None, chat_template: str | None):
+def import_llava_llama(path: Path, out_dir: Path, base_cfg=None, vision_tower=None,
+                       chat_template: str | None = None) -> Path:
+    """Write the LLaVA `llava_llama` directory `path` as a llava-lite model directory `out_dir`; returns
+    it. vision_tower overrides mm_vision_tower ("local-dir:/path", or an (open_clip name, pretrained tag)
+    pair); chat_template as for import_hf_llava (default: the tokenizer's, else vicuna_v1)."""
     from transformers import AutoConfig, AutoTokenizer
 
     from llava_lite.config import VisionConfig
 
     raw = json.loads((path / "config.json").read_text())
     if raw.get("mm_use_im_start_end"):
-        raise ValueError("mm_use_im_start_end=True: <im_start>/<im_end> around image features is not supported")
+        raise UnsupportedCheckpoint(
+            f"{path}: mm_use_im_start_end=True: <im_start>/<im_end> around image features is not supported")
     aspect = raw.get("image_aspect_ratio") or "square"
     if aspect not in ("pad", "square"):
-        raise ValueError(f"image_aspect_ratio={aspect!r}: only 'pad' (pad_to_square) and 'square' are supported")
+        raise UnsupportedCheckpoint(
+            f"{path}: image_aspect_ratio={aspect!r}: only 'pad' (pad_to_square) and 'square' are supported")
     feature = raw.get("mm_vision_select_feature", "patch")
     if feature not in SELECT_FEATURE:
-        raise ValueError(f"mm_vision_select_feature={feature!r}: use 'patch' or 'cls_patch'")
+        raise UnsupportedCheckpoint(f"{path}: mm_vision_select_feature={feature!r}: use 'patch' or 'cls_patch'")
     tower = str(raw.get("mm_vision_tower") or raw.get("vision_tower"))
     known = TOWERS.get(tower) or TOWERS.get("openai/" + Path(tower).name)  # a hub id or a local copy of one
     if vision_tower is None and known is None:
-        raise ValueError(f"mm_vision_tower={tower!r} has no known open_clip equivalent: pass vision_tower=")
+        raise UnsupportedCheckpoint(f"{path}: mm_vision_tower={tower!r} has no known open_clip equivalent: pass "
+                                    "vision_tower= (in a run config: set model.vision to the tower)")
     if isinstance(vision_tower, str):
         known = (vision_tower, None)  # local-dir: carries its own weights
     model_name, pretrained = tuple(vision_tower) if isinstance(vision_tower, (tuple, list)) else known
@@ -269,7 +255,7 @@ def _import_llava_llama(path: Path, out_dir: Path, base_cfg, vision_tower: str |
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".import-", dir=out_dir) as tmp:
         staging = Path(tmp)
-        _write_lm(text_config, lm_state, tokenizer, staging / "lm")
+        _write_lm(text_config, lm_state, tokenizer, staging / "lm", path)
         dtype = _dtype_name(text_config, base_cfg)
         layer, projector = raw.get("mm_vision_select_layer", -2), raw.get("mm_projector_type", "linear")
         return _assemble(staging, out_dir, base_cfg, vision, layer, projector, proj_state, dtype)

@@ -25,6 +25,7 @@ import torch
 
 from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.interop.hf_clip import check_tower, clip_config, image_processor_kwargs, to_hf_layer, to_hf_state
+from llava_lite.model.lm import is_peft
 
 PROJECTORS = {"mlp2x_gelu": "gelu", "linear": "linear"}  # llava-lite projector -> projector_hidden_act
 
@@ -46,13 +47,9 @@ PRELUDE = (
 )
 SYSTEM = ("{%- if messages and messages[0]['role'] != 'system' -%}"
           "{%- set messages = [{'role': 'system', 'content': SYSTEM_PROMPT}] + messages -%}{%- endif -%}")
-# Stage-1 (render_mode "plain") prompts: bos, then one <image> per image, no text.
+# Stage-1 (cfg.render_mode "plain") prompts: bos, then one <image> per image, no text.
 PLAIN = ("{{ bos_token if bos_token else '' }}"
          "{% for m in messages %}{{ '<image>' * m['content'].count('<image>') }}{% endfor %}")
-
-
-def _is_peft(lm) -> bool:
-    return hasattr(lm, "peft_config")
 
 
 def check_exportable(model) -> None:
@@ -66,7 +63,7 @@ def check_exportable(model) -> None:
     if model.cfg.projector not in PROJECTORS:
         problems.append(f"projector={model.cfg.projector!r}: HF Llava's projector is linear_1 -> act -> linear_2, "
                         "which holds mlp2x_gelu and linear only")
-    if _is_peft(model.lm):
+    if is_peft(model.lm):
         problems.append("the LM carries LoRA adapters (lm_adapter): merge them first (export merges them)")
     if problems:
         raise ValueError("cannot export to hf-llava: " + "; ".join(problems))
@@ -104,13 +101,13 @@ def llava_config(model):
 
 def chat_template(model) -> str:
     """The processor's template: typed or string content, the default system prompt, then the model's own."""
-    if getattr(model, "render_mode", "chat") == "plain":
+    if model.cfg.render_mode == "plain":
         return PRELUDE + PLAIN
     if not model.tokenizer.chat_template:
         raise ValueError("the tokenizer has no chat_template: chat mode needs one (llava_lite.data.templates)")
     system = ""
-    if getattr(model, "system_prompt", None):
-        system = "{%- set SYSTEM_PROMPT = " + _jinja_string(model.system_prompt) + " -%}" + SYSTEM
+    if model.cfg.system_prompt:
+        system = "{%- set SYSTEM_PROMPT = " + _jinja_string(model.cfg.system_prompt) + " -%}" + SYSTEM
     return PRELUDE + system + model.tokenizer.chat_template
 
 

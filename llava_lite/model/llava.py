@@ -7,7 +7,7 @@ carry a label, so no logits are computed for image or prompt positions.
 
 A model directory (`save_pretrained` / `from_pretrained`):
 
-    dir/llava_lite.json          resolved model config + how the LM is stored + prompt mode
+    dir/llava_lite.json          resolved model config (with its render_mode and system_prompt) + how the LM is stored
     dir/projector.safetensors
     dir/tokenizer/               tokenizer with the <image> token (and its chat template)
     dir/lm/                      full LM weights (when the LM was trained), or
@@ -18,9 +18,14 @@ A model directory (`save_pretrained` / `from_pretrained`):
 A model is staged in a temporary directory and moved into place with its config file last, so a
 crash never leaves a half-written directory that looks loadable. The directory may also hold a
 training run's checkpoints/ and logs, which saving leaves alone.
+
+Every LlavaLite is made in one order: tokenizer -> LM -> tower -> projector. `build_from_config`
+loads the tokenizer and LM (LlavaLite.build: from cfg.lm; from_pretrained: from the directory, then
+its LoRA adapter), `assemble` adds the tower and projector (also used by model/random.py).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -62,18 +67,12 @@ class LlavaLite(nn.Module):
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        self.render_mode = "chat"  # how prompts are built: "chat" (template) or "plain" (stage-1 captions)
-        self.system_prompt: str | None = None
         self.lm_weights: str | None = None  # how the loaded directory stored the LM (see from_pretrained)
 
     @classmethod
     def build(cls, cfg: ModelConfig, quantize: str | None = None) -> LlavaLite:
         """A fresh model from an open_clip tower and an LM checkpoint (the projector is random)."""
-        tokenizer = load_tokenizer(cfg.lm)
-        lm = load_lm(cfg.lm, cfg, len(tokenizer), quantize)
-        vision = VisionTower(cfg.vision).to(DTYPES[cfg.dtype])
-        projector = build_projector(cfg.projector, vision.width, lm.config.hidden_size)
-        return cls(vision, projector, lm, tokenizer, cfg)
+        return build_from_config(cfg, cfg.lm, quantize=quantize)
 
     @property
     def image_seq_len(self) -> int:
@@ -202,19 +201,14 @@ def save_pretrained(model: LlavaLite, out_dir: str | Path, state_dict: dict | No
             # so the adapter need not carry a copy of the whole embedding matrix.
             model.lm.save_pretrained(tmp / "lm_adapter", state_dict=part("lm"), save_embedding_layers=False)
             lm_weights = "lora"
-        elif any(p.requires_grad for p in model.lm.parameters()) or getattr(model, "lm_weights", "") == "full":
-            lm_state = {k: v.to(cast) if cast is not None and v.is_floating_point() else v for k, v in part("lm").items()}
+        elif any(p.requires_grad for p in model.lm.parameters()) or model.lm_weights == "full":
+            lm_state = {k: v.to(cast) if cast is not None and v.is_floating_point() else v
+                        for k, v in part("lm").items()}
             model.lm.save_pretrained(tmp / "lm", state_dict=lm_state)
             cfg["lm"], lm_weights = "lm", "full"
         else:
             lm_weights = "reference"
-        meta = {
-            "model": cfg,
-            "lm_weights": lm_weights,
-            "mode": getattr(model, "render_mode", "chat"),
-            "system_prompt": getattr(model, "system_prompt", None),
-            "image_seq_len": model.image_seq_len,
-        }
+        meta = {"model": cfg, "lm_weights": lm_weights, "image_seq_len": model.image_seq_len}
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
         _publish(tmp, out_dir)
     return out_dir
@@ -235,6 +229,36 @@ def read_meta(model_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def saved_config(meta: dict) -> dict:
+    """The model config in a directory's `read_meta`, as a dict; directories written before render_mode
+    and system_prompt joined the config keep them beside it ("mode", "system_prompt")."""
+    older = {"render_mode": meta.get("mode", "chat"), "system_prompt": meta.get("system_prompt")}
+    return older | meta["model"]
+
+
+def assemble(cfg: ModelConfig, tokenizer, lm: nn.Module, meta: bool = False) -> LlavaLite:
+    """A LlavaLite around a tokenizer and an LM: the tower (cfg.vision, in cfg.dtype), then the projector
+    (fp32, random), both on the CPU (meta=True: on the meta device, shapes only)."""
+    vision = VisionTower(cfg.vision, device="meta" if meta else "cpu").to(DTYPES[cfg.dtype])
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        projector = build_projector(cfg.projector, vision.width, lm.config.hidden_size)
+    return LlavaLite(vision, projector, lm, tokenizer, cfg)
+
+
+def build_from_config(cfg: ModelConfig, tokenizer_ref: str, quantize: str | None = None,
+                      device: str | torch.device | None = None, adapter: Path | None = None,
+                      trainable_lora: bool = False) -> LlavaLite:
+    """Tokenizer (from `tokenizer_ref`) -> LM (cfg.lm, grown to the tokenizer; then the peft `adapter`,
+    if any) -> tower -> projector (random: from_pretrained loads its weights next)."""
+    tokenizer = load_tokenizer(tokenizer_ref)
+    lm = load_lm(cfg.lm, cfg, len(tokenizer), quantize, device=device)
+    if adapter is not None:
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, adapter, is_trainable=trainable_lora)
+    return assemble(cfg, tokenizer, lm)
+
+
 def from_pretrained(
     model_dir: str | Path,
     dtype: str | None = None,
@@ -243,31 +267,24 @@ def from_pretrained(
     quantize: str | None = None,
     device: str | torch.device | None = None,
 ) -> LlavaLite:
-    """A model directory, loaded in `dtype` (default: the saved one) and put on `device`. With
-    device=None it stays on the CPU for a trainer to place (attention is then picked for CUDA when
-    one is present). The projector stays in fp32 (trained and saved that way). Chat, eval and serve
-    call `from_pretrained(dir, device=..., dtype=...)`; see `default_device()`."""
+    """Build from the directory's saved config, then load its weights: in `dtype` (default: the saved
+    one), on `device`. With device=None it stays on the CPU for a trainer to place (attention is then
+    picked for CUDA when one is present). The projector stays in fp32 (trained and saved that way).
+    Chat, eval and serve call `from_pretrained(dir, device=..., dtype=...)`; see `default_device()`."""
     model_dir = Path(model_dir).resolve()
     meta = read_meta(model_dir)
-    cfg: ModelConfig = from_dict(ModelConfig, meta["model"])
+    lm_weights = meta["lm_weights"]
+    cfg: ModelConfig = from_dict(ModelConfig, saved_config(meta))
     cfg.vision.model = _resolve(cfg.vision.model, model_dir)
     cfg.lm = _resolve(cfg.lm, model_dir)
     cfg.init_from = None
     cfg.dtype = dtype or cfg.dtype
     cfg.attn_implementation = attn_implementation or cfg.attn_implementation
-    tokenizer = load_tokenizer(str(model_dir / "tokenizer"))
-    lm = load_lm(cfg.lm, cfg, len(tokenizer), quantize, device=device)
-    if meta["lm_weights"] == "lora":
-        from peft import PeftModel
-
-        lm = PeftModel.from_pretrained(lm, model_dir / "lm_adapter", is_trainable=trainable_lora)
-    vision = VisionTower(cfg.vision).to(DTYPES[cfg.dtype])
-    projector = build_projector(cfg.projector, vision.width, lm.config.hidden_size)
-    projector.load_state_dict(load_file(str(model_dir / "projector.safetensors")))
-    model = LlavaLite(vision, projector.float(), lm, tokenizer, cfg)
-    model.render_mode = meta.get("mode", "chat")
-    model.system_prompt = meta.get("system_prompt")
-    model.lm_weights = meta["lm_weights"]
+    adapter = model_dir / "lm_adapter" if lm_weights == "lora" else None
+    model = build_from_config(cfg, str(model_dir / "tokenizer"), quantize, device, adapter, trainable_lora)
+    model.projector.load_state_dict(load_file(str(model_dir / "projector.safetensors")))
+    model.projector.float()
+    model.lm_weights = lm_weights
     model.eval()
     if device is not None and not quantize:  # a quantized LM is placed by bitsandbytes
         model.to(device)

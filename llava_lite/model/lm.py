@@ -13,8 +13,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llava_lite.config import LoraConfig, ModelConfig
 from llava_lite.constants import IMAGE_TOKEN
+from llava_lite.errors import LlavaLiteError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class BackendError(LlavaLiteError, RuntimeError):
+    """A setting this machine cannot run: flash_attention_2 or QLoRA without CUDA, bitsandbytes missing."""
 
 
 def pick_attention(requested: str, dtype: torch.dtype, device: str | torch.device | None = None) -> str:
@@ -30,7 +35,8 @@ def pick_attention(requested: str, dtype: torch.dtype, device: str | torch.devic
     except ImportError:
         usable = False
     if requested == "flash_attention_2" and not usable:
-        raise RuntimeError("attn_implementation=flash_attention_2 needs a CUDA GPU, bf16/fp16 and `pip install llava-lite[flash]`")
+        raise BackendError("model.attn_implementation=flash_attention_2 needs a CUDA GPU, bf16/fp16 and "
+                           "`pip install llava-lite[flash]`; use auto or sdpa")
     return "flash_attention_2" if usable else "sdpa"
 
 
@@ -67,9 +73,10 @@ def _bnb_config(bits: str, dtype: torch.dtype):
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as e:
-        raise RuntimeError("QLoRA needs bitsandbytes and a CUDA GPU: pip install llava-lite[qlora]") from e
+        raise BackendError("QLoRA (lora.quantize) needs bitsandbytes and a CUDA GPU: "
+                           "pip install llava-lite[qlora]") from e
     if not torch.cuda.is_available():
-        raise RuntimeError("QLoRA (lora.quantize) needs a CUDA GPU; run LoRA without quantize on CPU")
+        raise BackendError("QLoRA (lora.quantize) needs a CUDA GPU; run LoRA without quantize on CPU")
     from transformers import BitsAndBytesConfig
 
     if bits == "8bit":
@@ -103,4 +110,5 @@ def apply_lora(lm: nn.Module, lora: LoraConfig, gradient_checkpointing: bool) ->
 
 
 def is_peft(lm: nn.Module) -> bool:
+    """Whether the LM carries peft (LoRA) adapters."""
     return hasattr(lm, "peft_config")

@@ -42,7 +42,8 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     p = dropout if module.training else 0.0
     sizes = bounds.diff().tolist()  # split, not slices: its backward is one cat, not a zero-filled copy per slice
     out = torch.cat([F.scaled_dot_product_attention(qs, ks, vs, dropout_p=p, is_causal=True, scale=scaling)
-                     for qs, ks, vs in zip(q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1))], dim=1)  # [H, B*T, d]
+                     for qs, ks, vs in zip(q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1))],
+                    dim=1)  # [H, B*T, d]
     return out.reshape(h, b, t, -1).permute(1, 2, 0, 3).contiguous(), None
 
 

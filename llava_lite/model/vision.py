@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from llava_lite.config import VisionConfig
+from llava_lite.config import ConfigError, VisionConfig
 
 TINY_DIR = Path(__file__).parents[1] / "assets" / "tiny_clip"  # open_clip local-dir layout, no weights
 
@@ -25,15 +25,16 @@ def _is_local_file(ref: str | None) -> bool:
 
 
 class VisionTower(nn.Module):
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, cfg: VisionConfig, device: str | torch.device = "cpu"):
+        """device "meta": shapes only (cfg.pretrained must then be None)."""
         super().__init__()
         self.cfg = cfg
         if cfg.model == "tiny":  # a small random ViT shipped as a config, for tests and smoke runs
-            clip, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{TINY_DIR}")
+            clip, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{TINY_DIR}", device=device)
         else:
             pretrained = None if cfg.model.startswith("local-dir:") else cfg.pretrained
-            clip, _, preprocess = open_clip.create_model_and_transforms(cfg.model, pretrained=pretrained)
-            self._check_quickgelu(clip)
+            self._check_quickgelu()
+            clip, _, preprocess = open_clip.create_model_and_transforms(cfg.model, pretrained=pretrained, device=device)
         self.visual = clip.visual  # only the image side runs; the text side is kept off-module for saving
         self._text_state = {k: v for k, v in clip.state_dict().items() if not k.startswith("visual.")}
         self.preprocess = preprocess
@@ -44,12 +45,12 @@ class VisionTower(nn.Module):
         self._clip_config = self._model_config(clip)
         self._check_pixel_shuffle()
 
-    def _check_quickgelu(self, clip: nn.Module) -> None:
+    def _check_quickgelu(self) -> None:
         # OpenAI weights were trained with QuickGELU; open_clip only warns on a mismatch.
         tag = (self.cfg.pretrained or "").lower()
         if tag == "openai" and "quickgelu" not in self.cfg.model.lower():
-            raise ValueError(
-                f"open_clip model {self.cfg.model!r} with pretrained='openai' uses GELU but the OpenAI weights "
+            raise ConfigError(
+                f"model.vision.model={self.cfg.model!r} with pretrained='openai' uses GELU but the OpenAI weights "
                 f"need QuickGELU: use {self.cfg.model}-quickgelu"
             )
 
@@ -79,9 +80,9 @@ class VisionTower(nn.Module):
     def _check_pixel_shuffle(self) -> None:
         r, (gh, gw) = self.cfg.pixel_shuffle, self.visual.grid_size
         if r < 1 or gh % r or gw % r:
-            raise ValueError(f"vision.pixel_shuffle={r} must divide the {gh}x{gw} patch grid")
+            raise ConfigError(f"model.vision.pixel_shuffle={r} must divide the {gh}x{gw} patch grid")
         if r > 1 and self.cfg.use_cls:
-            raise ValueError("vision.pixel_shuffle > 1 cannot be combined with vision.use_cls")
+            raise ConfigError("model.vision.pixel_shuffle > 1 cannot be combined with model.vision.use_cls")
 
     @property
     def dtype(self) -> torch.dtype:

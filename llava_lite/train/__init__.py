@@ -1,7 +1,7 @@
 """Training: the recipe (setup -> train -> finish) and what it is made of.
 
     recipe.py       `llava-lite train`: the Trainer
-    build.py        the model a run starts from (init_from.py: other checkpoint layouts; init_check.py)
+    build.py        the model a run starts from: model.init_from resolved, loaded, prepared for the stage
     stages.py       a stage as data: what trains, render mode, lr groups, checkpoint parts
     optim.py        AdamW groups from the stage, cosine schedule
     checkpoints.py  atomic, resumable checkpoints

@@ -20,13 +20,14 @@ A guide for the question "does it fit", not a measurement: allocator overhead, C
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
-from llava_lite.config import Config
+from llava_lite.config import Config, ConfigError
+from llava_lite.errors import ModelLoadError
 
 GIB = 1024**3
 ENGINES = ("ddp", "zero2", "zero3", "fsdp2")
@@ -44,30 +45,22 @@ class Plan:
         return sum(self.memory.values())
 
 
-def _meta_parts(cfg: Config):
-    """(vision width, patches, the vision tower's visual module, the LM) on the meta device."""
-    import open_clip
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _meta_model(cfg: Config):
+    """The run's LlavaLite on the meta device (model/random.py): shapes from the LM's config.json and the
+    tower's name, no weights."""
+    from transformers import AutoConfig
 
     from llava_lite.model.lm import resolve_lm
-    from llava_lite.model.vision import TINY_DIR
+    from llava_lite.model.random import random_llava
 
-    v = cfg.model.vision
-    name = f"local-dir:{TINY_DIR}" if v.model == "tiny" else v.model
-    with torch.device("meta"):
-        visual = open_clip.create_model(name, pretrained=None, device="meta").visual
-        try:
-            lm_cfg = AutoConfig.from_pretrained(resolve_lm(cfg.model.lm))
-        except OSError as e:
-            from llava_lite.errors import ModelLoadError
-
-            raise ModelLoadError(f"model.lm={cfg.model.lm!r}: cannot read its config.json ({str(e).splitlines()[0]}); "
-                                 "a dry run needs only the LM's config: give a directory holding it, e.g. "
-                                 "model.lm=configs/shapes/vicuna-7b") from None
-        lm = AutoModelForCausalLM.from_config(lm_cfg)
-    gh, gw = visual.grid_size
-    r = v.pixel_shuffle
-    return visual.transformer.width * r * r, (gh // r) * (gw // r) + int(v.use_cls), visual, lm
+    try:
+        lm_cfg = AutoConfig.from_pretrained(resolve_lm(cfg.model.lm))
+    except OSError as e:
+        raise ModelLoadError(f"model.lm={cfg.model.lm!r}: cannot read its config.json ({str(e).splitlines()[0]}); "
+                             "a dry run needs only the LM's config: give a directory holding it, e.g. "
+                             "model.lm=configs/shapes/vicuna-7b") from None
+    shapes = dataclasses.replace(cfg.model, vision=dataclasses.replace(cfg.model.vision, pretrained=None))
+    return random_llava(shapes, lm_cfg, device="meta")
 
 
 def _lora_params(lm: nn.Module, cfg: Config) -> int:
@@ -98,14 +91,12 @@ def _new_rows(cfg: Config, lm: nn.Module) -> int:
 
 
 def plan(cfg: Config, engine: str = "ddp", gpus: int = 1) -> Plan:
-    from llava_lite.model.projector import build_projector
     from llava_lite.train.stages import STAGES
 
     if engine not in ENGINES:
-        raise ValueError(f"--engine must be one of {ENGINES}, got {engine!r}")
-    width, patches, visual, lm = _meta_parts(cfg)
-    with torch.device("meta"):
-        projector = build_projector(cfg.model.projector, width, lm.config.hidden_size)
+        raise ConfigError(f"--engine must be one of {ENGINES}, got {engine!r}")
+    model = _meta_model(cfg)
+    visual, projector, lm, patches = model.vision.visual, model.projector, model.lm, model.image_seq_len
     count = lambda m: sum(p.numel() for p in m.parameters())
     stage, lora = STAGES[cfg.train.stage], cfg.lora.enabled and cfg.train.stage != "align"
     n_vision, n_proj, n_lm = count(visual), count(projector), count(lm) + _new_rows(cfg, lm)
@@ -125,8 +116,10 @@ def plan(cfg: Config, engine: str = "ddp", gpus: int = 1) -> Plan:
     trainable = n_proj * ("projector" in stage.trains) + lm_trainable
     shard_w = gpus if engine in ("zero3", "fsdp2") else 1
     shard_go = gpus if engine != "ddp" else 1
-    p.memory = {"frozen weights": frozen_bytes / shard_w / GIB, "trainable weights (fp32)": trainable * 4 / shard_w / GIB,
-                "gradients (fp32)": trainable * 4 / shard_go / GIB, "AdamW state (fp32)": trainable * 8 / shard_go / GIB}
+    p.memory = {"frozen weights": frozen_bytes / shard_w / GIB,
+                "trainable weights (fp32)": trainable * 4 / shard_w / GIB,
+                "gradients (fp32)": trainable * 4 / shard_go / GIB,
+                "AdamW state (fp32)": trainable * 8 / shard_go / GIB}
     c = lm.config
     tokens = cfg.train.batch_size * cfg.data.max_length
     layers, hidden = c.num_hidden_layers, c.hidden_size
@@ -141,7 +134,8 @@ def plan(cfg: Config, engine: str = "ddp", gpus: int = 1) -> Plan:
 def format_plan(p: Plan, cfg: Config) -> str:
     lines = [f"dry run: stage {cfg.train.stage}, {p.engine} on {p.gpus} GPU(s), dtype {cfg.model.dtype}, "
              f"batch {cfg.train.batch_size} x max_length {cfg.data.max_length}, gradient checkpointing "
-             f"{'on' if cfg.train.gradient_checkpointing else 'off'}", "", "| part | trainable | frozen |", "|---|---|---|"]
+             f"{'on' if cfg.train.gradient_checkpointing else 'off'}",
+             "", "| part | trainable | frozen |", "|---|---|---|"]
     lines += [f"| {k} | {t:,} | {f:,} |" for k, (t, f) in p.counts.items()]
     lines += ["", "| per GPU | GiB |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in p.memory.items()]

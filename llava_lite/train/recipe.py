@@ -36,8 +36,9 @@ from llava_lite.data.dataset import batch_rejects
 from llava_lite.data.loader import TrainData
 from llava_lite.data.templates import template_text
 from llava_lite.errors import check_model_refs
+from llava_lite.interop.sources import resolve
 from llava_lite.log import logger
-from llava_lite.train.build import build_model
+from llava_lite.train.build import build_model, reconcile_init_from
 from llava_lite.train.checkpoints import clear_previous_run, latest_checkpoint, load_checkpoint, save_checkpoint
 from llava_lite.train.distributed import (
     TrainedOnlyCheckpoints,
@@ -51,7 +52,6 @@ from llava_lite.train.distributed import (
     run_vision_every_step,
     skip_step,
 )
-from llava_lite.train.init_check import reconcile_init_from
 from llava_lite.train.metrics import MetricsLog, plot_losses, tracker_config, truncate_metrics
 from llava_lite.train.optim import build_optimizer, cosine_with_warmup
 from llava_lite.train.stages import STAGES, set_trainable
@@ -79,15 +79,16 @@ class Trainer:
         set_seed(t.seed)
         if cfg.data.chat_template:  # a misspelt name or a missing .jinja: one line, before any data or weights
             template_text(cfg.data.chat_template)
-        for note in reconcile_init_from(cfg) if cfg.model.init_from else []:  # before any data or weights
-            logger.info(note)
         mode = cfg.data.mode or self.stage.render_mode
         self.data = TrainData(cfg.data, batch_size=t.batch_size, seed=t.seed, mode=mode, images=self.stage.images,
                               group_by_length=t.group_by_modality_length, rank=acc.process_index,
                               world_size=acc.num_processes, log=logger.info)
         logger.info(f"stage {t.stage}: {acc.num_processes} process(es), device {acc.device}")
         check_model_refs(cfg)  # a missing path or an uncached hub id offline: one line, before any weights load
-        model = build_model(cfg, mode)
+        source = resolve(cfg)  # model.init_from's layout, told once
+        for note in reconcile_init_from(cfg, source):  # the run's model settings against it, before any weights
+            logger.info(note)
+        model = build_model(cfg, mode, source)
         self.counts = set_trainable(model, self.stage)
         if self.stage.images:  # text-only batches run the tower and projector on zero images
             run_vision_every_step(model)

@@ -1,11 +1,14 @@
 """Builders for tiny random models and tokenizers used across the tests."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+from llava_lite.model.random import random_lm
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -33,7 +36,8 @@ CORPUS = [
 
 SPECIALS = {
     "chatml": ["<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"],
-    "llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<pad>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    "llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<pad>", "<|start_header_id|>", "<|end_header_id|>",
+               "<|eot_id|>"],
 }
 
 
@@ -64,9 +68,46 @@ def make_tiny_lm(out: Path, template: str = "chatml", hidden: int = 64, layers: 
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=tie,
     )
-    LlamaForCausalLM(cfg).save_pretrained(out)
+    random_lm(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def make_llava_llama(out, tower: str, weights: str = "safetensors", seed: int = 0):
+    """A tiny directory the way LLaVA's trainer writes one: LlavaLlamaForCausalLM config.json with mm_* fields,
+    the Llama weights beside model.mm_projector.*, and the base tokenizer (no <image>, no chat template)."""
+    from safetensors.torch import save_file
+
+    from llava_lite.config import VisionConfig
+    from llava_lite.model.vision import VisionTower
+
+    tok = make_tokenizer("chatml")
+    tok.chat_template = None
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    lm = random_lm(cfg)
+    width = VisionTower(VisionConfig(model=tower, pretrained=None)).width
+    projector = {"model.mm_projector.0.weight": torch.randn(48, width) * 0.1,  # [hidden, vision width]
+                 "model.mm_projector.0.bias": torch.randn(48),
+                 "model.mm_projector.2.weight": torch.randn(48, 48) * 0.1, "model.mm_projector.2.bias": torch.randn(48)}
+    out.mkdir()
+    state = {k: v.contiguous() for k, v in lm.state_dict().items()} | projector
+    if weights == "safetensors":
+        save_file(state, str(out / "model.safetensors"))
+    else:
+        torch.save(state, out / "pytorch_model.bin")
+    config = cfg.to_dict() | {
+        "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"],
+        "mm_vision_tower": "openai/clip-vit-large-patch14-336", "mm_hidden_size": width,
+        "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch",
+        "image_aspect_ratio": "pad", "mm_use_im_start_end": False, "mm_use_im_patch_token": False,
+        "tune_mm_mlp_adapter": False, "tokenizer_model_max_length": 512, "tokenizer_padding_side": "right",
+    }
+    (out / "config.json").write_text(json.dumps(config))
+    tok.save_pretrained(out)
+    return lm, {k.removeprefix("model.mm_projector."): v for k, v in projector.items()}
 
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}
@@ -74,7 +115,6 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), 
 
 def make_llava_data(root: Path, n: int = 16, seed: int = 0) -> dict[str, Path]:
     """Solid-colour images with caption (stage-1), conversation (stage-2) and Alpaca (text) files."""
-    import json
     import random
 
     from PIL import Image
@@ -85,7 +125,8 @@ def make_llava_data(root: Path, n: int = 16, seed: int = 0) -> dict[str, Path]:
     names = list(COLOURS)
     for i in range(n):
         colour = names[i % len(names)]
-        Image.new("RGB", (24 + rng.randrange(16), 24 + rng.randrange(16)), COLOURS[colour]).save(root / "images" / f"{i}.png")
+        size = (24 + rng.randrange(16), 24 + rng.randrange(16))
+        Image.new("RGB", size, COLOURS[colour]).save(root / "images" / f"{i}.png")
         captions.append({"id": f"cap{i}", "image": f"{i}.png", "conversations": [
             {"from": "human", "value": "<image>\nDescribe the image briefly."},
             {"from": "gpt", "value": f"A {colour} square."}]})
@@ -97,7 +138,8 @@ def make_llava_data(root: Path, n: int = 16, seed: int = 0) -> dict[str, Path]:
     convs += [{"id": f"text{i}", "conversations": [
         {"from": "human", "value": f"Add {i} and 2."}, {"from": "gpt", "value": f"{i + 2}"}]} for i in range(n // 2)]
     alpaca = [{"instruction": f"Add {i} and 3.", "input": "", "output": f"{i + 3}"} for i in range(n)]
-    paths = {"captions": root / "captions.json", "conversations": root / "conversations.json", "alpaca": root / "alpaca.json"}
+    paths = {"captions": root / "captions.json", "conversations": root / "conversations.json",
+             "alpaca": root / "alpaca.json"}
     for key, data in (("captions", captions), ("conversations", convs), ("alpaca", alpaca)):
         paths[key].write_text(json.dumps(data))
     return paths

@@ -106,7 +106,7 @@ def test_hf_llava_parity(tiny_lm, tmp_path, case):
     system, quick = case.pop("system_prompt", None), case.pop("quick_gelu", False)
     tower = tower_dir(tmp_path, "qg", quick_gelu=True) if quick else "tiny"
     model = build(tiny_lm, model=tower, **case)
-    model.system_prompt = system
+    model.cfg.system_prompt = system
     assert (type(model.vision.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU") == quick
     write_hf_llava(model, tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -137,7 +137,7 @@ def test_cli_export_and_default_backend(tiny_lm, tmp_path):
 def test_plain_mode_template(tiny_lm, tmp_path):
     """A stage-1 model (render_mode plain) exports a template that is bos + one <image> per image."""
     model = build(tiny_lm, seed=4)
-    model.render_mode = "plain"
+    model.cfg.render_mode = "plain"
     write_hf_llava(model, tmp_path / "hf")
     hf_parity(model, tmp_path / "hf", [one_image_chat(noise(40, 30, 8))])
 

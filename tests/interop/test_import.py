@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.tiny import CHATML, make_llava_data, make_tokenizer
-from safetensors.torch import save_file
+from helpers.tiny import CHATML, make_llava_data, make_llava_llama, make_tokenizer
 from test_export import TOL, build, noise, one_image_chat, two_turn_chat
 
 from llava_lite.cli import main
 from llava_lite.config import ConfigError, ModelConfig, VisionConfig, load_config
+from llava_lite.errors import ModelLoadError
 from llava_lite.infer.chat import Assistant
-from llava_lite.interop.hf_import import detect, import_dir, load_llava_projector
+from llava_lite.interop.hf_import import load_llava_projector
 from llava_lite.interop.hf_llava import write_hf_llava
+from llava_lite.interop.sources import detect, import_dir, load, resolve
 from llava_lite.model.llava import LlavaLite
 from llava_lite.model.vision import VisionTower
-from llava_lite.train.init_from import resolve_init_from
 
 # llava-1.5-hf style: typed content only (a string content renders as nothing)
 TYPED_ONLY = ("{% for m in messages %}{{ m['role'].upper() }}: "
@@ -103,44 +103,10 @@ def test_import_hf_llava(tmp_path, act, layer, strategy, pad, projector_act):
 
 def test_typed_only_template_needs_a_choice(tmp_path):
     make_hf_llava(tmp_path / "hf", "gelu", -2, "default", False, template=TYPED_ONLY)
-    with pytest.raises(ValueError, match="chat_template="):
+    with pytest.raises(ModelLoadError, match="chat_template="):
         import_dir(tmp_path / "hf", tmp_path / "lite")
     import_dir(tmp_path / "hf", tmp_path / "lite2", chat_template="chatml")
     assert "<|im_start|>" in LlavaLite.from_pretrained(tmp_path / "lite2").tokenizer.chat_template
-
-
-def make_llava_llama(out, tower: str, weights: str = "safetensors", seed: int = 0):
-    """A tiny directory the way LLaVA's trainer writes one: LlavaLlamaForCausalLM config.json with mm_* fields,
-    the Llama weights beside model.mm_projector.*, and the base tokenizer (no <image>, no chat template)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = make_tokenizer("chatml")
-    tok.chat_template = None
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    lm = LlamaForCausalLM(cfg)
-    width = VisionTower(VisionConfig(model=tower, pretrained=None)).width
-    projector = {"model.mm_projector.0.weight": torch.randn(48, width) * 0.1,  # [hidden, vision width]
-                 "model.mm_projector.0.bias": torch.randn(48),
-                 "model.mm_projector.2.weight": torch.randn(48, 48) * 0.1, "model.mm_projector.2.bias": torch.randn(48)}
-    out.mkdir()
-    state = {k: v.contiguous() for k, v in lm.state_dict().items()} | projector
-    if weights == "safetensors":
-        save_file(state, str(out / "model.safetensors"))
-    else:
-        torch.save(state, out / "pytorch_model.bin")
-    config = cfg.to_dict() | {
-        "model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"],
-        "mm_vision_tower": "openai/clip-vit-large-patch14-336", "mm_hidden_size": width,
-        "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch",
-        "image_aspect_ratio": "pad", "mm_use_im_start_end": False, "mm_use_im_patch_token": False,
-        "tune_mm_mlp_adapter": False, "tokenizer_model_max_length": 512, "tokenizer_padding_side": "right",
-    }
-    (out / "config.json").write_text(json.dumps(config))
-    tok.save_pretrained(out)
-    return lm, {k.removeprefix("model.mm_projector."): v for k, v in projector.items()}
 
 
 @pytest.mark.parametrize("weights", ["safetensors", "bin"])
@@ -149,7 +115,7 @@ def test_import_llava_llama(tmp_path, weights):
     tower_ref = tower.save_local(tmp_path / "tower")  # the offline stand-in for the OpenAI CLIP
     lm, projector = make_llava_llama(tmp_path / "llava", tower_ref, weights)
     assert detect(tmp_path / "llava") == "llava-llama"
-    with pytest.raises(ValueError, match="mm_vision_tower"):  # an unknown tower name needs an override
+    with pytest.raises(ModelLoadError, match="mm_vision_tower"):  # an unknown tower name needs an override
         cfg = json.loads((tmp_path / "llava" / "config.json").read_text())
         (tmp_path / "other").mkdir()
         (tmp_path / "other" / "config.json").write_text(json.dumps(cfg | {"mm_vision_tower": "my/tower"}))
@@ -183,9 +149,9 @@ def test_mm_projector_bin(tiny_lm, tmp_path):
         assert torch.equal(v, state[f"model.mm_projector.{k}"])
     linear = {"model.mm_projector.weight": torch.randn(64, 64), "model.mm_projector.bias": torch.randn(64)}
     torch.save(linear, tmp_path / "linear.bin")
-    with pytest.raises(ValueError, match="do not fit projector='mlp2x_gelu'"):
+    with pytest.raises(ModelLoadError, match="do not fit projector='mlp2x_gelu'"):
         load_llava_projector(model, tmp_path / "linear.bin")
-    with pytest.raises(ValueError, match="load_llava_projector"):
+    with pytest.raises(ModelLoadError, match="load_llava_projector"):
         import_dir(tmp_path / "mm_projector.bin", tmp_path / "x")
 
 
@@ -193,7 +159,7 @@ def test_mm_projector_bin(tiny_lm, tmp_path):
 def test_round_trip(tiny_lm, tmp_path, vision):
     projector = "linear" if vision.get("use_cls") else "mlp2x_gelu"
     model = build(tiny_lm, seed=7, projector=projector, **vision)
-    model.system_prompt = "Be brief." if vision.get("use_cls") else None
+    model.cfg.system_prompt = "Be brief." if vision.get("use_cls") else None
     write_hf_llava(model, tmp_path / "hf")
     import_dir(tmp_path / "hf", tmp_path / "lite")
     assert detect(tmp_path / "lite") == "llava-lite"
@@ -242,10 +208,11 @@ def test_init_from_hf_llava(tmp_path, data, monkeypatch):
     assert model.lm_weights == "full" and "<|im_start|>" in model.tokenizer.chat_template
     (imported,) = (tmp_path / "run" / "imported").iterdir()  # imported once, beside the run
     assert imported.name.startswith("hf-") and (imported / "llava_lite.json").is_file()
-    monkeypatch.setattr("llava_lite.train.init_from.import_dir", lambda *a, **k: pytest.fail("imported twice"))
+    monkeypatch.setattr("llava_lite.interop.sources.import_source", lambda *a, **k: pytest.fail("imported twice"))
     args = stage2(tmp_path / "run", data, f"model.init_from={tmp_path / 'hf'}", "data.chat_template=null")
     cfg = load_config(args[0], args[1:])
-    assert resolve_init_from(cfg).image_seq_len == 16  # a second run (or --resume) reuses the import
+    assert resolve(cfg).kind == "hf-llava"
+    assert load(resolve(cfg), cfg).image_seq_len == 16  # a second run (or --resume) reuses the import
 
 
 def test_init_from_llava_llama(tmp_path, data):
@@ -267,7 +234,8 @@ def test_init_from_mm_projector(tiny_lm, tmp_path, data):
     state = {f"model.mm_projector.{k}": torch.randn_like(v) for k, v in ref.projector.state_dict().items()}
     (tmp_path / "pretrain").mkdir()
     torch.save(state, tmp_path / "pretrain" / "mm_projector.bin")
-    (tmp_path / "pretrain" / "config.json").write_text(json.dumps({"model_type": "llava_llama", "mm_vision_tower": "x"}))
+    config = {"model_type": "llava_llama", "mm_vision_tower": "x"}
+    (tmp_path / "pretrain" / "config.json").write_text(json.dumps(config))
     assert detect(tmp_path / "pretrain") == "mm-projector"
     args = stage2(tmp_path / "run", data, f"model.init_from={tmp_path / 'pretrain'}", f"model.lm={tiny_lm}",
                   "model.vision.model=tiny", "model.vision.pretrained=null", "data.chat_template=null")
@@ -277,7 +245,7 @@ def test_init_from_mm_projector(tiny_lm, tmp_path, data):
     main(["train", *args])
     trained(tmp_path / "run")
     with pytest.raises(ConfigError, match="set model.lm"):
-        resolve_init_from(load_config(args[0], [a for a in args[1:] if not a.startswith("model.lm=")]))
+        resolve(load_config(args[0], [a for a in args[1:] if not a.startswith("model.lm=")]))
 
 
 def test_init_from_unknown_layout(tmp_path):
@@ -285,7 +253,22 @@ def test_init_from_unknown_layout(tmp_path):
     (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     for path in (tmp_path / "other", tmp_path / "missing"):
         with pytest.raises(ConfigError) as e:
-            resolve_init_from(load_config(None, [f"model.init_from={path}"]))
+            resolve(load_config(None, [f"model.init_from={path}"]))
         message = str(e.value)
         assert f"model.init_from={str(path)!r}" in message and "\n" not in message
         assert all(s in message for s in ("llava-hf", "llava_llama", "mm_projector.bin"))
+
+
+@pytest.mark.parametrize("key, value", [("mm_use_im_start_end", True), ("image_aspect_ratio", "anyres")])
+def test_unsupported_init_from_is_one_line(tmp_path, data, capsys, key, value):
+    """`llava-lite train` from a llava_llama directory llava-lite cannot represent: one line, exit 2."""
+    tower = VisionTower(VisionConfig(model="tiny", pretrained=None)).save_local(tmp_path / "tower")
+    make_llava_llama(tmp_path / "llava", tower)
+    config = json.loads((tmp_path / "llava" / "config.json").read_text()) | {key: value}
+    (tmp_path / "llava" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit) as e:
+        main(["train", *stage2(tmp_path / "run", data, f"model.init_from={tmp_path / 'llava'}",
+                               f"model.vision.model={tower}")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("error: ") == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'llava'}: {key}={value!r}"), err

@@ -44,7 +44,8 @@ def test_loss_matches_full_logits_reference(model):
     b = batch_for(model, convs())
     out = model(**inputs(b))
     logits = model(**{k: v for k, v in inputs(b).items() if k != "labels"}).logits  # [B, T, V]
-    ref = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), b["labels"][:, 1:].reshape(-1), ignore_index=-100)
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), b["labels"][:, 1:].reshape(-1),
+                          ignore_index=-100)
     assert torch.allclose(out.loss, ref, atol=1e-5)
     assert out.num_tokens == (b["labels"][:, 1:] != -100).sum()
 
@@ -196,7 +197,8 @@ def test_pixel_shuffle_merges_neighbouring_patches(tiny_lm):
     b = batch_for(m, convs())
     assert (b["input_ids"] == m.image_token_id).sum() == 3 * 4 and torch.isfinite(m(**inputs(b)).loss)
     with pytest.raises(ValueError, match="must divide"):
-        LlavaLite.build(ModelConfig(vision=VisionConfig(model="tiny", pretrained=None, pixel_shuffle=3), lm=str(tiny_lm)))
+        LlavaLite.build(ModelConfig(vision=VisionConfig(model="tiny", pretrained=None, pixel_shuffle=3),
+                                    lm=str(tiny_lm)))
 
 
 def test_vision_normalize_applies_the_final_layernorm():
@@ -206,3 +208,39 @@ def test_vision_normalize_applies_the_final_layernorm():
     feats = tower(torch.randn(2, 3, 32, 32))
     torch.testing.assert_close(feats.mean(-1), torch.zeros(2, 16), atol=1e-5, rtol=0)
     torch.testing.assert_close(feats.std(-1, unbiased=False), torch.ones(2, 16), atol=1e-3, rtol=0)
+
+
+def test_prompt_settings_are_saved_with_the_config(model, tmp_path):
+    """render_mode and system_prompt are fields of the model's config, saved and loaded with it; a directory
+    written before they were keeps them beside it ("mode", "system_prompt") and loads the same."""
+    import json
+
+    before = model.cfg.render_mode, model.cfg.system_prompt
+    model.cfg.render_mode, model.cfg.system_prompt = "plain", "Be brief."
+    try:
+        model.save_pretrained(tmp_path / "m")
+    finally:
+        model.cfg.render_mode, model.cfg.system_prompt = before
+    loaded = LlavaLite.from_pretrained(tmp_path / "m")
+    assert (loaded.cfg.render_mode, loaded.cfg.system_prompt) == ("plain", "Be brief.")
+    path = tmp_path / "m" / "llava_lite.json"
+    meta = json.loads(path.read_text())
+    assert meta["model"]["render_mode"] == "plain" and "mode" not in meta
+    for older, expected in (({"mode": "plain", "system_prompt": "Old."}, ("plain", "Old.")), ({}, ("chat", None))):
+        del meta["model"]["render_mode"], meta["model"]["system_prompt"]
+        path.write_text(json.dumps({k: v for k, v in meta.items() if k not in ("mode", "system_prompt")} | older))
+        old = LlavaLite.from_pretrained(tmp_path / "m")
+        assert (old.cfg.render_mode, old.cfg.system_prompt) == expected
+        meta["model"] |= {"render_mode": "chat", "system_prompt": None}
+
+
+def test_random_llava_has_the_built_shapes_on_meta(model, tiny_lm):
+    """model/random.py: the same tower and projector as LlavaLite.build, from configs alone, no memory."""
+    from transformers import AutoConfig
+
+    from llava_lite.model.random import random_llava
+
+    meta = random_llava(model.cfg, AutoConfig.from_pretrained(tiny_lm), device="meta")
+    assert all(p.is_meta for p in meta.parameters()) and meta.image_seq_len == model.image_seq_len
+    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    assert shapes(meta.projector) == shapes(model.projector) and shapes(meta.vision) == shapes(model.vision)
