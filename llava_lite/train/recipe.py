@@ -82,7 +82,7 @@ class Trainer:
         mode = cfg.data.mode or self.stage.render_mode
         self.data = TrainData(cfg.data, batch_size=t.batch_size, seed=t.seed, mode=mode, images=self.stage.images,
                               group_by_length=t.group_by_modality_length, rank=acc.process_index,
-                              world_size=acc.num_processes, log=logger.info)
+                              world_size=acc.num_processes)
         logger.info(f"stage {t.stage}: {acc.num_processes} process(es), device {acc.device}")
         check_model_refs(cfg)  # a missing path or an uncached hub id offline: one line, before any weights load
         source = resolve(cfg)  # model.init_from's layout, told once
