@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-fast test install clean
+.PHONY: demo demo-fast test test-fast install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo-fast: $(STAMP)
 test: $(STAMP)
 	bash scripts/install_test_browser.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast subset: every module still covered, the end-to-end runs (marked slow) left out.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -38,9 +38,11 @@ def train_args(tiny_lm, data, out, *extra):
     images = Path(data["conversations"]).parent / "images"
     return ["train", str(CONFIGS / "stage2.yaml"), f"model.lm={tiny_lm}", "model.init_from=null",
             "model.vision.model=tiny", "model.vision.pretrained=null", "data.chat_template=null", "data.num_workers=0",
-            f"data.sources=[{{path: {data['conversations']}, image_folder: {images}}}]", f"train.output_dir={out}", *extra]
+            f"data.sources=[{{path: {data['conversations']}, image_folder: {images}}}]", f"train.output_dir={out}",
+            *extra]
 
 
+@pytest.mark.slow  # a fresh `python -m llava_lite.cli` process
 def test_missing_config_in_a_fresh_process():
     """What the before-stop hook checks: no traceback, one line, exit 2."""
     run = subprocess.run([sys.executable, "-m", "llava_lite.cli", "train", "/nonexistent/config.yaml"],

@@ -12,6 +12,7 @@ import pytest
 from helpers.tiny import make_llava_data
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # `accelerate launch` subprocesses, one per script
 
 
 @pytest.fixture(scope="module")

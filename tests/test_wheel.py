@@ -16,6 +16,7 @@ import pytest
 from helpers.tiny import make_llava_data
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # builds and installs the wheel, runs it in subprocesses
 
 
 def run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
@@ -64,7 +65,8 @@ def test_demo_help_from_the_wheel(installed, tmp_path):
 
 def test_demo_presets_are_package_data(installed, tmp_path):
     code = ("from importlib.resources import files; import yaml; "
-            "print(yaml.safe_load((files('llava_lite.demo') / 'configs' / 'fast_stage1.yaml').read_text())['train']['stage'])")
+            "print(yaml.safe_load((files('llava_lite.demo') / 'configs' / 'fast_stage1.yaml').read_text())"
+            "['train']['stage'])")
     assert run([str(installed / "python"), "-c", code], cwd=tmp_path).stdout.strip() == "align"
 
 

@@ -6,9 +6,11 @@ import json
 
 import pytest
 import torch
+from helpers.runs import CONFIGS, base, source
 from helpers.tiny import make_llava_data
-from test_train import CONFIGS, base, source
 
+import llava_lite.bench.run as bench_run
+import llava_lite.bench.setup as bench_setup
 from llava_lite.bench.run import BASELINE, main
 from llava_lite.bench.setup import SHAPES, DataMix, build_llava_lite, make_samples, write_vit_config
 from llava_lite.bench.worker import head_forward, trl_collate
@@ -26,12 +28,14 @@ def micro(tmp_path_factory):
     return shape, ref, model, samples
 
 
+@pytest.mark.slow  # each side's worker is a subprocess
 def test_bench_runs_two_steps_and_reports(tmp_path, capsys):
     out = tmp_path / "bench.json"
     result = main(["--shape", "micro", "--steps", "2", "--warmup", "1", "--rounds", "1", "--json", str(out)])
     assert set(result["rows"]) == {BASELINE, "llava-lite", "llava-lite + packing"}
     for row in result["rows"].values():
-        assert set(row) == {"samples_per_s", "samples_per_cpu_s", "tokens_per_s", "padding", "peak_mb", "warmup_s", "step_s",
+        assert set(row) == {"samples_per_s", "samples_per_cpu_s", "tokens_per_s", "padding", "peak_mb", "warmup_s",
+                            "step_s",
                             "model_tflops_per_s", "of_gemm", "tokens_per_s_limit"}
         assert row["samples_per_s"] > 0 and 0 <= row["padding"] < 1
     rows = result["rows"]
@@ -40,6 +44,32 @@ def test_bench_runs_two_steps_and_reports(tmp_path, capsys):
     assert result["gemm_flops"] > 0 and json.loads(out.read_text())["rows"].keys() == rows.keys()
     printed = capsys.readouterr().out
     assert "matmul limit" in printed and f"llava-lite / {BASELINE}: samples/s" in printed
+
+
+def test_bench_driver_with_canned_workers(monkeypatch, tmp_path, capsys):
+    """The driver of `llava-lite bench` without its subprocesses (the slow test above runs them): each side's
+    worker result is canned, so the rounds, the medians, the model FLOPs, the ratios to the baseline and the
+    JSON file are checked in about a second."""
+    specs = []
+
+    def worker(spec):
+        specs.append(spec)
+        sps = 2.0 if spec["side"] == "hf" else 4.0 if spec.get("packing") else 3.0
+        return {"samples_per_s": sps, "samples_per_cpu_s": sps / 2, "tokens_per_s": 100 * sps, "padding": 0.1,
+                "peak_mb": 10 * sps, "warmup_s": 0.1, "step_s": 1 / sps}
+
+    monkeypatch.setattr(bench_run, "run_worker", worker)
+    monkeypatch.setattr(bench_setup, "gemm_flops", lambda **kw: 1e9)
+    out = tmp_path / "bench.json"
+    result = main(["--shape", "micro", "--steps", "2", "--warmup", "1", "--rounds", "2", "--json", str(out)])
+    assert len(specs) == 6 and [s["side"] for s in specs[:3]] == ["hf", "lite", "lite"]  # 2 rounds x 3 sides
+    assert [s["side"] for s in specs[3:]] == ["lite", "lite", "hf"]  # the sides alternate
+    assert result["ratios"]["llava-lite"]["samples_per_s"] == pytest.approx(1.5)
+    assert result["ratios"]["llava-lite + packing"]["peak_memory"] == pytest.approx(2.0)
+    row = result["rows"]["llava-lite"]
+    assert row["model_tflops_per_s"] > 0 and row["of_gemm"] == pytest.approx(row["model_tflops_per_s"] * 1e3)
+    assert json.loads(out.read_text())["rows"].keys() == result["rows"].keys()
+    assert f"llava-lite / {BASELINE}: samples/s 1.50x" in capsys.readouterr().out
 
 
 def test_both_sides_start_from_the_same_weights(micro):

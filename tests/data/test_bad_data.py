@@ -55,6 +55,7 @@ def losses(out):
     return [json.loads(x)["loss"] for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # training runs, killed and resumed
 def test_hostile_set_trains_with_skip_and_resumes_exactly(tiny_lm, hostile, tmp_path, monkeypatch, capsys):
     skip = ["data.on_bad_record=skip", "data.max_bad_fraction=0.5", "train.max_steps=8", "train.save_every=3",
             "train.lr=3e-3"]

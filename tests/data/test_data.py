@@ -37,8 +37,10 @@ def turns(*pairs: tuple[str, str]) -> list[dict]:
 
 
 LLAVA_RECORDS = [
-    {"id": "a1", "image": "coco/1.jpg", "conversations": turns(("human", "<image>\nWhat is it?"), ("gpt", "A cat."), ("human", "Colour?"), ("gpt", "Black."))},
-    {"id": "a2", "image": ["x/1.jpg", "x/2.jpg"], "conversations": turns(("human", "<image> vs <image>: same?"), ("gpt", "No."))},
+    {"id": "a1", "image": "coco/1.jpg", "conversations": turns(("human", "<image>\nWhat is it?"), ("gpt", "A cat."),
+                                                               ("human", "Colour?"), ("gpt", "Black."))},
+    {"id": "a2", "image": ["x/1.jpg", "x/2.jpg"],
+     "conversations": turns(("human", "<image> vs <image>: same?"), ("gpt", "No."))},
     {"id": 7, "conversations": turns(("system", "Be brief."), ("human", "Hi"), ("gpt", "Hello."))},
 ]
 
@@ -71,7 +73,8 @@ def test_llava_image_folder_and_jsonl_line_numbers(tmp_path: Path) -> None:
 def test_caption_layout_reads_like_llava(tmp_path: Path) -> None:
     # blip_laion_cc_sbu_558k: the placeholder can come after the prompt.
     rec = {"id": "004539375", "image": "00453/004539375.jpg",
-           "conversations": turns(("human", "Render a clear and concise summary of the photo.\n<image>"), ("gpt", "a red mattress topper"))}
+           "conversations": turns(("human", "Render a clear and concise summary of the photo.\n<image>"),
+                                  ("gpt", "a red mattress topper"))}
     path = write_json(tmp_path / "blip_laion_cc_sbu_558k.json", [rec])
     (conv,) = read_conversations(path)
     assert conv.id == "004539375"
@@ -157,7 +160,8 @@ GOOD = {"id": "g", "conversations": turns(("human", "Q"), ("gpt", "A"))}
 @pytest.mark.parametrize("bad, field", [
     ({"id": "b", "conversations": "Q then A"}, "conversations"),
     ({"id": "b"}, "conversations"),
-    ({"id": "b", "conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "A"}]}, "conversations[0].value"),
+    ({"id": "b", "conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "A"}]},
+     "conversations[0].value"),
     ({"id": "b", "conversations": turns(("human", "Q"), ("bot", "A"))}, "conversations[1].from"),
     ({"id": "b", "conversations": turns(("human", "Q"), ("gpt", "  "))}, "conversations[1].value"),
     ({"id": "b", "image": "1.jpg", "conversations": turns(("human", "no placeholder"), ("gpt", "A"))}, "image"),
@@ -175,9 +179,12 @@ def test_malformed_record_error_names_file_record_and_field(tmp_path: Path, bad:
     ("alpaca", {"instruction": "Q"}, "output"),
     ("alpaca", {"instruction": "Q", "input": ["x"], "output": "A"}, "input"),
     ("openai", {"messages": [{"role": "user", "content": "Q"}, {"role": "bot", "content": "A"}]}, "messages[1].role"),
-    ("openai", {"messages": [{"role": "user", "content": [{"type": "audio"}]}, {"role": "assistant", "content": "A"}]}, "messages[0].content[0].type"),
-    ("openai", {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": None}]}, "messages[1].content"),
-    ("openai", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
+    ("openai", {"messages": [{"role": "user", "content": [{"type": "audio"}]}, {"role": "assistant", "content": "A"}]},
+     "messages[0].content[0].type"),
+    ("openai", {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": None}]},
+     "messages[1].content"),
+    ("openai", {"messages": [{"role": "user", "content": [{"type": "image_url",
+                                                           "image_url": {"url": "data:image/png;base64,AAAA"}}]}]},
      "messages[0].content[0].image_url.url"),
     ("sharegpt", {"conversations": turns(("user", "Q"), ("assistant", "A")), "system": 1}, "system"),
 ])

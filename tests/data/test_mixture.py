@@ -99,7 +99,8 @@ def test_load_mixture_maps_epochs_to_dataset_indices(tmp_path):
     for epoch in range(3):
         names = [mix.conversations[i].messages[0].content for i in mix.epoch(epoch)]
         assert sum(n.startswith("a") for n in names) == 4 and len(set(n for n in names if n.startswith("a"))) == 4
-        assert sum(n.startswith("b") for n in names) == 6 and {n for n in names if n.startswith("b")} == {"b0", "b1", "b2", "b3"}
+        assert sum(n.startswith("b") for n in names) == 6
+        assert {n for n in names if n.startswith("b")} == {"b0", "b1", "b2", "b3"}
     assert mix.epoch(1) == mix.epoch(1) and mix.epoch(1) != mix.epoch(2)
     with pytest.raises(ConfigError, match="leave no record"):
         load_mixture([SourceConfig(path=str(tmp_path / "a.json"), weight=0.0)], seed=0, images=False)

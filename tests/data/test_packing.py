@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from helpers.runs import CONFIGS, base, kill_at, losses, source
 from helpers.tiny import make_llava_data
 from PIL import Image
-from test_train import CONFIGS, base, kill_at, losses, source
 
 from llava_lite.config import ModelConfig, VisionConfig, load_config
 from llava_lite.data.conversation import Conversation, Message
@@ -45,7 +45,8 @@ def image_convs():
 
 
 def text_convs():
-    return [Conversation([Message("user", f"Add {i} and 2." + " Think." * i), Message("assistant", f"{i + 2}, the sum.")],
+    return [Conversation([Message("user", f"Add {i} and 2." + " Think." * i),
+                          Message("assistant", f"{i + 2}, the sum.")],
                          [], f"t{i}", f"t:{i}") for i in range(5)]
 
 
@@ -70,7 +71,7 @@ def test_packed_rows_hold_samples_with_restarting_positions(model):
     assert b["input_ids"].shape[0] < len(s)  # several samples share a row
     assert int(b["attention_mask"].sum()) == sum(len(x.input_ids) for x in s)
     assert padding_fraction(b["attention_mask"]) < padding_fraction(padded["attention_mask"])
-    for row, pos in zip(b["input_ids"], b["position_ids"]):
+    for _row, pos in zip(b["input_ids"], b["position_ids"]):
         starts = (pos == 0).nonzero().flatten().tolist()
         assert starts[0] == 0 and all(int(pos[i + 1]) in (0, int(pos[i]) + 1) for i in range(len(pos) - 1))
     # the first label of every sample is never a target (it would be predicted across the boundary)
@@ -114,7 +115,8 @@ def test_packed_logits_equal_each_sample_alone(model):
     s = samples(model, image_convs())
     packed = PackingCollator(model.tokenizer.pad_token_id, max_length=256)(s)
     with torch.no_grad():
-        row = model(packed["input_ids"], position_ids=packed["position_ids"], pixel_values=packed["pixel_values"]).logits
+        row = model(packed["input_ids"], position_ids=packed["position_ids"],
+                    pixel_values=packed["pixel_values"]).logits
         order = balance([len(x.input_ids) for x in s], 256)[0]
         start = 0
         for i in order:
@@ -129,6 +131,7 @@ def test_packed_logits_equal_each_sample_alone(model):
                                    model(ids, torch.ones_like(ids), pixel_values=s[0].pixel_values).logits)
 
 
+@pytest.mark.slow  # packed and padded training runs, killed and resumed
 def test_packing_trains_like_padding_resumes_exactly_and_logs_padding(tiny_lm, tmp_path, monkeypatch):
     data = make_llava_data(tmp_path / "data", n=24)
     args = ["train.max_steps=8", "train.save_every=4", "train.lr=3e-3"]

@@ -1,44 +1,21 @@
 """Rendering: labels cover exactly the assistant text + end-of-turn token, on three real templates."""
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 from helpers.tiny import MISTRAL, make_tokenizer
-from transformers import AutoTokenizer, LlamaTokenizer
+from helpers.tokenizers import saved_tokenizer, supervised_runs
+from transformers import AutoTokenizer
 
 from llava_lite.constants import IGNORE_INDEX, IMAGE_TOKEN
 from llava_lite.data.conversation import Conversation, DataError, Message
 from llava_lite.data.render import RenderError, end_of_turn_token, render, render_prompt
-from llava_lite.model.llava import load_tokenizer
 
 P = 5  # image tokens per image in these tests
 
 
-@pytest.fixture(scope="module")
-def mistral_tok(tmp_path_factory):
-    """The real Mistral/Llama SentencePiece tokenizer shipped inside the mistral-common wheel."""
-    import mistral_common
-
-    src = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
-    d = tmp_path_factory.mktemp("mistral_tok")
-    shutil.copy(src, d / "tokenizer.model")
-    LlamaTokenizer.from_pretrained(d).save_pretrained(d)  # writes the fast tokenizer files
-    tok = load_tokenizer(str(d))
-    tok.chat_template = MISTRAL
-    return tok
-
-
-def _tok(kind, tmp_path):
-    tok = make_tokenizer(kind)
-    tok.save_pretrained(tmp_path)
-    return load_tokenizer(str(tmp_path))
-
-
 @pytest.fixture(params=["chatml", "llama3", "mistral"])
 def tok(request, tmp_path, mistral_tok):
-    return mistral_tok if request.param == "mistral" else _tok(request.param, tmp_path)
+    return mistral_tok if request.param == "mistral" else saved_tokenizer(request.param, tmp_path)
 
 
 def conv(*turns, images=(), system=None):
@@ -50,19 +27,6 @@ def conv(*turns, images=(), system=None):
 def run(tok, c, max_length=4096, **kw):
     return render(c, tok, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), image_seq_len=P,
                   max_length=max_length, **kw)
-
-
-def supervised_runs(r):
-    """Contiguous runs of supervised token ids."""
-    runs, cur = [], []
-    for i, lab in zip(r.input_ids, r.labels):
-        if lab != IGNORE_INDEX:
-            assert lab == i
-            cur.append(i)
-        elif cur:
-            runs.append(cur)
-            cur = []
-    return runs + ([cur] if cur else [])
 
 
 def test_labels_are_exactly_answers_plus_end_of_turn(tok):
@@ -128,7 +92,7 @@ def test_bad_inputs_are_loud():
 
 
 def test_template_that_rewrites_history_is_rejected(tmp_path):
-    tok = _tok("chatml", tmp_path)
+    tok = saved_tokenizer("chatml", tmp_path)
     # A template that hides earlier assistant turns (as some "thinking" templates do) is not prefix-stable.
     tok.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
@@ -140,7 +104,7 @@ def test_template_that_rewrites_history_is_rejected(tmp_path):
 
 
 def test_missing_chat_template_is_named(tmp_path):
-    tok = _tok("chatml", tmp_path)
+    tok = saved_tokenizer("chatml", tmp_path)
     tok.chat_template = None
     with pytest.raises(RenderError, match="no chat_template"):
         run(tok, conv("Hi", "Hello."))

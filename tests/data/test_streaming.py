@@ -49,7 +49,8 @@ def test_shard_lists_and_counts(data):
     root = data["root"] / "shards"
     assert expand_shards(str(root / "shard-{000000..000005}.tar")) == data["shards"]
     assert expand_shards(str(root / "shard-*.tar")) == data["shards"]
-    assert expand_shards([data["shards"][1], str(root / "shard-00000[45].tar")]) == [data["shards"][i] for i in (1, 4, 5)]
+    assert expand_shards([data["shards"][1], str(root / "shard-00000[45].tar")]) == [data["shards"][i]
+                                                                                     for i in (1, 4, 5)]
     with pytest.raises(DataError, match=r"2 shard file\(s\) missing, first: .*shard-000008\.tar"):
         expand_shards(str(root / "shard-{000008..000009}.tar"))
     with pytest.raises(DataError, match="no shard matches"):
@@ -62,7 +63,8 @@ def test_stream_renders_the_same_samples_as_the_json_path(data, tiny_lm):
     model = LlavaLite.build(ModelConfig(vision=VisionConfig(model="tiny", pretrained=None), lm=str(tiny_lm)))
 
     def dataset(convs):
-        return ConversationDataset(convs, model.tokenizer, model.vision.image_to_tensor, image_token_id=model.image_token_id,
+        return ConversationDataset(convs, model.tokenizer, model.vision.image_to_tensor,
+                                   image_token_id=model.image_token_id,
                                    image_seq_len=model.image_seq_len, max_length=128)
 
     def key(s):
@@ -103,7 +105,8 @@ def test_two_ranks_by_two_workers_read_disjoint_shards_covering_everything(data)
                if m.name.endswith(".json")}
         assert ids <= set(seen[0]) or ids <= set(seen[1])
     # a new epoch deals the shards afresh
-    stream = ShardStream(data["shards"], Ids(), batch_size=2, seed=0, shuffle_buffer=4, rank=0, world_size=2, num_workers=2)
+    stream = ShardStream(data["shards"], Ids(), batch_size=2, seed=0, shuffle_buffer=4, rank=0, world_size=2,
+                         num_workers=2)
     assert stream.dealt(1) != stream.dealt(0)
 
 
@@ -155,13 +158,16 @@ def test_broken_samples_name_the_shard_and_key(tmp_path):
         add(tar, "000000001.json", json.dumps({"id": "r1", "image_keys": ["png"], "conversations": [
             {"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "A."}]}).encode())
         add(tar, "000000001.png", b"not a png")
-        add(tar, "000000002.json", json.dumps({"id": "r2", "conversations": [{"from": "robot", "value": "x"}]}).encode())
+        add(tar, "000000002.json",
+            json.dumps({"id": "r2", "conversations": [{"from": "robot", "value": "x"}]}).encode())
         add(tar, "000000003.txt", b"no json")
     samples = list(read_samples([str(path)]))
     assert count_samples(str(path)) == len(samples) == 3
     with pytest.raises(DataError, match=r"bad\.tar:000000001: cannot read image member 'png'"):
         decode_sample(samples[0])
-    with pytest.raises(DataError, match=r"bad\.tar:000000002 \(id='r2'\): field 'conversations\[0\]\.from' has unknown role 'robot'"):
+    with pytest.raises(DataError,
+                       match=r"bad\.tar:000000002 \(id='r2'\): "
+                             r"field 'conversations\[0\]\.from' has unknown role 'robot'"):
         decode_sample(samples[1])
     with pytest.raises(DataError, match=r"bad\.tar:000000003: broken shard sample: no \.json member"):
         decode_sample(samples[2])

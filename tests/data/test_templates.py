@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 from helpers.tiny import make_tokenizer
-from test_render import supervised_runs
+from helpers.tokenizers import supervised_runs
 from transformers import AutoTokenizer, LlamaTokenizer
 
 from llava_lite.constants import IGNORE_INDEX, IMAGE_TOKEN
@@ -15,14 +15,16 @@ from llava_lite.data.render import render, render_prompt
 from llava_lite.data.templates import SYSTEM_PROMPTS, TEMPLATES, set_chat_template
 
 NAMES = list(TEMPLATES)
-Q1, A1, Q2, A2 = "<image>\nWhat colour is the circle?", "The circle is red.", "Are there more?", "Yes, there are 3 of them!"
+Q1, A1 = "<image>\nWhat colour is the circle?", "The circle is red."
+Q2, A2 = "Are there more?", "Yes, there are 3 of them!"
 VICUNA_SYS, LLAMA2_SYS = SYSTEM_PROMPTS["vicuna_v1"], SYSTEM_PROMPTS["llava_llama_2"]
 
 # LLaVA's Conversation.get_prompt() for (Q1, A1, Q2, A2), written out by hand, with the bos the
 # LLaVA tokenizer call prepends; <s> and </s> are the tiny tokenizer's bos and eos.
 EXPECTED = {
     "vicuna_v1": f"<s>{VICUNA_SYS} USER: {Q1} ASSISTANT: {A1}</s>USER: {Q2} ASSISTANT: {A2}</s>",
-    "llava_llama_2": f"<s>[INST] <<SYS>>\n{LLAMA2_SYS}\n<</SYS>>\n\n{Q1} [/INST] {A1} </s><s>[INST] {Q2} [/INST] {A2} </s>",
+    "llava_llama_2": f"<s>[INST] <<SYS>>\n{LLAMA2_SYS}\n<</SYS>>\n\n{Q1} [/INST] {A1} </s>"
+                     f"<s>[INST] {Q2} [/INST] {A2} </s>",
     "mistral_instruct": f"<s>[INST] {Q1} [/INST] {A1} </s>[INST] {Q2} [/INST] {A2} </s>",
     "chatml": "<|im_start|>system\nAnswer the questions.<|im_end|>\n"
     f"<|im_start|>user\n{Q1}<|im_end|>\n<|im_start|>assistant\n{A1}<|im_end|>\n"
@@ -33,7 +35,8 @@ EXPECTED_PROMPT = {
     "vicuna_v1": f"<s>{VICUNA_SYS} USER: {Q1} ASSISTANT:",
     "llava_llama_2": f"<s>[INST] <<SYS>>\n{LLAMA2_SYS}\n<</SYS>>\n\n{Q1} [/INST]",
     "mistral_instruct": f"<s>[INST] {Q1} [/INST]",
-    "chatml": f"<|im_start|>system\nAnswer the questions.<|im_end|>\n<|im_start|>user\n{Q1}<|im_end|>\n<|im_start|>assistant\n",
+    "chatml": f"<|im_start|>system\nAnswer the questions.<|im_end|>\n<|im_start|>user\n{Q1}<|im_end|>\n"
+              "<|im_start|>assistant\n",
 }
 # What follows each answer, end-of-turn token included (the supervised tokens decode to answer + this).
 AFTER_ANSWER = {"vicuna_v1": "</s>", "llava_llama_2": " </s>", "mistral_instruct": " </s>", "chatml": "<|im_end|>"}
@@ -42,7 +45,8 @@ EXPECTED_SYSTEM = {
     "vicuna_v1": f"<s>Be brief. USER: {Q1} ASSISTANT: {A1}</s>",
     "llava_llama_2": f"<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n{Q1} [/INST] {A1} </s>",
     "mistral_instruct": f"<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n{Q1} [/INST] {A1} </s>",
-    "chatml": f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{Q1}<|im_end|>\n<|im_start|>assistant\n{A1}<|im_end|>\n",
+    "chatml": f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{Q1}<|im_end|>\n"
+              f"<|im_start|>assistant\n{A1}<|im_end|>\n",
 }
 
 
@@ -141,7 +145,8 @@ def test_system_message_overrides_default(name, bpe_tok, sp_tok):
 
 def test_empty_system_prompt_emits_nothing(bpe_tok):
     set_chat_template(bpe_tok, "vicuna_v1")
-    assert bpe_tok.apply_chat_template(chat(conv(Q1, A1, system="")), tokenize=False) == f"<s>USER: {Q1} ASSISTANT: {A1}</s>"
+    assert bpe_tok.apply_chat_template(chat(conv(Q1, A1, system="")),
+                                       tokenize=False) == f"<s>USER: {Q1} ASSISTANT: {A1}</s>"
     set_chat_template(bpe_tok, "chatml")
     out = bpe_tok.apply_chat_template(chat(conv(Q1, A1, system="")), tokenize=False)
     assert out == f"<|im_start|>user\n{Q1}<|im_end|>\n<|im_start|>assistant\n{A1}<|im_end|>\n"

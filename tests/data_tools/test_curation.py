@@ -6,7 +6,7 @@ import json
 from collections import Counter
 
 import pytest
-from test_data_tools_world import make_world
+from helpers.world import make_world
 
 from data_tools.cli import main
 from data_tools.expand import expand
@@ -47,7 +47,8 @@ def test_instruction_filter_reasons():
 
 
 def test_dedup_keeps_first_and_respects_images():
-    convs = [_conv("What is the capital of France?"), _conv("What is the capital of France ?"), _conv("Name a prime above 100."),
+    convs = [_conv("What is the capital of France?"), _conv("What is the capital of France ?"),
+             _conv("Name a prime above 100."),
              _conv("<image>\nWhat is this?", images=["a.png"]), _conv("<image>\nWhat is this?", images=["b.png"])]
     kept, dropped = dedup(convs)
     assert [c.messages[0].content for c in kept] == [convs[0].messages[0].content, convs[2].messages[0].content,
@@ -72,7 +73,8 @@ def test_expand_is_filtered_reproducible_and_keeps_rejects():
 def test_heuristic_tags_complexity_and_diversity():
     simple = _conv("Say hi.")
     rich = _conv("Write a Python function to solve 3 + 4, explain why step by step, in no more than three sentences.")
-    visual = Conversation([Message("user", "<image>\nHow many circles are there?"), Message("assistant", "2")], ["a.png"])
+    visual = Conversation([Message("user", "<image>\nHow many circles are there?"), Message("assistant", "2")],
+                          ["a.png"])
     assert heuristic_tags(simple) == ["open question"]
     assert {"coding", "math", "step-by-step reasoning", "format constraint"} <= set(heuristic_tags(rich))
     assert {"counting", "visual understanding"} <= set(heuristic_tags(visual))
@@ -116,7 +118,8 @@ def test_mixture_proportions_replay_and_curriculum():
     other = mix_epoch(sources, seed=1, epoch=1, size=1000)
     assert [c.id for c in other[:50]] != [c.id for c in epoch[:50]]
     # sampled draws stay within tolerance of the weights over many small epochs
-    small = Counter(c.messages[0].content.split()[0] for e in range(20) for c in mix_epoch(sources, seed=2, epoch=e, size=37))
+    small = Counter(c.messages[0].content.split()[0] for e in range(20)
+                    for c in mix_epoch(sources, seed=2, epoch=e, size=37))
     assert abs(small["general"] / (20 * 37) - 0.5) < 0.03 and abs(small["code"] / (20 * 37) - 0.3) < 0.03
     ordered = mix_epoch([Source("g", [_conv("x" * n) for n in (30, 5, 12, 1)])], curriculum="length")
     assert [len(c.messages[0].content) for c in ordered] == [1, 5, 12, 30]
@@ -127,7 +130,8 @@ def test_mixture_proportions_replay_and_curriculum():
 def test_cli_curation_pipeline_on_world_and_hand_written_set(tmp_path, capsys):
     root = make_world(tmp_path / "world", n_images=6)
     gen = tmp_path / "gen.json"
-    assert main(["generate", "--annotations", str(root / "instances_train.json"), "--out", str(gen), "--short-fraction", "0.5"]) == 0
+    assert main(["generate", "--annotations", str(root / "instances_train.json"), "--out", str(gen), "--short-fraction",
+                 "0.5"]) == 0
     seeds = tmp_path / "seeds.txt"
     seeds.write_text("\n".join(SEEDS))
     new = tmp_path / "new.json"
@@ -162,7 +166,8 @@ def test_cli_on_the_shipped_hand_written_examples(tmp_path):
 
     examples = Path(__file__).resolve().parents[2] / "data_tools" / "examples"
     gen = tmp_path / "gen.json"
-    assert main(["generate", "--annotations", str(examples / "scenes.txt"), "--out", str(gen), "--short-fraction", "0.5"]) == 0
+    assert main(["generate", "--annotations", str(examples / "scenes.txt"), "--out", str(gen), "--short-fraction",
+                 "0.5"]) == 0
     records = json.loads(gen.read_text())
     assert len(records) == 9 and {r["image"] for r in records} == {"kitchen.jpg", "street.jpg", "park.jpg"}
     text = json.dumps(records)

@@ -7,8 +7,8 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from helpers.world import make_world
 from PIL import Image
-from test_data_tools_world import make_world
 
 from data_tools.cli import main
 from data_tools.convert import convert, validate
@@ -32,7 +32,8 @@ def _hand_written(root):
             {"from": "human", "value": "<image>\nWhat colour is it?"}, {"from": "gpt", "value": "Red."},
             {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "Yes."}]},
         {"id": "two", "image": ["a.png", "b.png"], "conversations": [
-            {"from": "human", "value": "<image>\n<image>\nCompare them."}, {"from": "gpt", "value": "Red, then blue."}]},
+            {"from": "human", "value": "<image>\n<image>\nCompare them."},
+                                                                     {"from": "gpt", "value": "Red, then blue."}]},
         {"id": "text", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi."}]},
         {"id": "sys", "conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "2+2?"},
                                         {"from": "gpt", "value": "4"}]},
@@ -71,7 +72,8 @@ def test_alpaca_holds_only_single_text_exchanges(tmp_path):
 
 
 def test_openai_image_parts_sit_where_the_placeholders_were(tmp_path):
-    conv = Conversation([Message("user", "Look <image>\nand <image>\ncompare"), Message("assistant", "ok")], ["/x/a.png", "/x/b.png"])
+    conv = Conversation([Message("user", "Look <image>\nand <image>\ncompare"), Message("assistant", "ok")],
+                        ["/x/a.png", "/x/b.png"])
     parts = to_openai(conv, "/x")["messages"][0]["content"]
     assert [p["type"] for p in parts] == ["text", "image_url", "text", "image_url", "text"]
     assert parts[1]["image_url"]["url"] == "a.png"
@@ -83,9 +85,12 @@ def test_openai_image_parts_sit_where_the_placeholders_were(tmp_path):
 def test_validate_names_file_line_and_reason(tmp_path):
     _png(tmp_path / "ok.png", "red")
     records = [
-        {"id": "good", "image": "ok.png", "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]},
-        {"id": "missing", "image": "nope.png", "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]},
-        {"id": "count", "image": "ok.png", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+        {"id": "good", "image": "ok.png",
+         "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]},
+        {"id": "missing", "image": "nope.png",
+         "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]},
+        {"id": "count", "image": "ok.png",
+         "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
         {"id": "empty", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "  "}]},
         {"id": "role", "conversations": [{"from": "robot", "value": "q"}, {"from": "gpt", "value": "a"}]},
     ]
@@ -109,7 +114,8 @@ def test_validate_and_convert_cli(tmp_path, capsys):
     assert main(["validate", str(src), "--image-folder", str(tmp_path / "imgs")]) == 0
     assert main(["validate", str(src)]) == 1  # images are not next to the file
     assert "missing image file" in capsys.readouterr().out
-    assert main(["convert", str(src), str(tmp_path / "s.json"), "--to", "sharegpt", "--image-folder", str(tmp_path / "imgs")]) == 0
+    assert main(["convert", str(src), str(tmp_path / "s.json"), "--to", "sharegpt", "--image-folder",
+                 str(tmp_path / "imgs")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())[3]["system"] == "Be brief."
 
 
@@ -146,7 +152,8 @@ def test_shards_give_the_same_samples_as_the_json_path(tmp_path):
 def test_shards_cli_on_generated_world(tmp_path):
     root = make_world(tmp_path / "world", n_images=5)
     gen = tmp_path / "gen.json"
-    assert main(["generate", "--annotations", str(root / "instances_train.json"), "--out", str(gen), "--kinds", "detail"]) == 0
+    assert main(["generate", "--annotations", str(root / "instances_train.json"), "--out", str(gen), "--kinds",
+                 "detail"]) == 0
     assert main(["shards", str(gen), str(tmp_path / "sh"), "--image-folder", str(root), "--maxsize", "2KB"]) == 0
     shards = sorted((tmp_path / "sh").glob("*.tar"))
     assert len(shards) > 1

@@ -8,7 +8,7 @@ import re
 from collections import Counter
 
 import pytest
-from test_data_tools_world import make_world, random_objects
+from helpers.world import make_world, random_objects
 
 from data_tools.annotations import load_coco, load_layout_text
 from data_tools.cli import main
@@ -106,7 +106,8 @@ def test_never_asks_colour_of_an_ambiguous_shape():
 
 def test_uncoloured_objects_are_just_shapes():
     objs = [{"category": "square", "color": None, "box": [0.05, 0.1, 0.3, 0.3]}]
-    text = " ".join(q["question"] + " " + q["answer"] for s in range(20) for q in grounded_qa(objs, random.Random(s), short=False))
+    text = " ".join(q["question"] + " " + q["answer"] for s in range(20)
+                    for q in grounded_qa(objs, random.Random(s), short=False))
     assert "the square" in text and "color" not in text.lower()
     assert describe(objs).startswith("The image shows one object: one square.")
 
@@ -173,7 +174,8 @@ def test_annotated_size_wins_over_box_area(tmp_path):
 
 def test_load_layout_text(tmp_path):
     p = tmp_path / "scenes.txt"
-    p.write_text("image: a.png\nA red circle and a square.\nred circle: [0.1, 0.2, 0.3, 0.4]\nsquare: [0.5, 0.5, 0.9, 0.9]\n"
+    p.write_text("image: a.png\nA red circle and a square.\n"
+                 "red circle: [0.1, 0.2, 0.3, 0.4]\nsquare: [0.5, 0.5, 0.9, 0.9]\n"
                  "image: b.png\nblue star: [0, 0, 1, 1]\n")
     a, b = load_layout_text(p)
     assert a.file_name == "a.png" and a.captions == ["A red circle and a square."]
@@ -189,7 +191,8 @@ def test_parse_replies_and_reasons():
     assert parse_qa("Question: What is it?\n===\nAnswer: A cat.\n===\nQuestion: Colour?\n===\nAnswer: Black.") == [
         ("What is it?", "A cat."), ("Colour?", "Black.")]
     for bad, reason in [("", "empty reply"), ("Question: a?\n===\n", "no answer"), ("Hello there", "no 'Question:'"),
-                        ("Answer: x\n===\nQuestion: y", "alternate"), ("Question: where?\n===\nAnswer: at [0.1, 0.2]", "annotations"),
+                        ("Answer: x\n===\nQuestion: y", "alternate"),
+                        ("Question: where?\n===\nAnswer: at [0.1, 0.2]", "annotations"),
                         ("Question: q\n===\nAnswer: The bounding box shows it", "annotations")]:
         with pytest.raises(ParseError, match=re.escape(reason)):
             parse_qa(bad)
@@ -201,15 +204,18 @@ def test_parse_replies_and_reasons():
 def test_generate_cli_with_rule_teacher_on_world(tmp_path):
     root = make_world(tmp_path / "world", n_images=8)
     out = tmp_path / "gen.json"
-    argv = ["generate", "--annotations", str(root / "instances_train.json"), "--captions", str(root / "captions_train.json"),
+    argv = ["generate", "--annotations", str(root / "instances_train.json"), "--captions",
+            str(root / "captions_train.json"),
             "--out", str(out), "--short-fraction", "0.5", "--seed", "3"]
     assert main(argv) == 0
     records = json.loads(out.read_text())
     assert len(records) == 8 * 3
     assert (tmp_path / "gen.json.rejects.jsonl").read_text() == ""
-    assert all(r["image"].startswith("train/") and r["conversations"][0]["value"].startswith("<image>\n") for r in records)
+    assert all(r["image"].startswith("train/") and r["conversations"][0]["value"].startswith("<image>\n")
+               for r in records)
     kinds = Counter(r["id"].split("-")[1] for r in records)
-    assert kinds["detail"] == kinds["reasoning"] == 8 and kinds["short"] + kinds["conversation"] == 8 and kinds["short"] > 0
+    assert kinds["detail"] == kinds["reasoning"] == 8
+    assert kinds["short"] + kinds["conversation"] == 8 and kinds["short"] > 0
     convs = read_conversations(out, image_folder=root, check_images=True)
     assert len(convs) == 24
     first = out.read_text()

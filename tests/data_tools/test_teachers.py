@@ -10,7 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from test_data_tools_world import make_world
+from helpers.world import make_world
 
 from data_tools.cli import main
 from llava_lite.infer.openai_client import OpenAITeacher, Request, TeacherError, complete_all
@@ -23,7 +23,8 @@ def default_reply(body: dict) -> str:
     if "Describe the image as someone looking at it" in system:
         return f"The picture shows a few simple shapes on a white background, number {tag}."
     if "You help build a dataset of instructions" in system:  # varied words, so ROUGE-L keeps them apart
-        return "Instruction: Explain " + " ".join(random.Random(query).sample([f"topic{i}" for i in range(300)], 8)) + "."
+        topics = random.Random(query).sample([f"topic{i}" for i in range(300)], 8)
+        return "Instruction: Explain " + " ".join(topics) + "."
     if "You annotate user queries" in system:
         return "Coding, math" if "Python" in query else "writing"
     if "helpful, accurate assistant" in system:
@@ -97,10 +98,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(400, {"error": {"message": f"Unrecognized request argument supplied: {refused[0]}",
                                               "type": "invalid_request_error", "param": refused[0]}})
         if status is not None:
-            return self._send(status, {"error": {"message": f"scripted {status}", "type": "test"}}, {"Retry-After": "0"})
+            return self._send(status, {"error": {"message": f"scripted {status}", "type": "test"}},
+                              {"Retry-After": "0"})
         self._send(200, {
             "id": f"chatcmpl-{s.ok}", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": s.reply(body)}}],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": s.reply(body)}}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         })
 
@@ -201,7 +204,8 @@ def test_unparsable_replies_are_counted_and_kept(env, tmp_path):
     env.reply = lambda body: "Sorry, I cannot help with that."
     root = make_world(tmp_path / "world", n_images=2)
     out = tmp_path / "gen.json"
-    assert main(["generate", "--annotations", str(root / "instances_train.json"), "--out", str(out), "--teacher", "openai",
+    assert main(["generate", "--annotations", str(root / "instances_train.json"), "--out", str(out), "--teacher",
+                 "openai",
                  "--kinds", "conversation,reasoning"]) == 0
     rejects = [json.loads(l) for l in (tmp_path / "gen.json.rejects.jsonl").read_text().splitlines()]
     assert json.loads(out.read_text()) == [] and len(rejects) == 4
@@ -219,7 +223,8 @@ def _tiny_llama(path, chat_template: bool):
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
     if chat_template:
-        fast.chat_template = "{% for m in messages %}<s>{{ m.role }}: {{ m.content }}</s>{% endfor %}{% if add_generation_prompt %}<s>assistant:{% endif %}"
+        fast.chat_template = ("{% for m in messages %}<s>{{ m.role }}: {{ m.content }}</s>{% endfor %}"
+                              "{% if add_generation_prompt %}<s>assistant:{% endif %}")
     fast.save_pretrained(path)
     config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
@@ -242,7 +247,8 @@ def test_generate_with_local_teacher_keeps_rejects(tmp_path):
     model = _tiny_llama(tmp_path / "lm", chat_template=True)
     root = make_world(tmp_path / "world", n_images=2)
     out = tmp_path / "gen.json"
-    assert main(["generate", "--annotations", str(root / "instances_train.json"), "--out", str(out), "--teacher", "local",
+    assert main(["generate", "--annotations", str(root / "instances_train.json"), "--out", str(out), "--teacher",
+                 "local",
                  "--model-dir", str(model), "--max-new-tokens", "8", "--kinds", "conversation"]) == 0
     rejects = (tmp_path / "gen.json.rejects.jsonl").read_text().splitlines()
     assert len(json.loads(out.read_text())) + len(rejects) == 2  # every request is a record or a kept reject
@@ -253,7 +259,8 @@ def test_expand_answer_and_tag_with_the_endpoint(env, tmp_path):
     seeds = tmp_path / "seeds.txt"
     seeds.write_text("Write a Python function that adds two numbers.\nWrite a haiku about rain.\n")
     out = tmp_path / "new.json"
-    argv = ["expand", "--seeds", str(seeds), "--n", "5", "--batch", "3", "--out", str(out), "--teacher", "openai", "--answer"]
+    argv = ["expand", "--seeds", str(seeds), "--n", "5", "--batch", "3", "--out", str(out), "--teacher", "openai",
+            "--answer"]
     assert main(argv) == 0
     rows = json.loads(out.read_text())
     assert len(rows) == 5 and all(r["output"] == "An answer to: " + r["instruction"] for r in rows)

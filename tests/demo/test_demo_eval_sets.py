@@ -23,7 +23,8 @@ def test_pope_set_is_balanced_and_true(world):
     images, objects = load_objects(world, "test")
     by_file = {im["file_name"]: {(o["color"], o["shape"]) for o in objects[im["id"]]} for im in images}
     assert len(rows) == 4 * len(images)
-    assert Counter((r["category"], r["answer"]) for r in rows) == {(c, a): len(images) for c in ("random", "adversarial")
+    assert Counter((r["category"], r["answer"]) for r in rows) == {(c, a): len(images)
+                                                                 for c in ("random", "adversarial")
                                                                  for a in ("yes", "no")}
     for r in rows:
         words = r["text"].rstrip("?").split()  # "Is there a red circle in the image"

@@ -18,6 +18,7 @@ from llava_lite.demo.corpus import world_documents
 from llava_lite.demo.lm_pretrain import mean_loss, pack
 from llava_lite.demo.presets import MARKER, PRESETS, resolve
 from llava_lite.demo.pretrain import build_world, pretrain_lm, train_tokenizer
+from llava_lite.demo.run import _data
 from llava_lite.demo.world import HELDOUT_PAIRS
 
 TINY = {
@@ -78,7 +79,8 @@ def test_clip_local_dir_round_trip_and_marker(base):
     assert torch.equal(model.encode_text(tok(["a red circle."])), ref.encode_text(tok(["a red circle."])))
     # the metrics recorded at training time are reproduced by the reloaded model
     assert evaluate_clip(model, base / "world") == info["metrics"]
-    assert {"object_color", "object_shape", "patch_shape_map", "patch_position", "retrieval_r1_of_100"} <= set(info["metrics"])
+    assert {"object_color", "object_shape", "patch_shape_map", "patch_position",
+            "retrieval_r1_of_100"} <= set(info["metrics"])
     # skip when done; redo when the config changes
     mtime = os.stat(out / "open_clip_model.safetensors").st_mtime_ns
     assert pretrain_clip(base / "world", out, TINY) == info
@@ -122,3 +124,19 @@ def test_pretraining_refuses_heldout_pairs(base, tmp_path):
         pretrain_clip(world, tmp_path / "clip", TINY)
     with pytest.raises(AssertionError, match="held-out"):
         pretrain_lm(world, base / "tokenizer", tmp_path / "lm", TINY)
+
+
+def test_demo_data_step_on_the_tiny_world(base):
+    """The demo's data step (llava_lite/demo/run.py; the whole demo runs only in the slow end-to-end test):
+    training and held-out instructions, VQA questions, general text, written once and then reused; the
+    training text never names a held-out colour-shape pair."""
+    world = json.loads((base / "world" / "world.json").read_text())
+    paths = _data(base, TINY, world)
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
+    rows = [json.loads(line) for line in paths["vqa"].read_text().splitlines()]
+    assert rows and all({"question_id", "image", "text", "answer", "category", "unseen_combo"} <= set(r) for r in rows)
+    assert [r["question_id"] for r in rows] == list(range(len(rows)))
+    train_text = (paths["instruct_train"].read_text() + paths["short_train"].read_text()).lower()
+    assert not [f"{c} {s}" for c, s in world["heldout_pairs"] if f"{c} {s}" in train_text]
+    mtime = paths["vqa"].stat().st_mtime_ns
+    assert _data(base, TINY, world) == paths and paths["vqa"].stat().st_mtime_ns == mtime

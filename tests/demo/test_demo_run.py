@@ -15,6 +15,8 @@ from llava_lite.cli import main
 from llava_lite.demo.corpus import assert_no_heldout
 from llava_lite.demo.run import SHORT_SUFFIX
 
+pytestmark = pytest.mark.slow  # the whole demo (world, pretraining, both stages, evaluation) runs once
+
 REQUIRED = ("vqa_accuracy", "vqa_accuracy_by_type", "vqa_accuracy_unseen_combos", "chance_accuracy",
             "stage1_vqa_accuracy", "instruction_ppl", "general_ppl", "wall_seconds", "other_image_vqa_accuracy")
 
@@ -70,8 +72,8 @@ def test_export_to_hf_llava(demo, tmp_path):
     proved exportable on the same model with those two options off and a fresh projector: logits
     within 1e-4 (fp32) and the same greedy tokens as llava-lite chat, on one held-out image."""
     import torch
+    from helpers.parity import TOL, hf_parity
     from PIL import Image
-    from test_export import TOL, hf_parity
 
     from llava_lite.data.conversation import Message
     from llava_lite.interop.export import export

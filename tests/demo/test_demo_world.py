@@ -157,7 +157,8 @@ def test_text_tasks_are_exact(world):
                 assert a == w[-1]
         else:
             xs = [int(v) for v in re.findall(r"\d+", q)]
-            want = {"ascending": ", ".join(map(str, sorted(xs))), "largest to smallest": ", ".join(map(str, sorted(xs, reverse=True))),
+            want = {"ascending": ", ".join(map(str, sorted(xs))),
+                    "largest to smallest": ", ".join(map(str, sorted(xs, reverse=True))),
                     "largest number": str(max(xs)), "maximum": str(max(xs)), "smallest number": str(min(xs)),
                     "minimum": str(min(xs)), "How many items": str(len(xs))}
             assert a == next(v for k, v in want.items() if k in q), q
@@ -179,7 +180,8 @@ def test_tokenizer_round_trips_and_chat_template(world, tmp_path):
     info = train_tokenizer(world, tmp_path / "tok", PRESET)
     tok = load_tokenizer(tmp_path / "tok")
     assert len(tok) == info["vocab"]
-    for text in ["A red circle at the top left.", "naïve café – 日本語 🤖 \t\n  x", "12 + 30 = 42", "<image>\nWhat?", ""]:
+    texts = ["A red circle at the top left.", "naïve café – 日本語 🤖 \t\n  x", "12 + 30 = 42", "<image>\nWhat?", ""]
+    for text in texts:
         assert tok.decode(tok.encode(text)) == text
     assert tok.convert_tokens_to_ids("<image>") != tok.unk_token_id and len(tok.tokenize("<image>")) == 1
     assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == ("<s>", "</s>", "<pad>", "<unk>")

@@ -3,8 +3,7 @@ judges), request counting, and an OpenAI-compatible judge served by `llava-lite 
 from __future__ import annotations
 
 import pytest
-from test_serve import LiveServer, direct
-from test_serve_teacher import KEY, long_context_assistant  # noqa: F401  (fixture)
+from helpers.server import KEY, LiveServer, direct
 
 from llava_lite.eval.judge import PAIR, SINGLE, RuleJudge, counting, grade, parse_rating, parse_verdict, win_rate
 from llava_lite.infer.openai_client import OpenAITeacher, Request
@@ -23,8 +22,9 @@ def test_parse_rating(text, rating):
     assert parse_rating(text) == rating
 
 
-@pytest.mark.parametrize("text, verdict", [("so [[A]]", "A"), ("[[B]]", "B"), ("tie: [[C]]", "C"), ("[[A]] or [[B]]", None),
-                                           ("A is better", None), ("[[A]] ... final [[A]]", "A")])
+@pytest.mark.parametrize("text, verdict", [("so [[A]]", "A"), ("[[B]]", "B"), ("tie: [[C]]", "C"),
+                                           ("[[A]] or [[B]]", None), ("A is better", None),
+                                           ("[[A]] ... final [[A]]", "A")])
 def test_parse_verdict(text, verdict):
     assert parse_verdict(text) == verdict
 
@@ -65,7 +65,7 @@ def test_rule_judge_grades_and_counts():
     assert g["judge_score"] is None and g["judge_unrated"] == 1 and failing.failures == 1
 
 
-def test_judge_served_by_llava_lite(long_context_assistant):  # noqa: F811
+def test_judge_served_by_llava_lite(long_context_assistant):
     """A real OpenAI-compatible judge: the requests reach the server with the rubric, and what the
     report counts is what the judge replied (a random tiny model rarely writes a valid rating)."""
     with LiveServer(create_app(long_context_assistant, Settings(model_name="judge", api_key=KEY))) as server:

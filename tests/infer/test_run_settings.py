@@ -34,8 +34,8 @@ def stage1(tiny_lm, tmp_path_factory):
     root = tmp_path_factory.mktemp("s1")
     data = make_llava_data(root / "data", n=4)
     images = Path(data["captions"]).parent / "images"
-    cfg = load_config(CONFIGS / "stage1.yaml", args(tiny_lm, data, root / "run", "model.dtype=bfloat16",
-                                                     f"data.sources=[{{path: {data['captions']}, image_folder: {images}}}]"))
+    sources = f"data.sources=[{{path: {data['captions']}, image_folder: {images}}}]"
+    cfg = load_config(CONFIGS / "stage1.yaml", args(tiny_lm, data, root / "run", "model.dtype=bfloat16", sources))
     Trainer(cfg).run()
     return root / "run", data
 
@@ -57,11 +57,12 @@ def test_stage2_applies_pad_to_square_and_keeps_dtypes(tiny_lm, stage1, tmp_path
     fp32 exactly; a bf16 run saves its LM in bf16 (fp32 masters stay in the optimizer)."""
     s1, data = stage1
     with safe_open(str(s1 / "projector.safetensors"), "pt") as f:
-        saved_projector = {k: f.get_tensor(k) for k in f.keys()}
+        saved_projector = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     assert {v.dtype for v in saved_projector.values()} == {torch.float32}
     # model.vision.model / lm left at their defaults inherit the stage-1 directory's values
     cfg = load_config(CONFIGS / "stage2.yaml", [a for a in args(tiny_lm, data, tmp_path / "s2", f"model.init_from={s1}",
-                                                                "model.vision.pad_to_square=true", "model.dtype=bfloat16",
+                                                                "model.vision.pad_to_square=true",
+                                                                "model.dtype=bfloat16",
                                                                 "train.lr=0", "train.max_steps=1")
                                                 if not a.startswith(("model.vision.model", "model.lm"))])
     tr = Trainer(cfg)
@@ -77,7 +78,7 @@ def test_stage2_applies_pad_to_square_and_keeps_dtypes(tiny_lm, stage1, tmp_path
     assert json.loads((tmp_path / "s2" / "config.json").read_text())["model"]["lm"] == str(tiny_lm)
     (weights,) = (tmp_path / "s2" / "lm").glob("*.safetensors")
     with safe_open(str(weights), "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}  # noqa: SIM118 (safe_open)
     loaded = LlavaLite.from_pretrained(tmp_path / "s2", device="cpu")
     assert next(loaded.projector.parameters()).dtype == torch.float32
     assert next(loaded.lm.parameters()).dtype == torch.bfloat16
@@ -222,9 +223,11 @@ def test_stage1_micro_batch_truncated_away_still_steps(tiny_lm, tmp_path):
         for i in range(2)]
     Path(data["captions"]).write_text(json.dumps(recs))
     images = Path(data["captions"]).parent / "images"
+    sources = f"data.sources=[{{path: {data['captions']}, image_folder: {images}}}]"
     cfg = load_config(CONFIGS / "stage1.yaml", args(tiny_lm, data, tmp_path / "o", "model.dtype=float32",
                                                     "data.mode=chat", "train.batch_size=1", "train.max_steps=6",
-                                                    f"data.sources=[{{path: {data['captions']}, image_folder: {images}}}]"))
+                                                    sources))
     Trainer(cfg).run()
     rows = [json.loads(line) for line in (tmp_path / "o" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["skipped_total"] == 2 and sorted(r["supervised_tokens"] == 0 for r in rows) == [False] * 4 + [True] * 2
+    assert rows[-1]["skipped_total"] == 2
+    assert sorted(r["supervised_tokens"] == 0 for r in rows) == [False] * 4 + [True] * 2

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.parity import TOL, build, noise, one_image_chat, two_turn_chat
 from helpers.tiny import CHATML, make_llava_data, make_llava_llama, make_tokenizer
-from test_export import TOL, build, noise, one_image_chat, two_turn_chat
 
 from llava_lite.cli import main
 from llava_lite.config import ConfigError, ModelConfig, VisionConfig, load_config

@@ -9,33 +9,13 @@ import time
 
 import pytest
 import torch
-from helpers.smollm2 import require_smollm2, smollm2_dir  # noqa: F401  (session fixture)
+from helpers.smollm2 import GENERAL_TEXT, require_smollm2
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llava_lite.constants import IGNORE_INDEX, IMAGE_TOKEN
 from llava_lite.data.conversation import Conversation, Message
 from llava_lite.data.render import render
 from llava_lite.model.gguf import cache_key, convert_gguf, quant_summary
-
-# ~30 sentences of plain general English, for a perplexity number on text the model should know.
-GENERAL_TEXT = (
-    "The sun rises in the east and sets in the west. Most people sleep at night and work during the day. "
-    "Water boils at one hundred degrees Celsius at sea level. A week has seven days, and a year has twelve months. "
-    "Children usually start school when they are five or six years old. The library in our town opens at nine "
-    "in the morning. Many families eat dinner together in the evening. Dogs are often called loyal companions, "
-    "while cats are known for their independence. It rained all weekend, so we stayed inside and read books. "
-    "The train to the city leaves every half hour. She bought fresh bread, cheese and apples at the market. "
-    "Exercise is good for both the body and the mind. The old bridge was repaired last summer. He forgot his "
-    "umbrella and got wet on the way home. Trees lose their leaves in autumn and grow new ones in spring. "
-    "The museum has a large collection of paintings from the nineteenth century. Please turn off the lights "
-    "when you leave the room. The teacher asked the students to write a short story about their holidays. "
-    "A good night's sleep helps you concentrate the next day. The river flows slowly through the valley. "
-    "We planted tomatoes, beans and carrots in the garden. The meeting was moved from Monday to Wednesday. "
-    "Learning a new language takes time and patience. The shop around the corner sells newspapers and coffee. "
-    "Birds build their nests in the spring. The doctor told him to drink more water and rest. "
-    "Our neighbours are friendly and often invite us for tea. The bus was late because of the heavy traffic. "
-    "In the winter, the lake freezes and people go skating. After dinner, we went for a walk along the beach."
-)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +34,10 @@ def test_converted_directory_matches_the_gguf_model(smollm2_dir, smol):
     assert "quantization_config" not in model.config.to_dict()
     assert sorted(os.listdir(smollm2_dir)) == ["chat_template.jinja", "config.json", "generation_config.json",
                                                "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
-    assert model.config.tie_word_embeddings and model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    ids = tok("A chat between a curious user and an assistant about the weather in Paris.", return_tensors="pt").input_ids
+    assert model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    ids = tok("A chat between a curious user and an assistant about the weather in Paris.",
+              return_tensors="pt").input_ids
     with torch.no_grad():
         a, b = ref(ids).logits, model(ids).logits
     torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
@@ -100,7 +82,7 @@ def test_render_with_smollm2_chat_template(smollm2_dir):
                         ["a.png"], id="s", source="test")
     r = render(conv, tok, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), image_seq_len=4, max_length=4096)
     runs, cur = [], []
-    for i, lab in zip(r.input_ids, r.labels):
+    for _i, lab in zip(r.input_ids, r.labels):
         if lab != IGNORE_INDEX:
             cur.append(lab)
         elif cur:
@@ -117,7 +99,8 @@ def test_greedy_answer_knows_paris(smol):
     ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                   add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
+        out = model.generate(ids, max_new_tokens=24, do_sample=False,
+                             eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
     answer = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     print(f"\nSmolLM2 greedy: {answer!r}")
     assert "Paris" in answer
@@ -129,5 +112,6 @@ def test_general_text_perplexity(smol):
     with torch.no_grad():
         loss = model(ids, labels=ids).loss.item()
     ppl = math.exp(loss)
-    print(f"\nSmolLM2-135M-Instruct (Q4_1 dequantized) perplexity on {ids.shape[1]} tokens of general English: {ppl:.2f}")
+    print(f"\nSmolLM2-135M-Instruct (Q4_1 dequantized) perplexity on {ids.shape[1]} tokens of general English: "
+          f"{ppl:.2f}")
     assert 1 < ppl < 60

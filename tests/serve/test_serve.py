@@ -1,76 +1,24 @@
 """`llava-lite serve` through the official openai client, against uvicorn on 127.0.0.1.
 
 "Answered correctly" means: the same text and token counts as `Assistant.reply` gives directly for
-the same messages and sampling settings (greedy, or sampling with a fixed seed). The fixtures here
-(a tiny model, an Assistant, a live server) are imported by the other tests/test_serve_*.py files.
+the same messages and sampling settings (greedy, or sampling with a fixed seed). The tiny model and its
+Assistant are fixtures of tests/conftest.py; LiveServer and the request builders are in helpers/server.py.
 """
 from __future__ import annotations
 
-import base64
-import functools
 import http.client
-import io
 import json
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import openai
 import pytest
-import uvicorn
-from PIL import Image
+from helpers.server import LiveServer, direct, image_part, png
 
-from llava_lite.config import ModelConfig, VisionConfig
-from llava_lite.constants import IMAGE_TOKEN
-from llava_lite.data.conversation import Message
 from llava_lite.infer.chat import Assistant, Reply
 from llava_lite.model.llava import LlavaLite
 from llava_lite.serve import Settings, create_app
-
-
-class LiveServer:
-    """uvicorn serving `app` in a thread, on a free port of 127.0.0.1."""
-
-    def __init__(self, app) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-# Other test_serve_*.py files import these fixtures, which gives each module its own copy of a
-# session fixture: the model is built and loaded once per process all the same.
-@pytest.fixture(scope="session")
-def serve_model_dir(tmp_path_factory, tiny_lm) -> Path:
-    out = tmp_path_factory.getbasetemp() / "serve-model"
-    if not out.exists():
-        cfg = ModelConfig(vision=VisionConfig(model="tiny", pretrained=None), lm=str(tiny_lm))
-        LlavaLite.build(cfg).save_pretrained(out)
-    return out
-
-
-@functools.cache
-def load_assistant(model_dir: Path) -> Assistant:
-    return Assistant(LlavaLite.from_pretrained(model_dir))
-
-
-@pytest.fixture(scope="session")
-def assistant(serve_model_dir) -> Assistant:
-    return load_assistant(serve_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -82,28 +30,6 @@ def server(assistant):
 @pytest.fixture()
 def client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-def png(color: str = "red", size: tuple[int, int] = (48, 40), fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, fmt)
-    return buf.getvalue()
-
-
-def data_url(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def image_part(data: bytes, mime: str = "image/png") -> dict:
-    return {"type": "image_url", "image_url": {"url": data_url(data, mime)}}
-
-
-def direct(assistant: Assistant, turns: list[tuple[str, str]], images: list[bytes] = (), **kw) -> Reply:
-    """Assistant.reply for the same conversation: (role, text) turns; images go first in the first user turn."""
-    messages = [Message(role, text) for role, text in turns]
-    first_user = next(i for i, m in enumerate(messages) if m.role == "user")
-    messages[first_user].content = "\n".join([IMAGE_TOKEN] * len(images) + [messages[first_user].content])
-    return assistant.reply(messages, [Image.open(io.BytesIO(b)) for b in images], **kw)
 
 
 def test_health_models_and_page(server, client):
@@ -190,7 +116,8 @@ def test_twenty_concurrent_requests(client, assistant):
                     sampling=dict(temperature=0.8, seed=i) if i % 4 == 1 else dict(temperature=0.0))
 
     cases = [case(i) for i in range(20)]
-    wants = [direct(assistant, [("user", c["text"])], c["images"], max_new_tokens=12, **c["sampling"]).text for c in cases]
+    wants = [direct(assistant, [("user", c["text"])], c["images"], max_new_tokens=12,
+                    **c["sampling"]).text for c in cases]
 
     def ask(c: dict) -> str:
         content = [image_part(b) for b in c["images"]] + [{"type": "text", "text": c["text"]}]

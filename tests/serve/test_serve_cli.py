@@ -11,7 +11,8 @@ import sys
 import time
 
 import openai
-from test_serve import assistant, direct, serve_model_dir  # noqa: F401 (fixtures)
+import pytest
+from helpers.server import direct
 
 from llava_lite.cli import build_parser
 from llava_lite.serve.cli import run, settings_from
@@ -49,7 +50,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_process(serve_model_dir, assistant):  # noqa: F811
+@pytest.mark.slow  # a real `python -m llava_lite.serve` process
+def test_serve_process(serve_model_dir, assistant):
     port = free_port()
     env = {**os.environ, "LLAVA_LITE_API_KEY": "k"}
     cmd = [sys.executable, "-m", "llava_lite.serve", "--model", str(serve_model_dir), "--port", str(port)]
@@ -65,7 +67,8 @@ def test_serve_process(serve_model_dir, assistant):  # noqa: F811
             except OSError:
                 conn.close()
                 time.sleep(0.2)
-        assert json.loads(conn.getresponse().read()) == {"status": "ok", "model": "serve-model", "queued": 0, "auth": True}
+        health = {"status": "ok", "model": "serve-model", "queued": 0, "auth": True}
+        assert json.loads(conn.getresponse().read()) == health
 
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
         want = direct(assistant, [("user", "Hi")], max_new_tokens=8)

@@ -13,8 +13,8 @@ import zlib
 
 import openai
 import pytest
+from helpers.server import LiveServer, data_url, png
 from PIL import Image
-from test_serve import LiveServer, assistant, data_url, png, serve_model_dir  # noqa: F401 (fixtures)
 
 from llava_lite.serve import Settings, create_app
 
@@ -50,7 +50,7 @@ def image_host():
 
 
 @pytest.fixture(scope="module")
-def server(assistant):  # noqa: F811
+def server(assistant):
     with LiveServer(create_app(assistant, LIMITS)) as live:
         yield live
 
@@ -159,7 +159,7 @@ def test_remote_images_only_from_allowed_hosts_without_redirects(server, image_h
     assert status == 400 and out["error"]["code"] == "image_fetch_failed"
 
 
-def test_remote_images_are_off_by_default(assistant):  # noqa: F811
+def test_remote_images_are_off_by_default(assistant):
     with LiveServer(create_app(assistant, Settings())) as live:
         status, out = post(live, with_image("http://127.0.0.1:9/red.png"))
     assert status == 400 and "only base64 data: image URLs" in out["error"]["message"]

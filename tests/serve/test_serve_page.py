@@ -12,10 +12,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers.server import LiveServer, direct, load_assistant
 from PIL import Image, ImageDraw
-from test_serve import LiveServer, assistant, direct, load_assistant, serve_model_dir  # noqa: F401 (fixtures)
 
 from llava_lite.serve import Settings, create_app
+
+pytestmark = pytest.mark.slow  # a live server driven by a real browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Closed network: without these, Chromium waits on background connections that never come.
@@ -42,7 +44,7 @@ def page():
 
 
 @pytest.fixture(scope="module")
-def server(assistant):  # noqa: F811
+def server(assistant):
     settings = Settings(model_name="tiny-llava", default_max_tokens=MAX_TOKENS, max_image_pixels=200 * 200)
     with LiveServer(create_app(assistant, settings)) as live:
         yield live
@@ -63,7 +65,7 @@ def answers(page) -> list[str]:
     return page.locator(".msg.assistant p").evaluate_all("ps => ps.map(p => p.textContent)")
 
 
-def test_upload_ask_stream_follow_up_and_reset(page, server, assistant, tmp_path):  # noqa: F811
+def test_upload_ask_stream_follow_up_and_reset(page, server, assistant, tmp_path):
     image = shapes(tmp_path / "shapes.png")
     page.goto(server.url)
     page.wait_for_function("document.getElementById('model').textContent === 'tiny-llava'")
@@ -96,7 +98,8 @@ def test_upload_ask_stream_follow_up_and_reset(page, server, assistant, tmp_path
     big = base64.b64encode(shapes(tmp_path / "big.png", (300, 300))).decode()
     page.evaluate("""(b64) => { const dt = new DataTransfer();
         dt.items.add(new File([Uint8Array.from(atob(b64), c => c.charCodeAt(0))], 'big.png', {type: 'image/png'}));
-        document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true})); }""", big)
+        document.getElementById('drop').dispatchEvent(
+            new DragEvent('drop', {dataTransfer: dt, bubbles: true})); }""", big)
     page.wait_for_selector("#preview:not([hidden])")
     page.fill("#prompt", "What about this one?")
     page.click("#send")
@@ -116,7 +119,7 @@ def test_upload_ask_stream_follow_up_and_reset(page, server, assistant, tmp_path
     assert answers(page) == [direct(assistant, [("user", "Hello again.")], max_new_tokens=MAX_TOKENS).text]
 
 
-def test_page_with_api_key(page, assistant):  # noqa: F811
+def test_page_with_api_key(page, assistant):
     with LiveServer(create_app(assistant, Settings(api_key="sekret", default_max_tokens=MAX_TOKENS))) as live:
         page.goto(live.url)
         page.wait_for_selector("#key-label:not([hidden])")

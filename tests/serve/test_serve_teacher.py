@@ -6,30 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_data_tools_world import make_world
-from test_serve import LiveServer, direct, load_assistant
+from helpers.server import KEY, LiveServer, direct
+from helpers.world import make_world
 
 from data_tools.cli import main as data_main
-from llava_lite.config import ModelConfig, VisionConfig
 from llava_lite.infer.openai_client import OpenAITeacher, Request, TeacherError, complete_all
-from llava_lite.model.llava import LlavaLite
 from llava_lite.serve import Settings, create_app
-
-KEY = "teacher-key"
-
-
-@pytest.fixture(scope="module")
-def long_context_assistant(tmp_path_factory, tiny_lm):
-    """The tiny model with room for the teacher's few-shot prompts (RoPE takes any length)."""
-    root = tmp_path_factory.mktemp("serve-teacher")
-    lm = root / "lm"
-    lm.mkdir()
-    for f in tiny_lm.iterdir():
-        (lm / f.name).write_bytes(f.read_bytes())
-    config = json.loads((lm / "config.json").read_text())
-    (lm / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
-    cfg = ModelConfig(vision=VisionConfig(model="tiny", pretrained=None), lm=str(lm))
-    return load_assistant(LlavaLite.build(cfg).save_pretrained(root / "model"))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +24,8 @@ def test_teacher_replies_match_the_model(server, long_context_assistant):
     teacher = OpenAITeacher(model="tiny-llava", base_url=f"{server.url}/v1", api_key=KEY, concurrency=4,
                             max_tokens=16, max_retries=0)
     turns = [("system", "You write questions about images."), ("user", "Two circles."), ("assistant", "How many?")]
-    requests = [Request("conversation", [{"role": r, "content": t} for r, t in turns + [("user", f"Scene {i}.")]], seed=i)
+    requests = [Request("conversation", [{"role": r, "content": t} for r, t in turns + [("user", f"Scene {i}.")]],
+                        seed=i)
                 for i in range(8)]
     replies = complete_all(teacher, requests)
     for i, got in enumerate(replies):

@@ -44,7 +44,8 @@ def run_stage(stage: str, lm: str, out: Path) -> dict:
     reference = copy.deepcopy(model)  # the unsharded model, trained on the whole global batch
     run_vision_every_step(reference)
     data = make_llava_data(out / f"data{rank}", n=4)
-    convs: list[Conversation] = read_conversations(str(data["conversations"]), "auto", str(out / f"data{rank}" / "images"))
+    convs: list[Conversation] = read_conversations(str(data["conversations"]), "auto",
+                                                   str(out / f"data{rank}" / "images"))
     ds = dataset_for(model, convs, 128, "chat", None)
     collate = Collator(model.tokenizer.pad_token_id)
     image, text = collate([ds[0], ds[1]]), collate([ds[4], ds[5]])  # records 4, 5 are text-only
@@ -60,7 +61,7 @@ def run_stage(stage: str, lm: str, out: Path) -> dict:
     strip = lambda b: {k: v for k, v in b.items() if k != "num_skipped"}
     total = sum(int((b["labels"][:, 1:] != -100).sum()) for r in per_rank for b in r)
     losses = []
-    for step in range(2):
+    for _step in range(2):
         loss = 0.0
         for batch in per_rank[rank]:
             out_ = model(**strip(batch))

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
+from helpers.runs import CONFIGS, base, kill_at, losses, source
 from helpers.tiny import make_tiny_lm
-from test_train import CONFIGS, base, data, kill_at, losses, source  # noqa: F401 (data is a fixture)
 
 from llava_lite.config import load_config
 from llava_lite.model.llava import LlavaLite
@@ -32,6 +32,7 @@ def test_tied_embeddings_checkpoint_once_and_resume_exactly(data, tmp_path, monk
     assert saved.lm.get_input_embeddings().weight.data_ptr() == saved.lm.get_output_embeddings().weight.data_ptr()
 
 
+@pytest.mark.slow  # 30 training steps (the tied-embeddings resume stays fast)
 def test_resume_gives_the_same_losses(tiny_lm, data, tmp_path, monkeypatch):
     """Killed after the step-4 checkpoint and resumed == never interrupted (crosses an epoch: 32 samples / 4)."""
     args = ["train.max_steps=10", "train.save_every=4", "train.lr=3e-3"]

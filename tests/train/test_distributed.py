@@ -28,7 +28,8 @@ def overrides(tiny_lm, data, out, *extra):
     return [f"model.lm={tiny_lm}", "model.init_from=null", "data.chat_template=null", "model.vision.model=tiny",
             "model.vision.pretrained=null", "model.dtype=float32", "data.num_workers=0", "data.max_length=128",
             "train.gradient_checkpointing=false", "train.lr=3e-3", "train.warmup_ratio=0",
-            f"data.sources=[{{path: {data['conversations']}, image_folder: {images}}}]", f"train.output_dir={out}", *extra]
+            f"data.sources=[{{path: {data['conversations']}, image_folder: {images}}}]", f"train.output_dir={out}",
+            *extra]
 
 
 def torchrun(nproc: int, args: list[str], **env) -> subprocess.CompletedProcess:
@@ -50,6 +51,7 @@ def logits(model_dir, batch) -> torch.Tensor:
                      pixel_values=batch["pixel_values"]).logits
 
 
+@pytest.mark.slow  # torchrun subprocesses
 def test_two_processes_equal_one_with_the_same_global_batch(tiny_lm, tmp_path):
     """Bare torchrun, 2 processes x batch 2 x accum 2 == 1 process x batch 2 x accum 4, per step and
     sample for sample; stage 2 with text-only and image micro-batches on different ranks at once."""
@@ -90,6 +92,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tiny_lm, tmp_path):
     assert rows(resumed)[-1]["supervised_tokens"] == a[-1]["supervised_tokens"]
 
 
+@pytest.mark.slow  # torchrun subprocesses
 def test_stage1_two_processes_equal_one_and_checkpoint_only_the_projector(tiny_lm, tmp_path):
     """Stage 1 under bare torchrun: 2 x batch 2 == 1 x batch 2 x accum 2; a DDP checkpoint holds the projector only."""
     data = make_llava_data(tmp_path / "data", n=8)
@@ -101,7 +104,8 @@ def test_stage1_two_processes_equal_one_and_checkpoint_only_the_projector(tiny_l
     one.run()
     proc = torchrun(2, [str(CONFIGS / "stage1.yaml"), *overrides(tiny_lm, data, tmp_path / "two", *extra)])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [r["loss"] for r in rows(tmp_path / "two")] == pytest.approx([r["loss"] for r in rows(tmp_path / "one")], rel=1e-4)
+    assert [r["loss"] for r in rows(tmp_path / "two")] == pytest.approx([r["loss"] for r in rows(tmp_path / "one")],
+                                                                        rel=1e-4)
     saved = load_file(str(tmp_path / "two" / "checkpoints" / "step-0000002" / "model.safetensors"))
     assert saved and all(k.startswith("projector.") for k in saved)
     batch = next(iter(one.data.loader))
@@ -147,9 +151,11 @@ def test_launch_is_checked(monkeypatch):
     check_launch(Acc())
 
 
+@pytest.mark.slow  # torchrun subprocesses
 def test_fsdp2_mixed_modalities_gathered_save(tiny_lm, tmp_path):
     """torch's FSDP2 on gloo (accelerate enables FSDP only on GPUs), sharded as fsdp2.yaml shards,
-    stage 2 and stage 1; in stage 2 rank 0 text-only while rank 1 has images, and the other way; no collective mismatch (without
+    stage 2 and stage 1; in stage 2 rank 0 text-only while rank 1 has images, and the other way; no collective
+    mismatch (without
     the empty image batch this run dies in gloo), the same losses as the unsharded model on the
     global batch, a gathered state dict equal to it, and a saved directory with its logits."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -168,6 +174,7 @@ def test_fsdp2_mixed_modalities_gathered_save(tiny_lm, tmp_path):
         assert result["reload_diff"] == 0
 
 
+@pytest.mark.slow  # torchrun subprocesses
 def test_deepspeed_zero3_mixed_modalities_accumulation_clipping_and_gathered_save(tiny_lm, tmp_path):
     """DeepSpeed ZeRO-3 on its CPU accelerator, driven directly (accelerate cannot drive DeepSpeed
     without a GPU: it sees one process). Rank 0 text-only while rank 1 has images (the vision tower is

@@ -104,6 +104,7 @@ def general_ppl(model_dir, lines_path):
     return text_perplexity(LlavaLite.from_pretrained(model_dir), str(lines_path))
 
 
+@pytest.mark.slow  # two 15-step training runs
 def test_kl_keeps_general_text_closer_to_base(tiny_lm, data, tmp_path):
     general = tmp_path / "general.txt"
     general.write_text("\n".join(sorted(set(CORPUS))) + "\n")

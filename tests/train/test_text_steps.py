@@ -3,13 +3,15 @@ keeps every rank's modules in step gives the projector a zero gradient, and Adam
 on that step (its momentum from earlier image steps)."""
 from __future__ import annotations
 
+import pytest
 import torch
-from test_train import CONFIGS, base, data, source  # noqa: F401 (data is a fixture)
+from helpers.runs import CONFIGS, base, source
 
 from llava_lite.config import load_config
 from llava_lite.train.recipe import Trainer
 
 
+@pytest.mark.slow  # a 12-step training run
 def test_text_only_steps_do_not_move_the_projector(tiny_lm, data, tmp_path, monkeypatch):
     cfg = load_config(CONFIGS / "stage2.yaml", base(tiny_lm, tmp_path / "run", source(data["conversations"]),
                                                     "train.max_steps=12", "train.lr=3e-3"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.tiny import make_llava_data
+from helpers.runs import CONFIGS, base, kill_at, losses, source
 
 from data_tools.shards import write_shards
 from llava_lite.cli import main
@@ -19,17 +19,6 @@ from llava_lite.data.mixture import length_score, load_mixture
 from llava_lite.model.vision import VisionTower
 from llava_lite.train.recipe import Trainer
 
-CONFIGS = Path(__file__).parents[2] / "configs"
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_llava_data(tmp_path_factory.mktemp("data"), n=24)
-
-
-def source(path, fmt="auto"):
-    return f"data.sources=[{{path: {path}, format: {fmt}, image_folder: {Path(path).parent / 'images'}}}]"
-
 
 def two_sources(data, conv_weight, text_weight):
     """The conversations (images + text-only) and the Alpaca file, weighted."""
@@ -38,17 +27,7 @@ def two_sources(data, conv_weight, text_weight):
             f"{{path: {data['alpaca']}, format: alpaca, weight: {text_weight}, name: replay}}]")
 
 
-def base(tiny_lm, out, *extra):
-    # The shipped configs pick Vicuna's template for Vicuna; the tiny LM brings its own (ChatML).
-    return [f"model.lm={tiny_lm}", "model.init_from=null", "data.chat_template=null", "model.vision.model=tiny", "model.vision.pretrained=null", "model.dtype=float32",
-            "data.num_workers=0", "data.max_length=128", "train.batch_size=4", "train.gradient_checkpointing=false",
-            f"train.output_dir={out}", *extra]
-
-
-def losses(out):
-    return [json.loads(line)["loss"] for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
+@pytest.mark.slow  # three 12-step training runs and chat
 def test_stage1_then_stage2_then_text_then_chat(tiny_lm, data, tmp_path, monkeypatch, capsys):
     s1, s2, s3 = tmp_path / "s1", tmp_path / "s2", tmp_path / "text"
     main(["train", str(CONFIGS / "stage1.yaml"), *base(tiny_lm, s1, source(data["captions"]), "train.max_steps=12",
@@ -61,7 +40,8 @@ def test_stage1_then_stage2_then_text_then_chat(tiny_lm, data, tmp_path, monkeyp
 
     monkeypatch.setattr(VisionTower, "forward", no_vision)
     main(["train", str(CONFIGS / "text_sft.yaml"), *base(tiny_lm, s3, source(data["alpaca"], "alpaca"),
-                                                         f"model.init_from={s2}", "train.max_steps=12", "train.lr=3e-3")])
+                                                         f"model.init_from={s2}", "train.max_steps=12",
+                                                         "train.lr=3e-3")])
     for out in (s1, s2, s3):
         curve = losses(out)
         assert len(curve) == 12
@@ -83,6 +63,7 @@ def test_stage1_then_stage2_then_text_then_chat(tiny_lm, data, tmp_path, monkeyp
     assert capsys.readouterr().out.strip() == answer  # greedy: the same question gives the same answer
 
 
+@pytest.mark.slow  # a 10-step training run
 def test_lora_stage2_with_gradient_checkpointing(tiny_lm, data, tmp_path):
     out = tmp_path / "lora"
     main(["train", str(CONFIGS / "stage2_lora.yaml"), *base(tiny_lm, out, source(data["conversations"]),
@@ -99,6 +80,7 @@ def test_lora_stage2_with_gradient_checkpointing(tiny_lm, data, tmp_path):
     assert sum(curve[-3:]) < sum(curve[:3]), curve
 
 
+@pytest.mark.slow  # a 12-step and a 2-step training run
 def test_bfloat16_trains_under_cpu_autocast(tiny_lm, data, tmp_path, monkeypatch):
     """model.dtype=bfloat16 on a CPU: frozen weights stay bf16, trainable ones are fp32 masters, the
     forward runs under bf16 autocast, and the loss goes down."""
@@ -107,7 +89,8 @@ def test_bfloat16_trains_under_cpu_autocast(tiny_lm, data, tmp_path, monkeypatch
     monkeypatch.setattr(torch.nn.Linear, "forward",
                         lambda self, x: seen.append(torch.is_autocast_enabled("cpu")) or real_forward(self, x))
     t = Trainer(load_config(CONFIGS / "stage2.yaml", base(tiny_lm, tmp_path / "bf16", source(data["conversations"]),
-                                                          "model.dtype=bfloat16", "train.max_steps=12", "train.lr=3e-3")))
+                                                          "model.dtype=bfloat16", "train.max_steps=12",
+                                                          "train.lr=3e-3")))
     t.run()
     assert seen and all(seen)
     model = t.acc.unwrap_model(t.model)
@@ -173,20 +156,7 @@ def test_bad_image_names_file_and_record(tiny_lm, tmp_path, problem):
         Trainer(cfg).run()
 
 
-def kill_at(monkeypatch, n):
-    """Make the n-th optimizer step raise, as if the process were killed."""
-    calls = {"n": 0}
-    real_step = Trainer._step
-
-    def dying_step(self, window):
-        calls["n"] += 1
-        if calls["n"] == n:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self, window)
-
-    monkeypatch.setattr(Trainer, "_step", dying_step)
-
-
+@pytest.mark.slow  # 2.5 epochs of training, killed and resumed
 def test_fractional_weights_redraw_each_epoch_and_resume_exactly(tiny_lm, data, tmp_path, monkeypatch):
     """Weights 0.5 / 0.25 draw a different subset every epoch (so even the number of image
     batches varies); 2.5 epochs of steps are counted from the mixed epochs; killed inside
@@ -198,7 +168,8 @@ def test_fractional_weights_redraw_each_epoch_and_resume_exactly(tiny_lm, data, 
 
     def recording_step(self, window):
         for b in window:
-            rows[self.state["epoch"]] += [tuple(i[m.bool()].tolist()) for i, m in zip(b["input_ids"], b["attention_mask"])]
+            rows[self.state["epoch"]] += [tuple(i[m.bool()].tolist()) for i,
+                                          m in zip(b["input_ids"], b["attention_mask"])]
         return real_step(self, window)
 
     monkeypatch.setattr(Trainer, "_step", recording_step)
@@ -245,6 +216,7 @@ def test_curriculum_orders_each_epoch_easy_to_hard(tiny_lm, data, tmp_path):
     assert epochs[0] != epochs[1]  # the half of the Alpaca source is drawn afresh
 
 
+@pytest.mark.slow  # 12-step training runs from shards, killed and resumed
 def test_train_from_shards_and_resume(tiny_lm, data, tmp_path, monkeypatch):
     """`llava-lite train` streams webdataset shards; killed and resumed == never interrupted."""
     images = Path(data["conversations"]).parent / "images"
