@@ -7,6 +7,8 @@
       ModelLoadError         a model reference that cannot be loaded (checked before anything is built)
       PromptError            a prompt that cannot be answered as asked (chat, serve, eval): too long for
                              the model's context, or images and placeholders that do not pair up
+      FormatError            a model or setting another format cannot hold (export to hf-llava, CLIPVisionModel)
+      BackendError           a kernel or quantization this machine cannot run (flash-attn, bitsandbytes, gguf)
 
 `check_model_refs(cfg)` runs before the trainer builds a model: a local path that does not exist,
 or a hub id while HF_HUB_OFFLINE=1 that is not in the local cache, is one line naming the key.
@@ -39,6 +41,14 @@ class ModelLoadError(LlavaLiteError, OSError):
 
 class PromptError(LlavaLiteError, ValueError):
     """A prompt that cannot be answered as asked; `serve` answers it with HTTP 400, `chat` keeps the session."""
+
+
+class FormatError(LlavaLiteError, ValueError):
+    """A model or setting that another format cannot hold (hf-llava, CLIPVisionModel, open_clip), either way."""
+
+
+class BackendError(LlavaLiteError, RuntimeError):
+    """A kernel, quantization or file format that needs a package or device this machine does not have."""
 
 
 def _looks_local(ref: str) -> bool:

@@ -12,6 +12,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llava_lite.config import ConfigError
+from llava_lite.errors import FormatError
+from llava_lite.log import logger
+
 FORMATS = ("hf-llava", "llava-lite")
 
 
@@ -32,10 +36,10 @@ def export(model_dir, out, fmt: str = "hf-llava", merge_lora: bool = False) -> P
     from llava_lite.model.llava import LlavaLite
 
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+        raise FormatError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     out = Path(out)
     if out.resolve() == Path(model_dir).resolve():
-        raise ValueError("export needs an output directory other than the model directory")
+        raise ConfigError("export needs an output directory other than the model directory")
     model = LlavaLite.from_pretrained(model_dir).eval()
     if fmt == "hf-llava":
         from llava_lite.interop.hf_llava import write_hf_llava
@@ -66,7 +70,7 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     out = export(args.model_dir, args.out, args.fmt, merge_lora=args.merge_lora)
-    print(f"llava-lite export: {args.fmt} -> {out}", flush=True)
+    logger.info(f"llava-lite export: {args.fmt} -> {out}")
 
 
 def main(argv: list[str] | None = None) -> None:

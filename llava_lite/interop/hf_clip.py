@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from llava_lite.errors import FormatError
+
 RESAMPLE = {"bicubic": 3, "bilinear": 2}  # open_clip interpolation -> PILImageResampling
 # An imported tower still needs a text side for open_clip to build and load it; llava-lite never runs it.
 TINY_TEXT = {"context_length": 2, "vocab_size": 8, "width": 8, "heads": 1, "layers": 1}
@@ -31,28 +33,29 @@ def hidden_act(visual: nn.Module) -> str:
         return "quick_gelu"
     if isinstance(act, nn.GELU):
         return "gelu" if act.approximate == "none" else "gelu_pytorch_tanh"
-    raise ValueError(f"vision tower activation {name} (act_layer) has no CLIPVisionModel equivalent")
+    raise FormatError(f"vision tower activation {name} (act_layer) has no CLIPVisionModel equivalent")
 
 
 def check_tower(visual: nn.Module) -> None:
     """Raise a ValueError naming the first open_clip option CLIPVisionModel cannot hold."""
     if type(visual).__name__ != "VisionTransformer":
-        raise ValueError(f"vision tower {type(visual).__name__} is not an open_clip ViT: "
-                         "only ViTs map to CLIPVisionModel")
+        raise FormatError(f"vision tower {type(visual).__name__} is not an open_clip ViT: "
+                          "only ViTs map to CLIPVisionModel")
     block = visual.transformer.resblocks[0]
     if type(block).__name__ != "ResidualAttentionBlock":
-        raise ValueError("vision tower uses a custom attention block (block_type / qk_norm / scaled_cosine_attn / "
-                         "scale_*), which CLIPVisionModel does not have")
+        raise FormatError("vision tower uses a custom attention block (block_type / qk_norm / scaled_cosine_attn / "
+                          "scale_*), which CLIPVisionModel does not have")
     if not isinstance(block.ls_1, nn.Identity) or not isinstance(block.ls_2, nn.Identity):
-        raise ValueError("vision tower has layer scale (ls_1/ls_2, ls_init_value), which CLIPVisionModel does not have")
+        raise FormatError("vision tower has layer scale (ls_1/ls_2, ls_init_value), "
+                          "which CLIPVisionModel does not have")
     if getattr(visual, "attn_pool", None) is not None:
-        raise ValueError("vision tower has attention pooling (attn_pool, attentional_pool), "
-                         "which CLIPVisionModel does not have")
+        raise FormatError("vision tower has attention pooling (attn_pool, attentional_pool), "
+                          "which CLIPVisionModel does not have")
     if isinstance(visual.ln_pre, nn.Identity):
-        raise ValueError("vision tower has no pre-LayerNorm (no_ln_pre), which CLIPVisionModel always applies")
+        raise FormatError("vision tower has no pre-LayerNorm (no_ln_pre), which CLIPVisionModel always applies")
     if len(set(visual.image_size)) != 1 or len(set(visual.patch_size)) != 1:
-        raise ValueError(f"vision tower image_size {visual.image_size} / patch_size {visual.patch_size} is not square; "
-                         "CLIPVisionConfig holds one side")
+        raise FormatError(f"vision tower image_size {visual.image_size} / patch_size {visual.patch_size} "
+                          "is not square; CLIPVisionConfig holds one side")
     hidden_act(visual)
 
 
@@ -117,17 +120,17 @@ def from_hf_state(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, 
 def to_hf_layer(layer: int, num_layers: int) -> int:
     """open_clip block index (negative from the end) -> HF hidden_states index."""
     if not -num_layers <= layer < num_layers:
-        raise ValueError(f"vision.layer={layer} is out of range for a {num_layers}-block tower")
+        raise FormatError(f"vision.layer={layer} is out of range for a {num_layers}-block tower")
     return layer if layer < 0 else layer + 1
 
 
 def from_hf_layer(index: int, num_layers: int) -> int:
     """HF hidden_states index -> open_clip block index; the embeddings (index 0) are not a block output."""
     if index == 0 or index == -(num_layers + 1):
-        raise ValueError(f"vision_feature_layer={index} selects the embeddings, not a block output: "
-                         "open_clip features come from blocks")
+        raise FormatError(f"vision_feature_layer={index} selects the embeddings, not a block output: "
+                          "open_clip features come from blocks")
     if not -num_layers <= index <= num_layers:
-        raise ValueError(f"vision_feature_layer={index} is out of range for a {num_layers}-block tower")
+        raise FormatError(f"vision_feature_layer={index} is out of range for a {num_layers}-block tower")
     return index if index < 0 else index - 1
 
 
@@ -136,28 +139,28 @@ def image_processor_kwargs(preprocess_cfg: dict, image_size: int) -> dict:
     size = preprocess_cfg.get("size", image_size)
     side = size if isinstance(size, int) else size[0]
     if not isinstance(size, int) and len(set(size)) != 1:
-        raise ValueError(f"image preprocessing size {size} is not square: the image processor crops one size")
+        raise FormatError(f"image preprocessing size {size} is not square: the image processor crops one size")
     mode, interp = preprocess_cfg.get("resize_mode", "shortest"), preprocess_cfg.get("interpolation", "bicubic")
     if interp not in RESAMPLE:
-        raise ValueError(f"image preprocessing interpolation={interp!r} has no CLIPImageProcessor resample")
+        raise FormatError(f"image preprocessing interpolation={interp!r} has no CLIPImageProcessor resample")
     if preprocess_cfg.get("mode", "RGB") != "RGB":
-        raise ValueError(f"image preprocessing mode={preprocess_cfg['mode']!r}: the image processor makes RGB")
+        raise FormatError(f"image preprocessing mode={preprocess_cfg['mode']!r}: the image processor makes RGB")
     kw = dict(resample=RESAMPLE[interp], image_mean=list(preprocess_cfg["mean"]), image_std=list(preprocess_cfg["std"]),
               do_resize=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True, do_convert_rgb=True)
     if mode == "shortest":  # resize the shorter side, then centre crop
         return kw | dict(size={"shortest_edge": side}, crop_size={"height": side, "width": side}, do_center_crop=True)
     if mode == "squash":  # resize both sides, no crop
         return kw | dict(size={"height": side, "width": side}, do_center_crop=False)
-    raise ValueError(f"image preprocessing resize_mode={mode!r} (resize longest side and pad) "
-                     "cannot be reproduced by CLIPImageProcessor")
+    raise FormatError(f"image preprocessing resize_mode={mode!r} (resize longest side and pad) "
+                      "cannot be reproduced by CLIPImageProcessor")
 
 
 def preprocess_from_hf(ip: dict) -> dict:
     """An image processor's settings -> open_clip preprocess_cfg (the inverse of image_processor_kwargs)."""
     interp = {v: k for k, v in RESAMPLE.items()}.get(int(ip.get("resample", 3)))
     if interp is None or not ip.get("do_normalize", True) or abs(ip.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-12:
-        raise ValueError(f"image processor settings resample={ip.get('resample')} / rescale / normalize "
-                         "are not open_clip's")
+        raise FormatError(f"image processor settings resample={ip.get('resample')} / rescale / normalize "
+                          "are not open_clip's")
     size, crop = ip.get("size", {}), ip.get("crop_size") or {}
     cfg = {"mean": list(ip["image_mean"]), "std": list(ip["image_std"]), "interpolation": interp}
     if "shortest_edge" in size and ip.get("do_center_crop", True) and crop == {"height": size["shortest_edge"],
@@ -165,7 +168,7 @@ def preprocess_from_hf(ip: dict) -> dict:
         return cfg | {"image_size": size["shortest_edge"], "resize_mode": "shortest"}
     if size.get("height") and size.get("height") == size.get("width") and not ip.get("do_center_crop", True):
         return cfg | {"image_size": size["height"], "resize_mode": "squash"}
-    raise ValueError(f"image processor size={size} crop_size={crop}: open_clip resizes and crops to one size")
+    raise FormatError(f"image processor size={size} crop_size={crop}: open_clip resizes and crops to one size")
 
 
 def write_open_clip_dir(state: dict[str, torch.Tensor], config, preprocess_cfg: dict, out_dir: Path) -> str:
@@ -175,20 +178,20 @@ def write_open_clip_dir(state: dict[str, torch.Tensor], config, preprocess_cfg: 
     from safetensors.torch import save_file
 
     if config.hidden_act not in ("gelu", "quick_gelu", "gelu_pytorch_tanh"):
-        raise ValueError(f"vision hidden_act={config.hidden_act!r} has no open_clip act_layer")
+        raise FormatError(f"vision hidden_act={config.hidden_act!r} has no open_clip act_layer")
     width, inter = config.hidden_size, config.intermediate_size
     vision = {"image_size": config.image_size, "patch_size": config.patch_size, "width": width,
               "layers": config.num_hidden_layers, "head_width": width // config.num_attention_heads,
               "mlp_ratio": inter / width}
     if int(width * vision["mlp_ratio"]) != inter:
-        raise ValueError(f"vision intermediate_size={inter} is not reachable as int(width * mlp_ratio) in open_clip")
+        raise FormatError(f"vision intermediate_size={inter} is not reachable as int(width * mlp_ratio) in open_clip")
     if config.layer_norm_eps != 1e-5:
         vision["norm_kwargs"] = {"eps": config.layer_norm_eps}
     if config.hidden_act == "gelu_pytorch_tanh":
         vision["act_kwargs"] = {"approximate": "tanh"}
     if preprocess_cfg.get("image_size", config.image_size) != config.image_size:
-        raise ValueError(f"images are preprocessed to {preprocess_cfg['image_size']} "
-                         f"but the tower takes {config.image_size}")
+        raise FormatError(f"images are preprocessed to {preprocess_cfg['image_size']} "
+                          f"but the tower takes {config.image_size}")
     cfg = {"model_cfg": {"embed_dim": config.projection_dim, "quick_gelu": config.hidden_act == "quick_gelu",
                          "vision_cfg": vision, "text_cfg": TINY_TEXT}, "preprocess_cfg": preprocess_cfg}
     out_dir.mkdir(parents=True, exist_ok=True)

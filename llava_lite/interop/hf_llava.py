@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from llava_lite.constants import IMAGE_TOKEN
+from llava_lite.errors import FormatError
 from llava_lite.interop.hf_clip import check_tower, clip_config, image_processor_kwargs, to_hf_layer, to_hf_state
 from llava_lite.model.lm import is_peft
 
@@ -66,7 +67,7 @@ def check_exportable(model) -> None:
     if is_peft(model.lm):
         problems.append("the LM carries LoRA adapters (lm_adapter): merge them first (export merges them)")
     if problems:
-        raise ValueError("cannot export to hf-llava: " + "; ".join(problems))
+        raise FormatError("cannot export to hf-llava: " + "; ".join(problems))
     check_tower(model.vision.visual)
     image_processor_kwargs(model.vision.visual.preprocess_cfg, model.vision.visual.image_size[0])
 
@@ -104,7 +105,7 @@ def chat_template(model) -> str:
     if model.cfg.render_mode == "plain":
         return PRELUDE + PLAIN
     if not model.tokenizer.chat_template:
-        raise ValueError("the tokenizer has no chat_template: chat mode needs one (llava_lite.data.templates)")
+        raise FormatError("the tokenizer has no chat_template: chat mode needs one (llava_lite.data.templates)")
     system = ""
     if model.cfg.system_prompt:
         system = "{%- set SYSTEM_PROMPT = " + _jinja_string(model.cfg.system_prompt) + " -%}" + SYSTEM

@@ -39,6 +39,7 @@ from llava_lite.interop.hf_import import (
     load_llava_projector,
     projector_weights,
 )
+from llava_lite.log import logger
 from llava_lite.model.llava import CONFIG_NAME, LlavaLite, read_meta, saved_config
 
 KINDS = ("fresh", "llava-lite", "hf-llava", "llava-llama", "mm-projector")
@@ -166,7 +167,7 @@ def imported(source: Source, cfg: Config) -> Path:
                 os.replace(staging, out)
             except OSError:  # another machine's process (shared file system) published it first
                 shutil.rmtree(staging, ignore_errors=True)
-            print(f"model.init_from: imported {source.kind} {source.path} into {out}", flush=True)
+            logger.info(f"model.init_from: imported {source.kind} {source.path} into {out}")
     return out
 
 

@@ -21,6 +21,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from llava_lite.errors import BackendError
+
 log = logging.getLogger(__name__)
 
 FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
@@ -44,7 +46,7 @@ def _require_gguf():
     except ImportError:
         gguf = None
     if gguf is None:
-        raise RuntimeError("reading .gguf files needs the gguf package: pip install llava-lite[gguf]")
+        raise BackendError("reading .gguf files needs the gguf package: pip install llava-lite[gguf]")
     return gguf
 
 

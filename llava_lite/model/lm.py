@@ -13,13 +13,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llava_lite.config import LoraConfig, ModelConfig
 from llava_lite.constants import IMAGE_TOKEN
-from llava_lite.errors import LlavaLiteError
+from llava_lite.errors import BackendError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class BackendError(LlavaLiteError, RuntimeError):
-    """A setting this machine cannot run: flash_attention_2 or QLoRA without CUDA, bitsandbytes missing."""
 
 
 def pick_attention(requested: str, dtype: torch.dtype, device: str | torch.device | None = None) -> str:
