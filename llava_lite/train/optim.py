@@ -17,7 +17,8 @@ def build_optimizer(model: nn.Module, stage: Stage, t: TrainConfig) -> torch.opt
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        lr = getattr(t, stage.lr_key(name.split(".")[0])) or t.lr
+        own = getattr(t, stage.lr_key(name.split(".")[0]))
+        lr = t.lr if own is None else own  # an explicit 0 freezes the part; only None means "as train.lr"
         wd = t.weight_decay if p.ndim >= 2 else 0.0
         groups.setdefault((lr, wd), []).append(p)
     if not groups:
