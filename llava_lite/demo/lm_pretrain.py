@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, GenerationConfig, LlamaConfig
 
 from llava_lite.config import ConfigError
 from llava_lite.demo.corpus import (
@@ -30,6 +30,7 @@ from llava_lite.demo.corpus import (
 from llava_lite.demo.presets import finished, mark_finished, resolve, world_fingerprint
 from llava_lite.demo.world import load_objects
 from llava_lite.log import logger
+from llava_lite.model.random import random_lm
 from llava_lite.train.optim import cosine_with_warmup
 
 ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -107,7 +108,7 @@ def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str |
     special = {k: tokenizer.convert_tokens_to_ids(t) for k, t in
                (("bos_token_id", "<s>"), ("eos_token_id", "</s>"), ("pad_token_id", "<pad>"))}
     config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, **{k: c[k] for k in ARCH_KEYS}, **special)
-    model = LlamaForCausalLM(config)
+    model = random_lm(config)  # the package's one random-model builder (same weights as LlamaForCausalLM(config))
     decay = [q for q in model.parameters() if q.ndim >= 2]
     no_decay = [q for q in model.parameters() if q.ndim < 2]
     groups = [{"params": decay, "weight_decay": c["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
