@@ -143,7 +143,7 @@ class TrainConfig:
     # token still gains mass; reverse KL (RLHF's) is mode-seeking and would let them go. The base
     # under LoRA is the same LM with its adapters disabled (no second copy), under full fine-tuning
     # a frozen copy of the starting LM in model.dtype; the starting projector is kept frozen too.
-    # 0 = off, exactly the plain loss. Logged apart from the CE as `kl` (llava_lite/kl.py).
+    # 0 = off, exactly the plain loss. Logged apart from the CE as `kl` (llava_lite/train/kl.py).
     kl_to_base: float = 0.0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's headless-capable Chromium for the serve page's browser test (tests/test_serve_page.py),
+# Install Debian's headless-capable Chromium for the serve page's browser test (tests/serve/test_serve_page.py),
 # unless /usr/bin/chromium is already there. Playwright drives it; its own browser download is never used.
 set -euo pipefail
 [ -x /usr/bin/chromium ] && exit 0

@@ -19,7 +19,7 @@ rank, checkpoints of what trains, and saving from a gathered state dict.
   shipped zero configs say "auto" and makes the vision tower one ZeRO-3 leaf; `loss_scale`.
 - `fsdp2_shard(model)`: torch's FSDP2 wrapping as configs/accelerate/fsdp2.yaml does it (for CPU tests).
 
-Tested on CPU (tests/test_distributed.py): DDP through bare torchrun (gloo), FSDP2 and DeepSpeed
+Tested on CPU (tests/train/test_distributed.py): DDP through bare torchrun (gloo), FSDP2 and DeepSpeed
 ZeRO-3 driven directly (accelerate enables FSDP and DeepSpeed only with GPUs).
 """
 from __future__ import annotations

@@ -136,7 +136,7 @@ def test_page_with_api_key(page, assistant):
 
 def screenshot(model_dir: str, image: str, out: str, *questions: str) -> None:
     """The page serving a trained model, after `questions` about `image` (docs/serve_page.png):
-    python tests/test_serve_page.py runs/demo/stage2 IMAGE docs/serve_page.png "Describe the image." ..."""
+    python tests/serve/test_serve_page.py runs/demo/stage2 IMAGE docs/serve_page.png "Describe the image." ..."""
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw, \

@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under torchrun (2 processes, gloo): FSDP2 over a tiny LlavaLite,
+"""Run by tests/train/test_distributed.py under torchrun (2 processes, gloo): FSDP2 over a tiny LlavaLite,
 mixed-modality micro-batches, gathered state dict, and the trainer's save code."""
 from __future__ import annotations
 

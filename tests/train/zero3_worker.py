@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under torchrun (2 processes, DS_ACCELERATOR=cpu): DeepSpeed ZeRO-3
+"""Run by tests/train/test_distributed.py under torchrun (2 processes, DS_ACCELERATOR=cpu): DeepSpeed ZeRO-3
 driven directly (accelerate cannot drive DeepSpeed without a GPU), over a tiny LlavaLite: mixed-modality
 micro-batches, the engine's accumulation of 2 micro-batches, gradient clipping, the gathered save, and
 a checkpoint without the frozen tower that loads back exactly."""
