@@ -9,7 +9,10 @@
     mixture.py     weighted sources re-drawn every epoch; curriculum scores
     sampler.py     one-modality, length-grouped batches of an epoch's draw
     loader.py      the entry: `TrainData(cfg.data, ...)` reads and checks everything, then builds the loader
-    rejects.py     bad records: counted per reason, reported together or skipped into rejects.jsonl
+    rejects.py     bad records: one Reject each, counted per reason, reported together or skipped into rejects.jsonl
+    packing.py     padding-free rows (position_ids restart per sample)
+    templates.py   LLaVA's conversation templates by name (vicuna_v1, chatml, ...) as chat templates
+    tags.py        the keyword skill tagger (the "tags" curriculum and the data tools' reports)
 
 Nothing here imports the model: the loader takes the model's tokenizer and image transform.
 """

@@ -6,4 +6,5 @@
     lm.py               tokenizer, causal LM (directory, hub id or .gguf), LoRA, dtypes, attention choice
     gguf.py             a GGUF language model -> a transformers directory (converted once, cached)
     packed_attention.py per-sample SDPA for packed rows
+    random.py           random models from shapes alone (tests, bench, GPU check, dry run, the demo's LM)
 """
