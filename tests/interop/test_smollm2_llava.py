@@ -13,6 +13,7 @@ import torch
 from helpers.parity import TEXT_ONLY, hf_parity, noise, one_image_chat
 from helpers.smollm2 import GENERAL_TEXT
 from helpers.tiny import make_llava_data
+from helpers.tokenizers import supervised_runs as runs
 
 from llava_lite.cli import main
 from llava_lite.config import ModelConfig, VisionConfig
@@ -33,17 +34,6 @@ P = 4  # image tokens per image in the rendering tests
 # Logits (magnitude ~40) of a 30-layer LM fed images (see test_export_parity): measured up to 4.8e-4 across
 # runs and thread counts, i.e. ~1e-5 relative; TOL (1e-4) holds for the tiny models.
 DEEP_TOL = 2e-3
-
-
-def runs(r) -> list[list[int]]:
-    out, cur = [], []
-    for i, lab in zip(r.input_ids, r.labels):
-        if lab != IGNORE_INDEX:
-            assert lab == i
-            cur.append(i)
-        elif cur:
-            out, cur = out + [cur], []
-    return out + ([cur] if cur else [])
 
 
 def render_smol(tok, messages, images=(), mode="chat"):
