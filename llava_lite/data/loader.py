@@ -133,8 +133,8 @@ class TrainData:
             )
             self.rejects.total += len(self.stream)  # image defects in shards are found as they stream
             logger.info(f"data: {len(self.stream)} samples streamed from {len(self.shards)} shard(s) by "
-                     f"{self.world_size} process(es) x {self.stream.readers} reader(s); shuffle buffer "
-                     f"{self.cfg.shuffle_buffer}; batches mix modalities (no length grouping for streams)")
+                        f"{self.world_size} process(es) x {self.stream.readers} reader(s); shuffle buffer "
+                        f"{self.cfg.shuffle_buffer}; batches mix modalities (no length grouping for streams)")
             if self.stream.epoch_batches(0) == 0:
                 raise ConfigError(f"{len(self.shards)} shard(s) cannot feed {self.world_size} process(es): some "
                                   "process gets no shard; write more, smaller shards "
