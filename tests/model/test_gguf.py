@@ -10,9 +10,10 @@ import time
 import pytest
 import torch
 from helpers.smollm2 import GENERAL_TEXT, require_smollm2
+from helpers.tokenizers import supervised_runs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llava_lite.constants import IGNORE_INDEX, IMAGE_TOKEN
+from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.data.conversation import Conversation, Message
 from llava_lite.data.render import render
 from llava_lite.model.gguf import cache_key, convert_gguf, quant_summary
@@ -81,14 +82,7 @@ def test_render_with_smollm2_chat_template(smollm2_dir):
                          Message("user", "Are there more?"), Message("assistant", answers[1])],
                         ["a.png"], id="s", source="test")
     r = render(conv, tok, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), image_seq_len=4, max_length=4096)
-    runs, cur = [], []
-    for _i, lab in zip(r.input_ids, r.labels):
-        if lab != IGNORE_INDEX:
-            cur.append(lab)
-        elif cur:
-            runs, cur = runs + [cur], []
-    runs += [cur] if cur else []
-    assert [tok.decode(x) for x in runs] == [a + "<|im_end|>" for a in answers]
+    assert [tok.decode(x) for x in supervised_runs(r)] == [a + "<|im_end|>" for a in answers]
     text = tok.decode(r.input_ids)
     assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")  # its default system
     assert r.input_ids.count(tok.convert_tokens_to_ids(IMAGE_TOKEN)) == 4 and r.num_images == 1

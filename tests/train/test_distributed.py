@@ -151,6 +151,16 @@ def test_launch_is_checked(monkeypatch):
     check_launch(Acc())
 
 
+def torchrun_worker(script: str, tiny_lm, tmp_path, **env) -> dict:
+    """Run tests/train/<script> on 2 torchrun processes (one thread each, offline); its result.json."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "train" / script), str(tiny_lm), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((tmp_path / "result.json").read_text())
+
+
 @pytest.mark.slow  # torchrun subprocesses
 def test_fsdp2_mixed_modalities_gathered_save(tiny_lm, tmp_path):
     """torch's FSDP2 on gloo (accelerate enables FSDP only on GPUs), sharded as fsdp2.yaml shards,
@@ -158,12 +168,7 @@ def test_fsdp2_mixed_modalities_gathered_save(tiny_lm, tmp_path):
     mismatch (without
     the empty image batch this run dies in gloo), the same losses as the unsharded model on the
     global batch, a gathered state dict equal to it, and a saved directory with its logits."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "tests" / "train" / "fsdp2_worker.py"), str(tiny_lm), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "result.json").read_text())
+    results = torchrun_worker("fsdp2_worker.py", tiny_lm, tmp_path, TOKENIZERS_PARALLELISM="false")
     for stage, lm_weights in (("instruct", "full"), ("align", "reference")):
         result = results[stage]
         for sharded, reference in result["losses"]:
@@ -182,12 +187,7 @@ def test_deepspeed_zero3_mixed_modalities_accumulation_clipping_and_gathered_sav
     clipping at 0.05 honoured: the same weights as the unsharded model stepped by hand, and the
     gathered 16-bit state dict saves to a directory with the same logits."""
     pytest.importorskip("deepspeed")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "tests" / "train" / "zero3_worker.py"), str(tiny_lm), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads((tmp_path / "result.json").read_text())
+    r = torchrun_worker("zero3_worker.py", tiny_lm, tmp_path, DS_ACCELERATOR="cpu")
     assert r["steps"] == 1 and r["missing"] == []
     assert r["engine_norm"] == pytest.approx(r["ref_norm"], rel=1e-4) and r["ref_norm"] > 0.05 * 10  # clipping bites
     assert r["state_diff"] < 1e-5 and r["logit_diff"] < 1e-4
