@@ -5,7 +5,7 @@ trained the way TRL trains it, in one run, on the same data and the same initial
     llava-lite bench --ablate             # + each lever's share, one lever switched per row
     llava-lite bench --device cuda --shape 1b --dtype bfloat16
 
-Each side runs in a process of its own (bench_worker.py); the sides alternate for --rounds rounds
+Each side runs in a process of its own (bench/worker.py); the sides alternate for --rounds rounds
 and every figure is the median over rounds. Warm-up steps are excluded. Reported per side:
 samples/s, real (non-pad) tokens/s, the padding fraction, the peak memory above the process's
 resting size after its first step (CPU: peak RSS; CUDA: max_memory_allocated), and the model's

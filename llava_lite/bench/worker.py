@@ -8,7 +8,7 @@ data order (image and text-only samples mixed), right-padded to the longest, ful
 side "lite": llava-lite's training path: the modality/length batch sampler, its collator (padded
 or packed), LlavaLite.forward (sparse head), AdamW from `optim.build_optimizer` and the Trainer's
 step for one process (token-weighted loss_sum, clipping; autocast as the Trainer sets it). Rendering is skipped on both
-sides (bench_setup.make_samples gives rendered samples). Variants switch one lever each.
+sides (bench/setup.py make_samples gives rendered samples). Variants switch one lever each.
 """
 from __future__ import annotations
 

@@ -197,7 +197,7 @@ def save_pretrained(model: LlavaLite, out_dir: str | Path, state_dict: dict | No
         save_file({k: v.float() for k, v in part("projector").items()}, str(tmp / "projector.safetensors"))
         model.tokenizer.save_pretrained(tmp / "tokenizer")
         if is_peft(model.lm):
-            # The resized embedding rows are rebuilt deterministically on load (backbones.resize_embeddings),
+            # The resized embedding rows are rebuilt deterministically on load (model/lm.py resize_embeddings),
             # so the adapter need not carry a copy of the whole embedding matrix.
             model.lm.save_pretrained(tmp / "lm_adapter", state_dict=part("lm"), save_embedding_layers=False)
             lm_weights = "lora"

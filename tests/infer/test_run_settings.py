@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from llava_lite.cli import build_parser
 from llava_lite.config import ConfigError, load_config
-from llava_lite.model import lm as backbones
+from llava_lite.model import lm
 from llava_lite.model.llava import LlavaLite
 from llava_lite.model.lm import pick_attention
 from llava_lite.train.recipe import Trainer
@@ -129,7 +129,7 @@ def test_chat_loads_on_the_requested_device_and_dtype(monkeypatch):
     with pytest.raises(Stop):
         cli_chat.run_chat(ns)
     assert seen == {"device": "cpu", "dtype": "float16"}
-    assert backbones.DTYPES["float16"] == torch.float16
+    assert lm.DTYPES["float16"] == torch.float16
 
 
 def read_events(path: Path) -> dict[str, list[tuple[int, float]]]:
