@@ -23,6 +23,8 @@ import time
 
 import torch
 
+from llava_lite.constants import IGNORE_INDEX
+
 SHAPES = {  # Llama shapes; "tiny" is the CPU test
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                vocab_size=32000),
@@ -62,7 +64,7 @@ def batch(model, batch_size: int, seq: int, device: str) -> dict:
     ids = torch.randint(0, vocab, (batch_size, seq), device=device)
     ids[:, 1:1 + p] = model.image_token_id
     labels = ids.clone()
-    labels[:, : 1 + p + (seq - 1 - p) // 2] = -100  # the second half of the text is the answer
+    labels[:, : 1 + p + (seq - 1 - p) // 2] = IGNORE_INDEX  # the second half of the text is the answer
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
             "pixel_values": torch.randn(batch_size, 3, h, w, device=device)}
 

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from llava_lite.constants import IGNORE_INDEX
 from llava_lite.log import logger, setup
 
 BASELINE = "hf-llava (TRL-style)"
@@ -68,7 +69,7 @@ def model_flops(spec: dict) -> tuple[float, float]:
                   answer_len=tuple(spec["answer_len"]), images_per_sample=spec["images_per_sample"])
     samples = make_samples(mix, patches, 1, shape["vocab"])  # 1-px images: only lengths matter here
     lengths = [len(s.input_ids) for s in samples]
-    sup = sum(int((s.labels[1:] != -100).sum()) for s in samples)
+    sup = sum(int((s.labels[1:] != IGNORE_INDEX).sum()) for s in samples)
     images = sum(0 if s.pixel_values is None else s.pixel_values.shape[0] for s in samples)
     total = step_flops(shape, lengths, sup, images, spec["stage"])
     return total / len(samples), total / sum(lengths)

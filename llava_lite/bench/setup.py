@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from llava_lite.constants import IGNORE_INDEX
+from llava_lite.constants import IGNORE_INDEX, IMAGE_TOKEN
 from llava_lite.data.dataset import Sample
 
 # LM: hidden, layers, heads, kv heads, ffn, vocab; ViT: width, layers, image px, patch; per-process batch.
@@ -30,7 +30,7 @@ SHAPES = {
     "7b": dict(hidden=4096, layers=32, heads=32, kv_heads=32, ffn=11008, vocab=32000,  # Vicuna-7B, ViT-L/14-336
                vit_width=1024, vit_layers=24, image=336, patch=14, batch=8),
 }
-SPECIALS = ["<pad>", "<s>", "</s>", "<image>"]
+SPECIALS = ["<pad>", "<s>", "</s>", IMAGE_TOKEN]
 
 
 @dataclass
@@ -65,7 +65,7 @@ def make_tokenizer(vocab: int):
     tok = Tokenizer(models.WordLevel(words, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   additional_special_tokens=["<image>"])
+                                   additional_special_tokens=[IMAGE_TOKEN])
 
 
 def build_llava_lite(shape: dict, vit_ref: str, dtype: torch.dtype = torch.float32, device: str = "cpu",

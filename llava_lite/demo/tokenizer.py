@@ -13,12 +13,13 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.demo.corpus import assert_no_heldout, text_task_documents, vocabulary_text, world_documents
 from llava_lite.demo.presets import finished, mark_finished, resolve, world_fingerprint
 from llava_lite.log import logger
 
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
-CHAT_TOKENS = {"im_start_token": "<|im_start|>", "im_end_token": "<|im_end|>", "image_token": "<image>"}
+CHAT_TOKENS = {"im_start_token": "<|im_start|>", "im_end_token": "<|im_end|>", "image_token": IMAGE_TOKEN}
 # Content may be a string or a list of {"type": "text"|"image"} parts (an image part -> <image>).
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
