@@ -171,6 +171,8 @@ def chat_sample(assistant, model_dir: Path, world_dir: Path) -> None:
         history.append(Message("assistant", reply.text))
         print(f"user> {q.replace(SHORT_SUFFIX, '')}\nassistant> {reply.text}")
     print(f"\nTry it: llava-lite chat --model {model_dir} --image {path}")
+    print(f"Export it for transformers (LlavaForConditionalGeneration): "
+          f"llava-lite export {model_dir} {model_dir.parent / 'stage2-hf'} --format hf-llava")
 
 
 def add_parser(sub) -> None:

@@ -30,7 +30,8 @@ def hf_parity(model: LlavaLite, out, chats, backend: str | None = "pil", new_tok
     logits within `tol`, same greedy tokens. Returns the largest logit difference."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    hf, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+    # fp32 whatever the directory's dtype (a bf16 model's config says bfloat16): the comparison is in fp32
+    hf, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True, dtype=torch.float32)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     processor = AutoProcessor.from_pretrained(out, **({"backend": backend} if backend else {}))
     assistant, worst = Assistant(model), 0.0
