@@ -79,6 +79,10 @@ class SourceConfig:
     format: Literal["auto", "llava", "sharegpt", "alpaca", "openai"] = "auto"
     image_folder: Optional[str] = None  # default: the file's own directory (shards carry their images)
     weight: float = 1.0  # repeat factor per epoch (see above)
+    # Records of independent questions about one image (short-answer VQA): train each question
+    # alone, attending to the shared image prefix and itself only, so no answer is read from
+    # another turn (data/isolate.py). Not for conversations whose turns build on each other.
+    isolate_turns: bool = False
 
 
 @dataclass

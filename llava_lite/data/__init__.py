@@ -5,6 +5,7 @@
     conversation.py  the one schema: messages (role + text) and their images
     images.py      opening images as RGB, with every failure a DataError; pad-to-square
     render.py      Conversation -> input_ids + labels from the tokenizer's chat template
+    isolate.py     a record of independent questions -> one segment per question over a shared image prefix
     dataset.py     lazy rendering + image loading per sample; the right-padding collator
     mixture.py     weighted sources re-drawn every epoch; curriculum scores
     sampler.py     one-modality, length-grouped batches of an epoch's draw

@@ -44,6 +44,7 @@ class Conversation:
     images: list[ImageRef] = field(default_factory=list)
     id: str = ""
     source: str = ""  # "path:line" or "path[index]" for error messages
+    isolate_turns: bool = False  # its source's isolate_turns: each question trained alone (data/isolate.py)
 
     @property
     def where(self) -> str:

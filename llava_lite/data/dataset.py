@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from llava_lite.constants import IGNORE_INDEX
 from llava_lite.data.conversation import Conversation, DataError
 from llava_lite.data.images import load_image
+from llava_lite.data.isolate import render_isolated
 from llava_lite.data.rejects import Reject
 from llava_lite.data.render import RenderError, render
 
@@ -26,6 +27,7 @@ class Sample:
     pixel_values: torch.Tensor | None  # [n_images, 3, H, W]
     skipped: bool  # truncation left no supervised token, or an image would not load: counted, never trained on
     reject: Reject | None = None  # why it was skipped
+    segment_ids: torch.Tensor | None = None  # [T] isolated turns (data/isolate.py): 0 = shared prefix, k = turn k
 
 
 class ConversationDataset(Dataset):
@@ -69,7 +71,7 @@ class ConversationDataset(Dataset):
     def sample(self, conv: Conversation) -> Sample:
         """Render one conversation and load its images: the one path for files and shard streams."""
         try:
-            r = render(conv, self.tokenizer, **self.kw)
+            r = (render_isolated if conv.isolate_turns else render)(conv, self.tokenizer, **self.kw)
         except RenderError as e:
             return self.skipped(
                 conv.source, conv.id, e.reason if e.reason != "bad record" else "render failed", str(e), "render"
@@ -89,7 +91,8 @@ class ConversationDataset(Dataset):
             except DataError as e:
                 return self.skipped(conv.source, conv.id, e.reason, str(e), "image")
             pixels = torch.stack([self.image_transform(im) for im in images])
-        return Sample(torch.tensor(r.input_ids), torch.tensor(r.labels), pixels, False)
+        segments = None if r.segments is None else torch.tensor(r.segments)
+        return Sample(torch.tensor(r.input_ids), torch.tensor(r.labels), pixels, False, segment_ids=segments)
 
     def skipped(self, source: str, id: str, reason: str, message: str, kind: str) -> Sample:
         """A one-pad-token stand-in with no label, counted and reported by the collator."""
@@ -98,7 +101,10 @@ class ConversationDataset(Dataset):
 
 
 class Collator:
-    """Pad right to the longest sample; stack only the images that exist (text-only -> no pixel_values)."""
+    """Pad right to the longest sample; stack only the images that exist (text-only -> no pixel_values).
+    When a sample has isolated turns the batch also carries `segment_ids` ([B, W]: a sample's turn
+    segments, 0 for every token of the other samples, -1 for padding), which the model turns into
+    positions and an attention mask (model/packed_attention.py `segment_attention`)."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 8):
         self.pad_token_id = pad_token_id
@@ -115,13 +121,20 @@ class Collator:
             n = len(s.input_ids)
             ids[i, :n], labels[i, :n], mask[i, :n] = s.input_ids, s.labels, 1
         pixels = [s.pixel_values for s in kept if s.pixel_values is not None]
-        return {
+        batch = {
             "input_ids": ids,
             "attention_mask": mask,
             "labels": labels,
             "pixel_values": torch.cat(pixels) if pixels else None,
             "num_skipped": Skipped.of(samples),
         }
+        if any(s.segment_ids is not None for s in kept):
+            segments = mask - 1  # 0 for tokens, -1 for padding
+            for i, s in enumerate(kept):
+                if s.segment_ids is not None:
+                    segments[i, :len(s.segment_ids)] = s.segment_ids
+            batch["segment_ids"] = segments
+        return batch
 
 
 class Skipped(int):

@@ -57,6 +57,13 @@ def check_data(data: DataConfig) -> str:
     kind = source_kind(data.sources)
     if kind == "shards" and data.curriculum:
         raise ConfigError(f"data.curriculum={data.curriculum!r} orders a whole epoch; shard streams cannot use it")
+    isolated = [i for i, src in enumerate(data.sources) if src.isolate_turns]
+    if isolated and kind == "shards":
+        raise ConfigError(f"data.sources[{isolated[0]}].isolate_turns: shard streams cannot isolate turns yet; "
+                          "use a conversation file (path)")
+    if isolated and data.packing:
+        raise ConfigError(f"data.sources[{isolated[0]}].isolate_turns cannot be combined with data.packing: a packed "
+                          "row has one attention layout per sample; turn one of them off")
     if data.shuffle_buffer < 0:
         raise ConfigError(f"data.shuffle_buffer must be >= 0, got {data.shuffle_buffer}")
     if not 0 <= data.max_bad_fraction <= 1:

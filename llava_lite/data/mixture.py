@@ -155,6 +155,8 @@ def read_sources(sources, images: bool = True, allow_absolute: bool = False, key
             raise DataError(f"{src.path}: the file holds no records ({key}[{i}].path); give a JSON list or JSONL "
                             "file of conversations", "empty file")
         rejects += bad
+        for c in good:
+            c.isolate_turns = src.isolate_turns
         if not images:  # text-only stages: a record with images is a bad record like any other
             rejects += [Reject(c.id, c.source, "image in text-only stage", "record", 0,
                                f"{c.where}: stage 'text' got a record with images") for c in good if c.images]

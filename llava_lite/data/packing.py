@@ -76,6 +76,8 @@ class PackingCollator:
 
     def __call__(self, samples: list[Sample]) -> dict:
         kept = [s for s in samples if not s.skipped] or samples[:1]  # never an empty batch (DDP needs a forward)
+        if any(s.segment_ids is not None for s in kept):
+            raise ValueError("packing cannot hold isolated turns (data.sources[*].isolate_turns); pad instead")
         rows = balance([len(s.input_ids) for s in kept], self.max_length)
         width = max(sum(len(kept[i].input_ids) for i in row) for row in rows)
         width = -(-width // self.multiple) * self.multiple

@@ -45,6 +45,7 @@ class Rendered:
     input_ids: list[int]
     labels: list[int]
     num_images: int  # images whose placeholders survived truncation (a prefix of conv.images)
+    segments: list[int] | None = None  # isolated turns (data/isolate.py): 0 = shared prefix, k = question k
 
 
 def _template(tokenizer, messages: list[Message], generation_prompt: bool) -> str:

@@ -43,7 +43,7 @@ from llava_lite.config import ModelConfig, from_dict
 from llava_lite.constants import IGNORE_INDEX, IMAGE_TOKEN
 from llava_lite.data.render import end_of_turn_token
 from llava_lite.model.lm import DTYPES, is_peft, load_lm, load_tokenizer
-from llava_lite.model.packed_attention import sample_bounds, use_packed_sdpa
+from llava_lite.model.packed_attention import decoder_kwargs
 from llava_lite.model.projector import build_projector
 from llava_lite.model.vision import VisionTower
 
@@ -118,21 +118,17 @@ class LlavaLite(nn.Module):
         pixel_values: torch.Tensor | None = None,  # [N, 3, H, W], N = images in the batch
         labels: torch.Tensor | None = None,  # [B, T], IGNORE_INDEX where not supervised
         position_ids: torch.Tensor | None = None,  # [B, T], packed rows only: restart at 0 for each sample
+        segment_ids: torch.Tensor | None = None,  # [B, T], isolated turns only (data/isolate.py)
     ) -> LlavaOutput:
-        """Padded rows (attention_mask) or packed rows (position_ids, see data/packing.py). With
-        position_ids the LM gets no attention mask: the samples' boundaries are read from the
-        restarting positions (flash_attention_2: varlen; SDPA: per-sample attention, see
-        packed_attention.py; eager: a block-diagonal causal mask), so attention never crosses
-        samples; attention_mask then only marks real tokens."""
+        """Padded rows (attention_mask), packed rows (position_ids) or isolated turns (segment_ids);
+        see packed_attention.py `decoder_kwargs`. With position_ids the LM gets no attention mask:
+        the samples' boundaries are read from the restarting positions (flash_attention_2: varlen;
+        SDPA: per-sample attention; eager: a block-diagonal causal mask), so attention never
+        crosses samples; attention_mask then only marks real tokens. With segment_ids each turn
+        attends to the shared prefix and itself, its positions continuing from the prefix."""
         embeds = self.embed(input_ids, pixel_values)
-        if position_ids is None:
-            hidden = self.lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
-        else:
-            kw = {}  # flash_attention_2: varlen from the positions; eager: transformers' block-diagonal mask
-            if use_packed_sdpa(self.lm):  # SDPA sample by sample (packed_attention.py); the all-ones
-                # mask only lets transformers skip building a [T, T] mask that nothing would read
-                kw = {"cu_seq_lens_q": sample_bounds(position_ids), "attention_mask": torch.ones_like(position_ids)}
-            hidden = self.lm.get_decoder()(inputs_embeds=embeds, position_ids=position_ids, use_cache=False, **kw)
+        layout = decoder_kwargs(self.lm, attention_mask, position_ids, segment_ids, embeds.dtype)
+        hidden = self.lm.get_decoder()(inputs_embeds=embeds, use_cache=False, **layout)
         hidden = hidden.last_hidden_state  # [B, T, hidden]
         head = self.lm.get_output_embeddings()
         if labels is None:

@@ -1,4 +1,6 @@
-"""Attention for packed rows without FlashAttention: each sample attends causally to itself only,
+"""How a batch's layout reaches the LM's attention (`decoder_kwargs`): padded rows, packed rows, isolated turns.
+
+Packed rows without FlashAttention: each sample attends causally to itself only,
 computed sample by sample, so a row of n samples costs what the samples cost alone.
 
 SDPA with a block-diagonal mask over the whole row (what transformers builds from restarting
@@ -9,6 +11,9 @@ padding. On CUDA, flash_attention_2 does the same varlen split itself (from posi
 `use_packed_sdpa(lm)` switches an SDPA LM to this function once (registered with transformers'
 AttentionInterface). Calls without `cu_seq_lens_q` (every unpacked forward, generation) go to
 transformers' own SDPA function unchanged, with the same mask: results are bit-identical.
+
+Isolated turns (data/isolate.py) get a [B, 1, T, T] mask in which each turn sees the shared
+prefix and itself, and positions that continue from the prefix (`segment_attention`).
 """
 from __future__ import annotations
 
@@ -62,3 +67,46 @@ def use_packed_sdpa(lm) -> bool:
     AttentionMaskInterface.register(NAME, sdpa_mask)  # unpacked calls get SDPA's own mask
     config._attn_implementation = NAME
     return True
+
+
+# ---- isolated turns (data/isolate.py) --------------------------------------------------------------
+def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] segments (0 = shared prefix, k = turn k, -1 = padding) -> positions: the prefix counts
+    from 0, every turn continues from the prefix's end as if it were the only one."""
+    seg = segment_ids.clamp(min=0)
+    onehot = F.one_hot(seg, int(seg.max()) + 1)  # [B, T, K]
+    within = (onehot.cumsum(1) * onehot).sum(-1) - 1  # index of each token inside its own segment
+    prefix = (segment_ids == 0).sum(1, keepdim=True)
+    return torch.where(segment_ids == 0, within, prefix + within)
+
+
+def segment_attention(lm, segment_ids: torch.Tensor, dtype: torch.dtype) -> dict:
+    """The decoder's `attention_mask` and `position_ids` for isolated turns: causal, and a turn sees
+    the shared prefix and itself only. A [B, 1, T, T] mask as the LM's kernel takes it: boolean for
+    SDPA, additive for eager; FlashAttention cannot hold it."""
+    impl = lm.config._attn_implementation
+    if impl not in ("sdpa", "eager", NAME):
+        raise ValueError(f"isolated turns (data.sources[*].isolate_turns) need model.attn_implementation sdpa or "
+                         f"eager, not {impl!r}")
+    t = segment_ids.shape[1]
+    idx = torch.arange(t, device=segment_ids.device)
+    q, k = segment_ids[:, :, None], segment_ids[:, None, :]
+    allowed = (idx[:, None] >= idx[None, :]) & (k >= 0) & ((k == 0) | (k == q))
+    allowed |= torch.eye(t, dtype=torch.bool, device=segment_ids.device)  # padding rows see themselves: no NaN
+    mask = allowed[:, None]
+    if impl == "eager":
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return {"attention_mask": mask, "position_ids": segment_positions(segment_ids)}
+
+
+def decoder_kwargs(lm, attention_mask=None, position_ids=None, segment_ids=None, dtype=torch.float32) -> dict:
+    """How a batch's layout reaches the decoder: padded rows (attention_mask), packed rows
+    (position_ids restarting per sample, no mask; SDPA runs sample by sample), or isolated turns."""
+    if segment_ids is not None:
+        return segment_attention(lm, segment_ids, dtype)
+    if position_ids is None:
+        return {"attention_mask": attention_mask}
+    if use_packed_sdpa(lm):  # the all-ones mask only lets transformers skip building a [T, T] mask nothing reads
+        return {"position_ids": position_ids, "cu_seq_lens_q": sample_bounds(position_ids),
+                "attention_mask": torch.ones_like(position_ids)}
+    return {"position_ids": position_ids}  # flash_attention_2: varlen from the positions; eager: block-diagonal

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from llava_lite.constants import IGNORE_INDEX
 from llava_lite.model.lm import DTYPES, is_peft
+from llava_lite.model.packed_attention import decoder_kwargs
 
 
 class KLToBase:
@@ -56,7 +57,7 @@ class KLToBase:
 
     @torch.no_grad()
     def base_logits(self, input_ids, labels, attention_mask=None, pixel_values=None, position_ids=None,
-                    **_) -> torch.Tensor:
+                    segment_ids=None, **_) -> torch.Tensor:
         """The base model's logits at the supervised positions: [S, V]."""
         m = self.model
         lm = self.lm if self.lm is not None else m.lm
@@ -68,9 +69,8 @@ class KLToBase:
                 feats = self.projector(m.vision(pixel_values).to(dtype))
                 slots = (input_ids == m.image_token_id).unsqueeze(-1)
                 embeds = embeds.masked_scatter(slots, feats.to(embeds.dtype))
-            mask = None if position_ids is not None else attention_mask
-            hidden = lm.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
-                                      use_cache=False).last_hidden_state
+            layout = decoder_kwargs(lm, attention_mask, position_ids, segment_ids, embeds.dtype)
+            hidden = lm.get_decoder()(inputs_embeds=embeds, use_cache=False, **layout).last_hidden_state
             keep = labels[:, 1:] != IGNORE_INDEX
             return lm.get_output_embeddings()(hidden[:, :-1][keep])
 
