@@ -70,6 +70,9 @@ def _commands(sub: argparse._SubParsersAction, mounted: bool = False) -> None:
     p.add_argument("--kinds", default="conversation,detail,reasoning", help="comma list of kinds per image")
     p.add_argument("--short-fraction", type=float, default=0.0,
                    help="share of conversation records in single-word VQA style")
+    p.add_argument("--per-type", type=int, default=1,
+                   help="rule teacher: questions of each type (colour, shape, count, position, existence) per "
+                        "conversation record; several short questions per record want data.sources[*].isolate_turns")
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--seed", type=int, default=0)
     _teacher_options(p)

@@ -51,9 +51,14 @@ def generate_cmd(args: argparse.Namespace) -> int:
     from .formats import to_llava
     from .generate import generate
 
+    if args.per_type != 1 and args.teacher != "rule":
+        raise SystemExit("--per-type is a rule-teacher setting; an LLM teacher writes what its prompt asks for "
+                         "(--prompts DIR)")
+    if args.per_type < 1:
+        raise SystemExit(f"--per-type must be >= 1, got {args.per_type}")
     scenes = load_scenes(args.annotations, args.captions)[: args.limit]
     result = generate(scenes, _teacher(args), [k.strip() for k in args.kinds.split(",") if k.strip()],
-                      args.short_fraction, args.seed, _journal(args, args.out), args.prompts)
+                      args.short_fraction, args.seed, _journal(args, args.out), args.prompts, args.per_type)
     write_records([to_llava(cv) for cv in result.conversations], args.out)
     _write_jsonl(result.rejects, args.rejects or args.out.with_name(args.out.name + ".rejects.jsonl"))
     _log(json.dumps({"images": len(scenes), **result.summary()}))

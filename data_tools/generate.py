@@ -49,7 +49,8 @@ class _Job:
 
 
 def _jobs(
-    scenes: list[Scene], kinds: Sequence[str], short_fraction: float, seed: int, prompts_dir: Path | None
+    scenes: list[Scene], kinds: Sequence[str], short_fraction: float, seed: int, prompts_dir: Path | None,
+    per_type: int = 1,
 ) -> list[_Job]:
     rng = random.Random(seed)
     prompts = {k: load_prompt(k, prompts_dir) for k in kinds}
@@ -60,7 +61,8 @@ def _jobs(
         for kind in kinds:
             short = kind == "conversation" and rng.random() < short_fraction
             query = scene.context() + (SHORT_NOTE if short else "")
-            payload = {"objects": scene.objects, "short": short, "shapes": shapes, "colors": colors}
+            payload = {"objects": scene.objects, "short": short, "shapes": shapes, "colors": colors,
+                       "per_type": per_type}
             request = Request(kind, few_shot_messages(prompts[kind], query), payload, seed=rng.randrange(2**31))
             jobs.append(_Job(scene, kind, short, request, rng.choice(detail_questions) if kind == "detail" else ""))
     return jobs
@@ -89,12 +91,15 @@ def generate(
     seed: int = 0,
     journal: Path | None = None,
     prompts_dir: Path | None = None,
+    per_type: int = 1,
 ) -> GenerationResult:
-    """Ask `teacher` for every (scene, kind) and parse the replies; nothing is dropped silently."""
+    """Ask `teacher` for every (scene, kind) and parse the replies; nothing is dropped silently.
+    `per_type`: questions of each type in a rule teacher's conversation record (LLM teachers write
+    what their prompt asks for)."""
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ConfigError(f"unknown kinds {sorted(unknown)}; choose from {KINDS}")
-    jobs = _jobs(scenes, kinds, short_fraction, seed, prompts_dir)
+    jobs = _jobs(scenes, kinds, short_fraction, seed, prompts_dir, per_type)
     replies = complete_all(teacher, [j.request for j in jobs], journal, desc="generate")
     result = GenerationResult([])
     for job, reply in zip(jobs, replies):

@@ -129,9 +129,10 @@ def _position_qa(objects: list[Obj]) -> list[QA]:
 
 
 def _exists_qa(objects: list[Obj], shapes: list[str], colors: list[str], rng: random.Random,
-               avoid: frozenset[str] = frozenset()) -> list[QA]:
-    """One question whose answer is yes and one whose answer is no, so yes/no stays balanced.
-    A "no" question never names an object in `avoid` (e.g. colour-shape pairs held out of training)."""
+               avoid: frozenset[str] = frozenset(), n: int = 1) -> list[QA]:
+    """`n` questions whose answer is yes and as many whose answer is no, so yes/no stays balanced
+    (fewer when the image has fewer distinct objects). A "no" question never names an object in
+    `avoid` (e.g. colour-shape pairs held out of training)."""
     colored = all(o.get("color") for o in objects)  # "is there a red circle" is undecidable for an uncoloured circle
     present = {name(o) for o in objects} if colored else {o["category"] for o in objects}
     if colored:
@@ -143,23 +144,23 @@ def _exists_qa(objects: list[Obj], shapes: list[str], colors: list[str], rng: ra
     negatives = sorted(set(pool) - present - avoid) or sorted(
         {f"{c} {s}" for c in colors for s in shapes} - present - avoid
     )
-    yes, no = rng.choice(sorted(present)), rng.choice(negatives)
-    return [
-        (
-            "exists",
-            f"Is there {article(yes)} {yes} in the image?",
-            "yes",
-            f"Yes, there is {article(yes)} {yes} in the image.",
-        ),
-        ("exists", f"Is there {article(no)} {no} in the image?", "no", f"No, there is no {no} in the image."),
-    ]
+    if n == 1:
+        yeses, nos = [rng.choice(sorted(present))], [rng.choice(negatives)]
+    else:
+        k = min(n, len(present), len(negatives))
+        yeses, nos = rng.sample(sorted(present), k), rng.sample(negatives, k)
+    return [("exists", f"Is there {article(yes)} {yes} in the image?", "yes",
+             f"Yes, there is {article(yes)} {yes} in the image.") for yes in yeses] + [
+        ("exists", f"Is there {article(no)} {no} in the image?", "no", f"No, there is no {no} in the image.")
+        for no in nos]
 
 
 def grounded_qa(
     objects: list[Obj], rng: random.Random, short: bool = True, *, shapes: list[str] | None = None,
-    colors: list[str] | None = None, avoid: frozenset[str] = frozenset(),
+    colors: list[str] | None = None, avoid: frozenset[str] = frozenset(), per_type: int = 1,
 ) -> list[dict[str, str]]:
-    """Questions about `objects` with answers computed from them, one or two per question type.
+    """Questions about `objects` with answers computed from them: `per_type` different questions of
+    each type where the image allows (existence: `per_type` yes and as many no), in random order.
 
     `short=True`: single-word answers and LLaVA-1.5's short-answer suffix on the question;
     `short=False`: full-sentence answers. `shapes`/`colors` are the vocabulary that "no" questions
@@ -170,7 +171,10 @@ def grounded_qa(
     shapes = sorted(set(shapes or SHAPES) | {o["category"] for o in objects})
     colors = sorted(set(colors or COLORS) | {o["color"] for o in objects if o.get("color")})
     groups = [_color_qa(objects), _shape_qa(objects), _count_qa(objects, shapes, rng), _position_qa(objects)]
-    chosen = [rng.choice(g) for g in groups if g] + _exists_qa(objects, shapes, colors, rng, avoid)
+    if per_type < 1:
+        raise ValueError(f"per_type must be >= 1, got {per_type}")
+    picked = [[rng.choice(g)] if per_type == 1 else rng.sample(g, min(per_type, len(g))) for g in groups if g]
+    chosen = [qa for g in picked for qa in g] + _exists_qa(objects, shapes, colors, rng, avoid, per_type)
     rng.shuffle(chosen)
     return [
         {"question": q + SHORT_SUFFIX if short else q, "answer": sa if short else la, "type": t}
@@ -196,7 +200,7 @@ class RuleTeacher:
         rng, p = random.Random(request.seed), request.payload
         if request.task == "conversation":
             return render_qa(grounded_qa(p["objects"], rng, short=p.get("short", False), shapes=p.get("shapes"),
-                                         colors=p.get("colors"), avoid=self.avoid))
+                                         colors=p.get("colors"), avoid=self.avoid, per_type=p.get("per_type", 1)))
         if request.task == "detail":
             return describe(p["objects"])
         if request.task == "reasoning":

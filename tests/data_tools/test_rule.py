@@ -223,3 +223,38 @@ def test_generate_cli_with_rule_teacher_on_world(tmp_path):
     assert main(argv[:-1] + ["4"]) == 0 and out.read_text() != first
     assert main(argv + ["--kinds", "detail", "--limit", "2"]) == 0
     assert [r["id"] for r in json.loads(out.read_text())] == ["1-detail", "2-detail"]
+
+
+def test_per_type_asks_several_different_right_questions_of_each_type():
+    rng = random.Random(5)
+    grew = 0
+    for _ in range(300):
+        objs = random_objects(rng, colored=True)
+        seed = rng.random()
+        one = grounded_qa(objs, random.Random(seed), short=True)
+        three = grounded_qa(objs, random.Random(seed), short=True, per_type=3)
+        assert len({q["question"] for q in three}) == len(three)  # never the same question twice
+        for qa in three:
+            _check(objs, qa["question"], qa["answer"])
+        per = Counter(q["type"] for q in three)
+        assert Counter(q["type"] for q in one).keys() == per.keys() and max(per.values()) <= 6
+        answers = Counter(q["answer"] for q in three if q["type"] == "exists")
+        assert answers["yes"] == answers["no"] >= 1  # existence stays balanced
+        grew += len(three) > len(one)
+    assert grew > 250
+    with pytest.raises(ValueError, match="per_type"):
+        grounded_qa(objs, rng, per_type=0)
+
+
+def test_generate_cli_per_type(tmp_path):
+    root = make_world(tmp_path / "world", n_images=6)
+    out = tmp_path / "gen.json"
+    argv = ["generate", "--annotations", str(root / "instances_train.json"), "--out", str(out),
+            "--kinds", "conversation", "--short-fraction", "1"]
+    assert main(argv) == 0
+    one = [len(r["conversations"]) for r in json.loads(out.read_text())]
+    assert main(argv + ["--per-type", "3"]) == 0
+    three = [len(r["conversations"]) for r in json.loads(out.read_text())]
+    assert sum(three) > sum(one) and all(a <= b for a, b in zip(one, three))
+    with pytest.raises(SystemExit, match="rule-teacher setting"):
+        main(argv + ["--per-type", "2", "--teacher", "openai"])
