@@ -22,6 +22,9 @@ SHORT_FRACTION = 0.5  # held-out instructions: share of conversation records in 
 # the one-word VQA answers, which is what the short-answer record of every image teaches.
 LONG_WEIGHT = 0.1  # conversations, detailed descriptions, reasoning
 SHORT_WEIGHT = 1.0  # one short-answer (VQA-style) multi-turn record per image
+# Its questions are independent (preset "short_per_type" of each type), so each is trained alone
+# (isolate_turns, data/isolate.py): with them all in one context, later questions learn to read
+# earlier answers instead of the image (README, "What moves the demo's number").
 TEXT_WEIGHT = 0.25  # text-only instructions
 
 
@@ -38,11 +41,14 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
              "instruct_test": d / "instruct_test.json",
              "vqa": d / "vqa_test.jsonl", "general": d / "general_test.txt"}
     paths |= {f"text_{k}": wd / "text_tasks" / f"{k}.json" for k in ("train", "test")}  # written with the world
-    if all(p.is_file() for p in paths.values()):
+    settings = {"seed": preset["seed"], "short_per_type": preset["short_per_type"]}
+    made = d / "settings.json"
+    if all(p.is_file() for p in paths.values()) and made.is_file() and json.loads(made.read_text()) == settings:
         return paths
     vocab = {"shapes": world["shapes"], "colors": list(world["colors"])}
+    short = {"kinds": ("conversation",), "short_fraction": 1.0, "per_type": preset["short_per_type"]}
     jobs = (("train", "instruct_train", {"short_fraction": 0.0}),  # conversation, detail, reasoning
-            ("train", "short_train", {"kinds": ("conversation",), "short_fraction": 1.0}),
+            ("train", "short_train", short),
             ("test", "instruct_test", {"short_fraction": SHORT_FRACTION}))
     heldout = {f"{c} {s}" for c, s in world["heldout_pairs"]}
     for split, key, kw in jobs:
@@ -69,6 +75,7 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
     from llava_lite.demo.corpus import world_documents
 
     paths["general"].write_text("\n".join(doc.replace("\n", " ") for doc in world_documents(wd, "test")) + "\n")
+    made.write_text(json.dumps(settings))
     return paths
 
 
@@ -103,7 +110,7 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
     s2 = _train(f"{preset_name}_stage2.yaml", [
         f"model.init_from={s1}",
         f"data.sources=[{{path: {data['instruct_train']}, image_folder: {images}, weight: {LONG_WEIGHT}}}, "
-        f"{{path: {data['short_train']}, image_folder: {images}, weight: {SHORT_WEIGHT}}}, "
+        f"{{path: {data['short_train']}, image_folder: {images}, weight: {SHORT_WEIGHT}, isolate_turns: true}}, "
         f"{{path: {data['text_train']}, format: alpaca, weight: {TEXT_WEIGHT}}}]",
         f"train.output_dir={out / 'stage2'}"])
     t_eval = time.time()

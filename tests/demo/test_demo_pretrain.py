@@ -23,6 +23,7 @@ from llava_lite.demo.world import HELDOUT_PAIRS
 
 TINY = {
     "seed": 0,
+    "short_per_type": 2,
     "world": {"n_train": 16, "n_test": 8, "image_size": 64},
     "text_tasks": {"n_train": 24, "n_test": 8},
     "tokenizer": {"vocab_size": 400},
@@ -140,3 +141,6 @@ def test_demo_data_step_on_the_tiny_world(base):
     assert not [f"{c} {s}" for c, s in world["heldout_pairs"] if f"{c} {s}" in train_text]
     mtime = paths["vqa"].stat().st_mtime_ns
     assert _data(base, TINY, world) == paths and paths["vqa"].stat().st_mtime_ns == mtime
+    turns = lambda: sum(len(r["conversations"]) for r in json.loads(paths["short_train"].read_text()))
+    two = turns()
+    assert _data(base, {**TINY, "short_per_type": 1}, world) == paths and turns() < two  # new settings: made again
