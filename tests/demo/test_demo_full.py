@@ -2,12 +2,12 @@
 cores: world, tokenizer, CLIP and LM pre-training, both stages, evaluation).
 
 Every other test stays green when the demo model stops reading its images; this one does not. The
-floors sit below every measured run of the recipe by more than its spread: with 3 questions per type
-trained one at a time (isolate_turns), VQA was 80.9%, 74.0% and 78.5% over three stage-training seeds
-and 69.3% with the base LM initialised from another seed (2026-12-05, one 2-core machine), 38.2% to
-40.6% when each question is asked about another image (answer priors). The recipe before gave 53.9%
-to 72.8% over LM seeds and machines, so an LM that a different CPU initialises differently can cost
-10 points; the floors leave room for that.
+floors sit below every measured run of the recipe: with 3 questions per type trained one at a time
+(isolate_turns), VQA was 80.9%, 74.0% and 78.5% over three stage-training seeds, and 69.3% and 74.2%
+with the base LM initialised from two other seeds (2026-12-05, one 2-core machine); 38.2% to 40.6%
+when each question is asked about another image (answer priors). The LM's initialisation, which a
+different CPU's rounding perturbs like a new seed, is the widest swing (11.6 points), so the VQA
+floor leaves 9 points below the lowest run; a model that stops reading the image loses about 35.
 """
 from __future__ import annotations
 
