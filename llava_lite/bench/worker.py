@@ -74,14 +74,16 @@ def head_forward(model, mode: str, chunk: int = 1024):
     "chunked" (sparse, and the head + CE recomputed per chunk of supervised tokens in backward, so
     only one chunk's logits are ever held)."""
     from llava_lite.model.llava import LlavaOutput
+    from llava_lite.model.packed_attention import decoder_kwargs
 
     def ce(weight, h, t):
         return F.cross_entropy((h @ weight.t()).float(), t, reduction="sum")
 
-    def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, position_ids=None):
+    def forward(self, input_ids, attention_mask=None, pixel_values=None, labels=None, position_ids=None,
+                segment_ids=None):
         embeds = self.embed(input_ids, pixel_values)
-        kw = {"attention_mask": attention_mask} if position_ids is None else {"position_ids": position_ids}
-        hidden = self.lm.get_decoder()(inputs_embeds=embeds, use_cache=False, **kw).last_hidden_state
+        layout = decoder_kwargs(self.lm, attention_mask, position_ids, segment_ids, embeds.dtype)
+        hidden = self.lm.get_decoder()(inputs_embeds=embeds, use_cache=False, **layout).last_hidden_state
         weight = self.lm.get_output_embeddings().weight
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
