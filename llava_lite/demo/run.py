@@ -146,7 +146,21 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
 
     write_summary(out, report)
     chat_sample(assistant, s2, world_dir)
+    gguf_pair(s2, out / "stage2-gguf")
     return report
+
+
+def gguf_pair(model_dir: Path, out: Path) -> None:
+    """llama.cpp's files for the demo's model (f16), when the gguf package is installed (make installs it)."""
+    import importlib.util
+
+    from llava_lite.interop.export import export
+
+    if importlib.util.find_spec("gguf") is None:
+        print("(no GGUF export: pip install llava-lite[gguf] to write llama.cpp's files)")
+        return
+    export(model_dir, out, "gguf", outtype="f16")
+    print(f"Run it with llama.cpp: llama-server -m {out / 'stage2.gguf'} --mmproj {out / 'mmproj-stage2.gguf'}")
 
 
 def other_image_accuracy(assistant, vqa: Path, images: Path) -> dict:

@@ -30,22 +30,33 @@ from llava_lite.model.lm import is_peft
 
 PROJECTORS = {"mlp2x_gelu": "gelu", "linear": "linear"}  # llava-lite projector -> projector_hidden_act
 
-# Put in front of the model's own template: typed content ({"type": "image"} / {"type": "text"},
-# what LlavaProcessor.apply_chat_template passes) becomes the "<image>\n..." strings llava-lite
-# renders, and the model's default system prompt is added when the conversation has none.
-PRELUDE = (
-    "{%- set ns = namespace(msgs=[]) -%}"
-    "{%- for m in messages -%}"
-    "{%- if m['content'] is string -%}{%- set text = m['content'] -%}"
-    "{%- else -%}{%- set parts = namespace(s='') -%}"
-    "{%- for c in m['content'] -%}"
-    "{%- if c['type'] == 'image' -%}{%- set parts.s = parts.s + '<image>\\n' -%}"
-    "{%- elif c['type'] == 'text' -%}{%- set parts.s = parts.s + c['text'] -%}{%- endif -%}"
-    "{%- endfor -%}{%- set text = parts.s -%}{%- endif -%}"
-    "{%- set ns.msgs = ns.msgs + [{'role': m['role'], 'content': text}] -%}"
-    "{%- endfor -%}"
-    "{%- set messages = ns.msgs -%}"
-)
+
+def prelude(image: str = IMAGE_TOKEN) -> str:
+    """Put in front of the model's own template: typed content ({"type": "image"} / {"type": "text"},
+    what LlavaProcessor.apply_chat_template passes) becomes the "<image>\\n..." strings llava-lite renders.
+    With another `image` string (llama.cpp's media marker), "<image>" in string content becomes it, and an
+    image_url part or a text part that is exactly the marker (how llama.cpp's clients pass an image) too."""
+    swap = same = ""
+    if image != IMAGE_TOKEN:
+        swap = f".replace('{IMAGE_TOKEN}', '{image}')"
+        same = f" or c['type'] == 'image_url' or (c['type'] == 'text' and c['text'] == '{image}')"
+    return (
+        "{%- set ns = namespace(msgs=[]) -%}"
+        "{%- for m in messages -%}"
+        "{%- if m['content'] is string -%}{%- set text = m['content']" + swap + " -%}"
+        "{%- else -%}{%- set parts = namespace(s='') -%}"
+        "{%- for c in m['content'] -%}"
+        "{%- if c['type'] == 'image'" + same + " -%}{%- set parts.s = parts.s + '" + image + "\\n' -%}"
+        "{%- elif c['type'] == 'text' -%}{%- set parts.s = parts.s + c['text'] -%}{%- endif -%}"
+        "{%- endfor -%}{%- set text = parts.s -%}{%- endif -%}"
+        "{%- set ns.msgs = ns.msgs + [{'role': m['role'], 'content': text}] -%}"
+        "{%- endfor -%}"
+        "{%- set messages = ns.msgs -%}"
+    )
+
+
+PRELUDE = prelude()
+# The model's default system prompt is added when the conversation has none.
 SYSTEM = ("{%- if messages and messages[0]['role'] != 'system' -%}"
           "{%- set messages = [{'role': 'system', 'content': SYSTEM_PROMPT}] + messages -%}{%- endif -%}")
 # Stage-1 (cfg.render_mode "plain") prompts: bos, then one <image> per image, no text.
@@ -100,8 +111,9 @@ def llava_config(model):
     )
 
 
-def chat_template(model) -> str:
-    """The processor's template: typed or string content, the default system prompt, then the model's own."""
+def chat_template(model, image: str = IMAGE_TOKEN) -> str:
+    """The processor's template: typed or string content, the default system prompt, then the model's own.
+    `image`: the text an image part becomes (see prelude)."""
     if model.cfg.render_mode == "plain":
         return PRELUDE + PLAIN
     if not model.tokenizer.chat_template:
@@ -109,7 +121,7 @@ def chat_template(model) -> str:
     system = ""
     if model.cfg.system_prompt:
         system = "{%- set SYSTEM_PROMPT = " + _jinja_string(model.cfg.system_prompt) + " -%}" + SYSTEM
-    return PRELUDE + system + model.tokenizer.chat_template
+    return prelude(image) + system + model.tokenizer.chat_template
 
 
 def _jinja_string(text: str) -> str:

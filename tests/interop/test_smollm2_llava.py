@@ -86,13 +86,14 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lora_run(smollm2_dir, data, tmp_path_factory) -> Path:
-    """3 LoRA stage-2 steps: SmolLM2 + the tiny random tower, on tiny colour images (configs/stage2_lora.yaml)."""
+    """3 LoRA stage-2 steps: SmolLM2 + the tiny random tower (images padded to square, as LLaVA-1.5 and
+    llama.cpp do), on tiny colour images (configs/stage2_lora.yaml)."""
     out = tmp_path_factory.mktemp("smol_lora")
     images = Path(data["conversations"]).parent / "images"
     main(["train", str(CONFIGS / "stage2_lora.yaml"), *overrides(
         smollm2_dir, out, f"data.sources=[{{path: {data['conversations']}, image_folder: {images}}}]",
         "train.max_steps=3", "train.batch_size=2", "lora.r=8", "lora.alpha=16", "train.lr=1e-3",
-        "train.projector_lr=1e-3", "train.group_by_modality_length=false")])
+        "train.projector_lr=1e-3", "train.group_by_modality_length=false", "model.vision.pad_to_square=true")])
     return out
 
 
@@ -144,6 +145,47 @@ def test_export_parity(lora_run, tmp_path):
     print(f"\nSmolLM2 LoRA llava -> hf-llava: max |logit diff| {worst:.2e} (merged vs exported); "
           f"{merge_diff:.2e} (adapter vs merged)")
     assert worst < DEEP_TOL and merge_diff < 1e-2
+
+
+def test_gguf_through_llama_cpp(lora_run, data, tmp_path):
+    """`export --format gguf` (LoRA merged) read by llama.cpp itself: SmolLM2's prompts tokenise token for token as
+    ours, and its greedy answers through llama-cpp-python's multimodal chat path are ours, at f32 and q8_0, on
+    square images (logits compared) and on the data's non-square ones (padded in another order by llama.cpp)."""
+    from helpers.llama_cpp import compare, data_uri, load
+    from PIL import Image
+
+    merged = LlavaLite.from_pretrained(lora_run)
+    merge_adapters(merged)
+    files = sorted((Path(data["conversations"]).parent / "images").iterdir())[:3]
+    oblong = [Image.open(p).convert("RGB") for p in files]
+    square = [im.resize((32, 32)) for im in oblong]
+    question = "What colour is the image?"
+    ours = [Message("user", "<image>\n" + question)]
+
+    def ask(llm, im):
+        return compare(merged, llm, ours, [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_uri(im)}}, {"type": "text", "text": question}]}],
+            [im], max_tokens=8)
+
+    worst = {}
+    for outtype in ("f32", "q8_0"):
+        main(["export", str(lora_run), str(tmp_path / outtype), "--format", "gguf", "--outtype", outtype])
+        llm = load(tmp_path / outtype / f"{lora_run.name}.gguf", tmp_path / outtype / f"mmproj-{lora_run.name}.gguf")
+        try:
+            if outtype == "f32":
+                prompt = merged.tokenizer.apply_chat_template([{"role": "user", "content": "Add 12 and 345."}],
+                                                              tokenize=False, add_generation_prompt=True)
+                for text in [prompt, "The year 2024 had 366 days.", "café – naïve 😀", "  a\n\n\tb "]:
+                    assert llm.tokenize(text.encode(), add_bos=False, special=True) == merged.tokenizer(
+                        text, add_special_tokens=False)["input_ids"], text
+            results = [ask(llm, im) for im in square + oblong]
+            assert all(same for same, _ in results), (outtype, results)
+            worst[outtype] = (max(d for _, d in results[:len(square)]), max(d for _, d in results[len(square):]))
+        finally:
+            llm.close()
+    print(f"\nSmolLM2 LoRA llava -> GGUF through llama.cpp: same greedy tokens on {len(square + oblong)} images; "
+          "max |logit diff| square / non-square: " + ", ".join(f"{k} {a:.3f} / {b:.3f}" for k, (a, b) in worst.items()))
+    assert worst["f32"][0] < 0.1 and worst["q8_0"][0] < 2.0  # measured 0.007 and 1.09 (logits of magnitude ~40)
 
 
 def test_text_sft_lowers_training_perplexity_and_keeps_general_text(smollm2_dir, data, tmp_path):

@@ -1,0 +1,116 @@
+"""The vision side of a LlavaLite (open_clip ViT + mlp2x_gelu projector) as llama.cpp's `mmproj` GGUF.
+
+llama.cpp (libmtmd, tools/mtmd/models/llava.cpp) runs the ViT blocks up to the feature layer, drops
+the CLS token and applies projector type `mlp`: `mm.0 -> GELU -> mm.2`, our mlp2x_gelu. This writes
+the tower blocks up to `vision.layer` only, and names that layer explicitly (`clip.vision.feature_layer`,
+counted as llama.cpp counts it: 0 is the encoder input, k the output of block k-1).
+
+What has no form in that graph is refused with one FormatError naming the option: other projectors
+(`linear` has no exact `mlp` form, since llama.cpp always applies GELU after mm.0), pixel shuffle, a kept
+CLS token, and towers CLIPVisionModel cannot hold (hf_clip.check_tower). Known differences, reported
+by the parity tests: llama.cpp's GELU is the tanh approximation (ours is exact unless QuickGELU), and
+it resizes and pads images itself (bicubic, pad colour (122, 116, 104), the OpenAI CLIP mean).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from llava_lite.errors import FormatError
+from llava_lite.interop.gguf_lm import file_type, tensor_data
+from llava_lite.interop.hf_clip import check_tower, hidden_act
+
+# The CLIP mean colour llama.cpp pads non-square images with (clip.cpp: image_pad_color for `mlp`).
+LLAMA_CPP_PAD = (122, 116, 104)
+
+
+def check_config(cfg) -> None:
+    """Raise one FormatError naming every option of a ModelConfig the mmproj's llava graph cannot hold
+    (read from the saved config, before any weight loads)."""
+    vc, problems = cfg.vision, []
+    if cfg.projector != "mlp2x_gelu":
+        problems.append(f"projector={cfg.projector!r}: llama.cpp's `mlp` projector is mm.0 -> GELU -> mm.2 "
+                        "(mlp2x_gelu); train with projector: mlp2x_gelu to export")
+    if vc.pixel_shuffle > 1:
+        problems.append(f"vision.pixel_shuffle={vc.pixel_shuffle}: the llava graph feeds every patch")
+    if vc.use_cls:
+        problems.append("vision.use_cls=True: the llava graph drops the CLS token")
+    if problems:
+        raise FormatError("cannot export the vision side to GGUF: " + "; ".join(problems))
+
+
+def check_vision(model) -> None:
+    """check_config, then the tower itself (hf_clip.check_tower: what a CLIP ViT graph cannot hold)."""
+    check_config(model.cfg)
+    check_tower(model.vision.visual)
+
+
+def feature_blocks(model) -> int:
+    """How many ViT blocks feed the projector (vision.layer, counted from 0 or from the end)."""
+    n = len(model.vision.visual.transformer.resblocks)
+    layer = model.vision.cfg.layer
+    if not -n <= layer < n:
+        raise FormatError(f"vision.layer={layer} is out of range for a {n}-block tower")
+    return (layer % n) + 1
+
+
+def mmproj_tensors(model) -> dict[str, torch.Tensor]:
+    visual, n = model.vision.visual, feature_blocks(model)
+    sd = visual.state_dict()
+    out = {"v.patch_embd.weight": sd["conv1.weight"], "v.class_embd": sd["class_embedding"],
+           "v.position_embd.weight": sd["positional_embedding"],
+           "v.pre_ln.weight": sd["ln_pre.weight"], "v.pre_ln.bias": sd["ln_pre.bias"]}
+    if model.vision.cfg.normalize:  # features pass the final LayerNorm, which llama.cpp applies as post_ln
+        out |= {"v.post_ln.weight": sd["ln_post.weight"], "v.post_ln.bias": sd["ln_post.bias"]}
+    pairs = (("ln_1", "ln1"), ("ln_2", "ln2"), ("attn.out_proj", "attn_out"), ("mlp.c_fc", "ffn_up"),
+             ("mlp.c_proj", "ffn_down"))
+    for i in range(n):
+        src, dst = f"transformer.resblocks.{i}.", f"v.blk.{i}."
+        for ours, theirs in pairs:
+            out |= {f"{dst}{theirs}.{p}": sd[f"{src}{ours}.{p}"] for p in ("weight", "bias")}
+        for name, w, b in zip("qkv", sd[f"{src}attn.in_proj_weight"].chunk(3), sd[f"{src}attn.in_proj_bias"].chunk(3)):
+            out[f"{dst}attn_{name}.weight"], out[f"{dst}attn_{name}.bias"] = w, b
+    proj = model.projector.state_dict()  # Sequential(Linear, GELU, Linear)
+    out |= {"mm.0.weight": proj["0.weight"], "mm.0.bias": proj["0.bias"],
+            "mm.2.weight": proj["2.weight"], "mm.2.bias": proj["2.bias"]}
+    return out
+
+
+def write_mmproj(model, path: Path, outtype: str, name: str) -> Path:
+    """Write the tower (up to the feature layer) and projector of `model` to `path`."""
+    import gguf
+
+    check_vision(model)
+    visual = model.vision.visual
+    block = visual.transformer.resblocks[0]
+    pp = visual.preprocess_cfg
+    w = gguf.GGUFWriter(str(path), arch="clip")
+    w.add_name(f"mmproj-{name}")
+    w.add_file_type(file_type(outtype))
+    w.add_bool("clip.has_vision_encoder", True)
+    w.add_bool("clip.has_audio_encoder", False)
+    w.add_string("clip.projector_type", "mlp")
+    act = hidden_act(visual)
+    w.add_bool("clip.use_gelu", act != "quick_gelu")  # false: QuickGELU, llama.cpp's default for CLIP
+    w.add_uint32("clip.vision.image_size", visual.image_size[0])
+    w.add_uint32("clip.vision.patch_size", visual.patch_size[0])
+    w.add_uint32("clip.vision.embedding_length", visual.transformer.width)
+    w.add_uint32("clip.vision.feed_forward_length", block.mlp.c_fc.out_features)
+    w.add_uint32("clip.vision.block_count", feature_blocks(model))
+    w.add_uint32("clip.vision.projection_dim", model.projector[2].out_features)
+    w.add_uint32("clip.vision.attention.head_count", block.attn.num_heads)
+    w.add_float32("clip.vision.attention.layer_norm_epsilon", block.ln_1.eps)
+    w.add_array("clip.vision.feature_layer", [feature_blocks(model)])
+    w.add_array("clip.vision.image_mean", [float(m) for m in pp["mean"]])
+    w.add_array("clip.vision.image_std", [float(s) for s in pp["std"]])
+    for tname, t in mmproj_tensors(model).items():
+        # the patch convolution and the embeddings stay at f16/f32: ggml's im2col and get_rows take no q8_0
+        kind = outtype if tname.startswith(("v.blk.", "mm.")) else ("f16" if t.ndim == 4 else "f32")
+        data, raw = tensor_data(t, kind)
+        w.add_tensor(tname, data, raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
