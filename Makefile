@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: demo demo-fast test test-fast install clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt scripts/install_llama_cpp.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev,serve]"
