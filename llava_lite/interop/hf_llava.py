@@ -26,9 +26,15 @@ import torch
 from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.errors import FormatError
 from llava_lite.interop.hf_clip import check_tower, clip_config, image_processor_kwargs, to_hf_layer, to_hf_state
+from llava_lite.log import logger
 from llava_lite.model.lm import is_peft
 
 PROJECTORS = {"mlp2x_gelu": "gelu", "linear": "linear"}  # llava-lite projector -> projector_hidden_act
+# vLLM builds LlavaMultiModalProjector's activation with get_act_fn (model_executor/layers/activation.py), whose
+# registry has no "linear"; with linear_1 and linear_2 shaped as HF Llava shapes them, no registered activation
+# passes W x + b through exactly, so there is no vLLM form to write instead.
+VLLM_LINEAR = ("this directory has projector_hidden_act 'linear', which transformers loads but vLLM does not "
+               "(its get_act_fn has no 'linear'): train with projector mlp2x_gelu to serve with vLLM")
 
 
 def prelude(image: str = IMAGE_TOKEN) -> str:
@@ -204,4 +210,6 @@ def write_hf_llava(model, out_dir) -> Path:
     processor.save_pretrained(out)
     generation_config(model).save_pretrained(out)
     config.save_pretrained(out)  # last: a directory with config.json is complete
+    if model.cfg.projector == "linear":
+        logger.warning(VLLM_LINEAR)
     return out

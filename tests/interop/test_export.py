@@ -39,7 +39,7 @@ def tower_dir(tmp_path, name: str, **vision_cfg) -> str:
     dict(use_cls=False, layer=0, projector="linear", pad_to_square=True, system_prompt="Answer briefly."),
     dict(use_cls=True, layer=-2, projector="mlp2x_gelu", pad_to_square=True, quick_gelu=True),
 ])
-def test_hf_llava_parity(tiny_lm, tmp_path, case):
+def test_hf_llava_parity(tiny_lm, tmp_path, case, caplog):
     case = dict(case)
     system, quick = case.pop("system_prompt", None), case.pop("quick_gelu", False)
     tower = tower_dir(tmp_path, "qg", quick_gelu=True) if quick else "tiny"
@@ -47,6 +47,7 @@ def test_hf_llava_parity(tiny_lm, tmp_path, case):
     model.cfg.system_prompt = system
     assert (type(model.vision.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU") == quick
     write_hf_llava(model, tmp_path / "hf")
+    assert ("vLLM does not" in caplog.text) == (case["projector"] == "linear")  # said once, at export time
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["vision_feature_layer"] == {-2: -2, -1: -1, 0: 1}[case["layer"]]
     assert config["vision_feature_select_strategy"] == ("full" if case["use_cls"] else "default")
