@@ -55,7 +55,7 @@ def write_gguf(model, out: Path, outtype: str = "f16", name: str = "model", text
 
     from llava_lite.data.render import end_of_turn_token
     from llava_lite.interop.gguf_lm import check_lm, write_lm
-    from llava_lite.interop.gguf_mmproj import check_vision, write_mmproj
+    from llava_lite.interop.gguf_mmproj import check_vision, padding_note, write_mmproj
     from llava_lite.interop.hf_llava import chat_template
     from llava_lite.model.gguf import require_gguf
 
@@ -64,6 +64,8 @@ def write_gguf(model, out: Path, outtype: str = "f16", name: str = "model", text
     check_lm(model.lm)
     if not text_only:
         check_vision(model)  # before anything is written
+        if note := padding_note(model):
+            logger.warning(note)
     merge_adapters(model)
     tok = model.tokenizer
     # `{% generation %}` marks training spans for transformers; llama.cpp's template engines do not know it.

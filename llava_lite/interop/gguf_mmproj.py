@@ -46,6 +46,18 @@ def check_vision(model) -> None:
     check_tower(model.vision.visual)
 
 
+def padding_note(model) -> str | None:
+    """What llama.cpp does differently to this model's non-square images, in one line (None: nothing)."""
+    if not model.vision.cfg.pad_to_square:
+        return ("this model centre-crops non-square images (vision.pad_to_square is false) where llama.cpp pads "
+                "them to square: its answers on non-square images will differ (square images are unaffected)")
+    pad = tuple(int(m * 255) for m in model.vision.mean)
+    if pad != LLAMA_CPP_PAD:
+        return (f"this model pads non-square images with {pad}, llama.cpp with {LLAMA_CPP_PAD} (the OpenAI CLIP "
+                "mean): its answers on non-square images may differ")
+    return None
+
+
 def feature_blocks(model) -> int:
     """How many ViT blocks feed the projector (vision.layer, counted from 0 or from the end)."""
     n = len(model.vision.visual.transformer.resblocks)

@@ -215,3 +215,15 @@ def test_llama_cpp_server_answers_like_chat(exported):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_export_says_when_llama_cpp_preprocesses_differently(tiny_lm, tmp_path, caplog, pad):
+    """llama.cpp pads every non-square image to square; a model that centre-crops them is told so at export."""
+    from llava_lite.interop.export import write_gguf
+
+    torch.manual_seed(0)
+    model = LlavaLite.build(ModelConfig(vision=VisionConfig(model="tiny", pretrained=None, pad_to_square=pad),
+                                        lm=str(tiny_lm))).eval()
+    write_gguf(model, tmp_path, "f32")
+    assert ("centre-crops non-square images" in caplog.text) != pad
