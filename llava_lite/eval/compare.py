@@ -56,13 +56,19 @@ class TextOnlyModel(LlavaLite):
 
 
 def is_llava_dir(path: str | Path) -> bool:
-    return (Path(path) / CONFIG_NAME).is_file()
+    """A llava-lite directory, or one `sources.model_dir` imports (llava-hf, LLaVA llava_llama)."""
+    from llava_lite.interop.sources import IMPORTED, detect
+
+    return (Path(path) / CONFIG_NAME).is_file() or (Path(path).is_dir() and detect(path) in IMPORTED)
 
 
 def load_model(path: str | Path, like: LlavaLite | None = None, **kwargs) -> LlavaLite:
-    """A llava-lite directory, or a plain LM wrapped text-only with `like`'s tokenizer and prompt mode."""
+    """A llava-lite directory (or a llava-hf / LLaVA one, imported once), or a plain LM wrapped text-only with
+    `like`'s tokenizer and prompt mode."""
     if is_llava_dir(path):
-        return LlavaLite.from_pretrained(path, **kwargs)
+        from llava_lite.interop.sources import model_dir
+
+        return LlavaLite.from_pretrained(model_dir(path), **kwargs)
     from llava_lite.model.lm import load_lm, load_tokenizer
 
     tokenizer = like.tokenizer if like is not None else load_tokenizer(str(path))

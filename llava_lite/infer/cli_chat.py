@@ -11,10 +11,11 @@ from llava_lite.data.conversation import Message
 def run_chat(args: argparse.Namespace) -> None:
     from llava_lite.data.images import load_image
     from llava_lite.infer.chat import Assistant
+    from llava_lite.interop.sources import model_dir
     from llava_lite.model.llava import LlavaLite, default_device
 
     device = getattr(args, "device", None) or default_device()
-    model = LlavaLite.from_pretrained(args.model, device=device, dtype=getattr(args, "dtype", None))
+    model = LlavaLite.from_pretrained(model_dir(args.model), device=device, dtype=getattr(args, "dtype", None))
     assistant = Assistant(model, device)
     images = [load_image(p, where="--image") for p in args.image]
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +169,35 @@ def imported(source: Source, cfg: Config) -> Path:
             except OSError:  # another machine's process (shared file system) published it first
                 shutil.rmtree(staging, ignore_errors=True)
             logger.info(f"model.init_from: imported {source.kind} {source.path} into {out}")
+    return out
+
+
+def model_dir(ref) -> Path:
+    """What `--model` names (chat, eval, serve), as a llava-lite model directory: itself, or a llava-hf or LLaVA
+    llava_llama directory imported once into $LLAVA_LITE_CACHE/imported (else ~/.cache/llava-lite/imported),
+    keyed as model.init_from's imports are (path, files' sizes and mtimes), with the directory's own chat
+    template; the import is told on stderr. A missing path or another layout is one ConfigError."""
+    from llava_lite.model.gguf import cache_root
+
+    path = Path(ref).expanduser()
+    kind = detect(path) if path.exists() else None
+    if kind == "llava-lite":
+        return path
+    if kind not in IMPORTED:
+        what = "does not exist" if not path.exists() else "is none of the layouts accepted"
+        raise ConfigError(f"--model {ref!r} {what}: it must be a llava-lite model directory, a llava-hf "
+                          "(LlavaForConditionalGeneration) directory or a LLaVA llava_llama directory")
+    out = cache_root() / "imported" / f"{'hf' if kind == 'hf-llava' else 'llava'}-{_cache_key(path)}"
+    if not (out / CONFIG_NAME).is_file():
+        staging = out.with_name(f".{out.name}.{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        import_source(Source(kind, path), staging)
+        try:
+            os.replace(staging, out)
+        except OSError:  # a concurrent import published it first
+            shutil.rmtree(staging, ignore_errors=True)
+        # on stderr: `llava-lite chat --prompt` keeps stdout for the answer
+        print(f"--model: imported {kind} {path} into {out} (once; later runs reuse it)", file=sys.stderr)
     return out
 
 

@@ -28,9 +28,14 @@ log = logging.getLogger(__name__)
 FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
 
 
-def default_cache_dir() -> Path:
+def cache_root() -> Path:
+    """Where llava-lite caches conversions: $LLAVA_LITE_CACHE, else ~/.cache/llava-lite."""
     root = os.environ.get("LLAVA_LITE_CACHE")
-    return Path(root).expanduser() / "gguf" if root else Path.home() / ".cache" / "llava-lite" / "gguf"
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "llava-lite"
+
+
+def default_cache_dir() -> Path:
+    return cache_root() / "gguf"
 
 
 def cache_key(path: Path) -> str:

@@ -29,13 +29,15 @@ STATIC = Path(__file__).parent / "static"
 
 
 def create_app(assistant_or_model_dir: Assistant | str | Path, settings: Settings = Settings()) -> Starlette:
-    """An app serving one model. A directory is loaded with `LlavaLite.from_pretrained`."""
+    """An app serving one model. A directory (llava-lite, or llava-hf / LLaVA imported: sources.model_dir) is
+    loaded with `LlavaLite.from_pretrained`."""
     if isinstance(assistant_or_model_dir, Assistant):
         assistant, default_name = assistant_or_model_dir, "llava-lite"
     else:
+        from llava_lite.interop.sources import model_dir
         from llava_lite.model.llava import LlavaLite
 
-        assistant = Assistant(LlavaLite.from_pretrained(assistant_or_model_dir))
+        assistant = Assistant(LlavaLite.from_pretrained(model_dir(assistant_or_model_dir)))
         default_name = Path(assistant_or_model_dir).resolve().name
     model_name = settings.model_name or default_name
     worker = Worker(assistant, settings.default_max_tokens, settings.max_queue)

@@ -78,7 +78,9 @@ def run(args: argparse.Namespace) -> None:
     from llava_lite.model.llava import default_device
 
     device = args.device or default_device()
-    model = LlavaLite.from_pretrained(args.model, device=device, dtype=args.dtype)
+    from llava_lite.interop.sources import model_dir
+
+    model = LlavaLite.from_pretrained(model_dir(args.model), device=device, dtype=args.dtype)
     app = create_app(Assistant(model, device), settings)
     logger.info(f"llava-lite serve: {settings.model_name} at http://{args.host}:{args.port}/ (API: /v1)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
