@@ -26,6 +26,8 @@ import torch
 from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.errors import FormatError
 from llava_lite.interop.hf_clip import check_tower, clip_config, image_processor_kwargs, to_hf_layer, to_hf_state
+from llava_lite.interop.hf_siglip import check_siglip, is_timm_vit, siglip_config
+from llava_lite.interop.hf_siglip import to_hf_state as siglip_state
 from llava_lite.log import logger
 from llava_lite.model.lm import is_peft
 
@@ -85,8 +87,24 @@ def check_exportable(model) -> None:
         problems.append("the LM carries LoRA adapters (lm_adapter): merge them first (export merges them)")
     if problems:
         raise FormatError("cannot export to hf-llava: " + "; ".join(problems))
-    check_tower(model.vision.visual)
-    image_processor_kwargs(model.vision.visual.preprocess_cfg, model.vision.visual.image_size[0])
+    visual = model.vision.visual
+    check_siglip(visual) if is_timm_vit(visual) else check_tower(visual)
+    image_processor_kwargs(visual.preprocess_cfg, visual.image_size[0])
+
+
+def tower(model) -> tuple:
+    """(vision config, number of blocks, whether the ViT sequence holds a CLS token) of the model's tower:
+    an open_clip ViT as CLIPVisionModel, a timm SigLIP as SiglipVisionModel."""
+    visual = model.vision.visual
+    if is_timm_vit(visual):
+        return siglip_config(visual), len(visual.trunk.blocks), False
+    return clip_config(visual), len(visual.transformer.resblocks), True
+
+
+def tower_state(model) -> dict[str, torch.Tensor]:
+    """The tower's weights under the transformers vision model's names (under `vision_model.`)."""
+    visual = model.vision.visual
+    return siglip_state(visual) if is_timm_vit(visual) else to_hf_state(visual)
 
 
 def projector_state(model) -> dict[str, torch.Tensor]:
@@ -103,15 +121,16 @@ def projector_state(model) -> dict[str, torch.Tensor]:
 def llava_config(model):
     from transformers import LlavaConfig
 
-    visual = model.vision.visual
+    vision, blocks, cls = tower(model)
     text = copy.deepcopy(model.lm.config)
     text.vocab_size = model.lm.get_input_embeddings().weight.shape[0]
     return LlavaConfig(
-        vision_config=clip_config(visual), text_config=text,
+        vision_config=vision, text_config=text,
         image_token_index=model.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), image_seq_length=model.image_seq_len,
         projector_hidden_act=PROJECTORS[model.cfg.projector],
-        vision_feature_select_strategy="full" if model.vision.cfg.use_cls else "default",
-        vision_feature_layer=to_hf_layer(model.vision.cfg.layer, len(visual.transformer.resblocks)),
+        # "default" drops the first token (CLS): a tower without one keeps every token ("full")
+        vision_feature_select_strategy="full" if model.vision.cfg.use_cls or not cls else "default",
+        vision_feature_layer=to_hf_layer(model.vision.cfg.layer, blocks),
         multimodal_projector_bias=True, tie_word_embeddings=bool(getattr(text, "tie_word_embeddings", False)),
         dtype=str(next(model.lm.parameters()).dtype).removeprefix("torch."),
     )
@@ -138,7 +157,9 @@ def build_processor(model):
     from transformers import CLIPImageProcessor, LlavaImageProcessor, LlavaProcessor
 
     visual = model.vision.visual
+    _, _, cls = tower(model)
     kw = image_processor_kwargs(visual.preprocess_cfg, visual.image_size[0])
+    patch = visual.image_size[0] // model.vision.grid_size[0]
     if model.vision.cfg.pad_to_square:  # pads with int(mean * 255), centred, before resizing: expand_to_square
         image_processor = LlavaImageProcessor(do_pad=True, **kw)
     else:
@@ -147,9 +168,9 @@ def build_processor(model):
     template = chat_template(model)
     tokenizer.chat_template = template
     return LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=visual.patch_size[0],
-        vision_feature_select_strategy="full" if model.vision.cfg.use_cls else "default",
-        num_additional_image_tokens=1,  # the CLS token is always in the ViT sequence
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
+        vision_feature_select_strategy="full" if model.vision.cfg.use_cls or not cls else "default",
+        num_additional_image_tokens=int(cls),  # CLIP's CLS token is always in the ViT sequence; SigLIP has none
         chat_template=template, image_token=IMAGE_TOKEN,
     )
 
@@ -174,7 +195,7 @@ def llava_state(model, config) -> dict[str, torch.Tensor]:
     vision_keys = base.vision_tower.state_dict().keys()
     inner = "vision_model." if any(k.startswith("vision_model.") for k in vision_keys) else ""
     parts = [
-        (base.vision_tower, {inner + k: v for k, v in to_hf_state(model.vision.visual).items()}),
+        (base.vision_tower, {inner + k: v for k, v in tower_state(model).items()}),
         (base.multi_modal_projector, projector_state(model)),
         (base.language_model, model.lm.get_decoder().state_dict()),
     ]

@@ -1,4 +1,6 @@
-"""The frozen CLIP vision tower (open_clip) and its image preprocessing.
+"""The frozen vision tower (open_clip: its own CLIP ViTs, and timm-backed ones such as SigLIP / SigLIP2)
+and its image preprocessing. Features come from one block (`vision.layer`) through open_clip's
+`forward_intermediates`, so a timm tower's pooling head (SigLIP's attention pool) never runs.
 
 The tower is never trained: parameters have requires_grad=False, the module stays in eval mode
 whatever `.train()` is called on its parent, and features are computed under no_grad.
@@ -68,25 +70,42 @@ class VisionTower(nn.Module):
         return self
 
     @property
+    def trunk(self) -> nn.Module | None:
+        """The timm ViT of a timm-backed open_clip tower (SigLIP, SigLIP2); None for open_clip's own ViTs."""
+        return getattr(self.visual, "trunk", None)
+
+    @property
     def width(self) -> int:
-        return self.visual.transformer.width * self.cfg.pixel_shuffle**2
+        base = self.trunk.embed_dim if self.trunk is not None else self.visual.transformer.width
+        return base * self.cfg.pixel_shuffle**2
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        if self.trunk is not None:
+            return tuple(self.trunk.patch_embed.grid_size)
+        return tuple(self.visual.grid_size)
 
     @property
     def num_patches(self) -> int:
-        gh, gw = self.visual.grid_size
+        gh, gw = self.grid_size
         r = self.cfg.pixel_shuffle
         return (gh // r) * (gw // r) + (1 if self.cfg.use_cls else 0)
 
     def _check_pixel_shuffle(self) -> None:
-        r, (gh, gw) = self.cfg.pixel_shuffle, self.visual.grid_size
+        r, (gh, gw) = self.cfg.pixel_shuffle, self.grid_size
         if r < 1 or gh % r or gw % r:
             raise ConfigError(f"model.vision.pixel_shuffle={r} must divide the {gh}x{gw} patch grid")
         if r > 1 and self.cfg.use_cls:
             raise ConfigError("model.vision.pixel_shuffle > 1 cannot be combined with model.vision.use_cls")
+        trunk = self.trunk
+        if self.cfg.use_cls and trunk is not None and (getattr(trunk, "cls_token", None) is None
+                                                       or getattr(trunk, "num_reg_tokens", 0)):
+            raise ConfigError(f"model.vision.use_cls: the tower {self.cfg.model!r} has no single CLS token "
+                              "(SigLIP pools with attention): set use_cls false")
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.visual.conv1.weight.dtype
+        return next(self.visual.parameters()).dtype
 
     def image_to_tensor(self, image: Image.Image) -> torch.Tensor:
         """PIL RGB image -> [3, H, W] with open_clip's own resize/crop/normalise."""
@@ -111,7 +130,7 @@ class VisionTower(nn.Module):
         )
         feats = out["image_intermediates"][0]  # [N, P, width]
         if self.cfg.pixel_shuffle > 1:
-            feats = pixel_shuffle(feats, self.visual.grid_size, self.cfg.pixel_shuffle)
+            feats = pixel_shuffle(feats, self.grid_size, self.cfg.pixel_shuffle)
         if self.cfg.use_cls:
             feats = torch.cat([out["image_intermediates_prefix"][0], feats], dim=1)
         return feats

@@ -126,7 +126,7 @@ def plan(cfg: Config, engine: str = "ddp", gpus: int = 1) -> Plan:
     per_layer = 34 * hidden * tokens
     act = layers * 2 * hidden * tokens + per_layer if cfg.train.gradient_checkpointing else layers * per_layer
     act += tokens / 2 * c.vocab_size * 4 * 2  # fp32 logits of the supervised positions and their gradient
-    act += cfg.train.batch_size * patches * visual.transformer.width * 34  # one ViT block, forward only
+    act += cfg.train.batch_size * patches * model.vision.width * 34  # one ViT block, forward only
     p.memory["activations (rough)"] = act / GIB
     return p
 
