@@ -20,6 +20,8 @@ import torch
 from llava_lite.errors import FormatError
 from llava_lite.interop.gguf_lm import file_type, tensor_data
 from llava_lite.interop.hf_clip import check_tower, hidden_act
+from llava_lite.interop.hf_siglip import check_siglip, is_timm_vit
+from llava_lite.interop.hf_siglip import hidden_act as siglip_act
 
 # The CLIP mean colour llama.cpp pads non-square images with (clip.cpp: image_pad_color for `mlp`).
 LLAMA_CPP_PAD = (122, 116, 104)
@@ -41,15 +43,18 @@ def check_config(cfg) -> None:
 
 
 def check_vision(model) -> None:
-    """check_config, then the tower itself (hf_clip.check_tower: what a CLIP ViT graph cannot hold)."""
+    """check_config, then the tower itself (what a CLIP or SigLIP ViT graph cannot hold: hf_clip.check_tower,
+    hf_siglip.check_siglip)."""
     check_config(model.cfg)
-    check_tower(model.vision.visual)
+    visual = model.vision.visual
+    check_siglip(visual) if is_timm_vit(visual) else check_tower(visual)
 
 
 def padding_note(model) -> str | None:
     """What llama.cpp does differently to this model's non-square images, in one line (None: nothing)."""
     if not model.vision.cfg.pad_to_square:
-        return ("this model centre-crops non-square images (vision.pad_to_square is false) where llama.cpp pads "
+        how = {"squash": "stretches"}.get(model.vision.visual.preprocess_cfg.get("resize_mode"), "centre-crops")
+        return (f"this model {how} non-square images (vision.pad_to_square is false) where llama.cpp pads "
                 "them to square: its answers on non-square images will differ (square images are unaffected)")
     pad = tuple(int(m * 255) for m in model.vision.mean)
     if pad != LLAMA_CPP_PAD:
@@ -58,9 +63,14 @@ def padding_note(model) -> str | None:
     return None
 
 
+def blocks(model) -> list:
+    visual = model.vision.visual
+    return list(visual.trunk.blocks) if is_timm_vit(visual) else list(visual.transformer.resblocks)
+
+
 def feature_blocks(model) -> int:
     """How many ViT blocks feed the projector (vision.layer, counted from 0 or from the end)."""
-    n = len(model.vision.visual.transformer.resblocks)
+    n = len(blocks(model))
     layer = model.vision.cfg.layer
     if not -n <= layer < n:
         raise FormatError(f"vision.layer={layer} is out of range for a {n}-block tower")
@@ -68,8 +78,17 @@ def feature_blocks(model) -> int:
 
 
 def mmproj_tensors(model) -> dict[str, torch.Tensor]:
-    visual, n = model.vision.visual, feature_blocks(model)
-    sd = visual.state_dict()
+    """The tower's blocks up to the feature layer and the projector under clip.cpp's names."""
+    n = feature_blocks(model)
+    out = siglip_tensors(model, n) if is_timm_vit(model.vision.visual) else clip_tensors(model, n)
+    proj = model.projector.state_dict()  # Sequential(Linear, GELU, Linear)
+    return out | {"mm.0.weight": proj["0.weight"], "mm.0.bias": proj["0.bias"],
+                  "mm.2.weight": proj["2.weight"], "mm.2.bias": proj["2.bias"]}
+
+
+def clip_tensors(model, n: int) -> dict[str, torch.Tensor]:
+    """An open_clip ViT: CLS, positions, pre-LayerNorm, blocks (fused in_proj split into q, k, v)."""
+    sd = model.vision.visual.state_dict()
     out = {"v.patch_embd.weight": sd["conv1.weight"], "v.class_embd": sd["class_embedding"],
            "v.position_embd.weight": sd["positional_embedding"],
            "v.pre_ln.weight": sd["ln_pre.weight"], "v.pre_ln.bias": sd["ln_pre.bias"]}
@@ -83,9 +102,25 @@ def mmproj_tensors(model) -> dict[str, torch.Tensor]:
             out |= {f"{dst}{theirs}.{p}": sd[f"{src}{ours}.{p}"] for p in ("weight", "bias")}
         for name, w, b in zip("qkv", sd[f"{src}attn.in_proj_weight"].chunk(3), sd[f"{src}attn.in_proj_bias"].chunk(3)):
             out[f"{dst}attn_{name}.weight"], out[f"{dst}attn_{name}.bias"] = w, b
-    proj = model.projector.state_dict()  # Sequential(Linear, GELU, Linear)
-    out |= {"mm.0.weight": proj["0.weight"], "mm.0.bias": proj["0.bias"],
-            "mm.2.weight": proj["2.weight"], "mm.2.bias": proj["2.bias"]}
+    return out
+
+
+def siglip_tensors(model, n: int) -> dict[str, torch.Tensor]:
+    """A timm SigLIP ViT: biased patch convolution, positions, no CLS and no pre-LayerNorm (the llava graph
+    skips both when their tensors are absent), blocks (fused qkv split into q, k, v)."""
+    sd = model.vision.visual.trunk.state_dict()
+    out = {"v.patch_embd.weight": sd["patch_embed.proj.weight"], "v.patch_embd.bias": sd["patch_embed.proj.bias"],
+           "v.position_embd.weight": sd["pos_embed"][0]}
+    if model.vision.cfg.normalize:
+        out |= {"v.post_ln.weight": sd["norm.weight"], "v.post_ln.bias": sd["norm.bias"]}
+    pairs = (("norm1", "ln1"), ("norm2", "ln2"), ("attn.proj", "attn_out"), ("mlp.fc1", "ffn_up"),
+             ("mlp.fc2", "ffn_down"))
+    for i in range(n):
+        src, dst = f"blocks.{i}.", f"v.blk.{i}."
+        for ours, theirs in pairs:
+            out |= {f"{dst}{theirs}.{p}": sd[f"{src}{ours}.{p}"] for p in ("weight", "bias")}
+        for name, w, b in zip("qkv", sd[f"{src}attn.qkv.weight"].chunk(3), sd[f"{src}attn.qkv.bias"].chunk(3)):
+            out[f"{dst}attn_{name}.weight"], out[f"{dst}attn_{name}.bias"] = w, b
     return out
 
 
@@ -95,24 +130,28 @@ def write_mmproj(model, path: Path, outtype: str, name: str) -> Path:
 
     check_vision(model)
     visual = model.vision.visual
-    block = visual.transformer.resblocks[0]
-    pp = visual.preprocess_cfg
+    block, pp = blocks(model)[0], visual.preprocess_cfg
+    if is_timm_vit(visual):
+        act, width, ffn, heads, eps = (siglip_act(visual.trunk), visual.trunk.embed_dim, block.mlp.fc1.out_features,
+                                       block.attn.num_heads, block.norm1.eps)
+    else:
+        act, width, ffn, heads, eps = (hidden_act(visual), visual.transformer.width, block.mlp.c_fc.out_features,
+                                       block.attn.num_heads, block.ln_1.eps)
     w = gguf.GGUFWriter(str(path), arch="clip")
     w.add_name(f"mmproj-{name}")
     w.add_file_type(file_type(outtype))
     w.add_bool("clip.has_vision_encoder", True)
     w.add_bool("clip.has_audio_encoder", False)
     w.add_string("clip.projector_type", "mlp")
-    act = hidden_act(visual)
     w.add_bool("clip.use_gelu", act != "quick_gelu")  # false: QuickGELU, llama.cpp's default for CLIP
     w.add_uint32("clip.vision.image_size", visual.image_size[0])
-    w.add_uint32("clip.vision.patch_size", visual.patch_size[0])
-    w.add_uint32("clip.vision.embedding_length", visual.transformer.width)
-    w.add_uint32("clip.vision.feed_forward_length", block.mlp.c_fc.out_features)
+    w.add_uint32("clip.vision.patch_size", visual.image_size[0] // model.vision.grid_size[0])
+    w.add_uint32("clip.vision.embedding_length", width)
+    w.add_uint32("clip.vision.feed_forward_length", ffn)
     w.add_uint32("clip.vision.block_count", feature_blocks(model))
     w.add_uint32("clip.vision.projection_dim", model.projector[2].out_features)
-    w.add_uint32("clip.vision.attention.head_count", block.attn.num_heads)
-    w.add_float32("clip.vision.attention.layer_norm_epsilon", block.ln_1.eps)
+    w.add_uint32("clip.vision.attention.head_count", heads)
+    w.add_float32("clip.vision.attention.layer_norm_epsilon", eps)
     w.add_array("clip.vision.feature_layer", [feature_blocks(model)])
     w.add_array("clip.vision.image_mean", [float(m) for m in pp["mean"]])
     w.add_array("clip.vision.image_std", [float(s) for s in pp["std"]])

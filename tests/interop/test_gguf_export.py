@@ -227,3 +227,29 @@ def test_export_says_when_llama_cpp_preprocesses_differently(tiny_lm, tmp_path, 
                                         lm=str(tiny_lm))).eval()
     write_gguf(model, tmp_path, "f32")
     assert ("centre-crops non-square images" in caplog.text) != pad
+
+
+def test_siglip_tower_through_llama_cpp(tiny_lm, tmp_path):
+    """A SigLIP tower (no CLS token, biased patch convolution, tanh GELU) exports to the same llava graph: llama.cpp's
+    image features and greedy answers match ours."""
+    from helpers.siglip import tiny_siglip_dir
+
+    from llava_lite.interop.export import write_gguf
+
+    torch.manual_seed(0)
+    vision = VisionConfig(model=tiny_siglip_dir(tmp_path / "tower"), pretrained=None, pad_to_square=True)
+    model = LlavaLite.build(ModelConfig(vision=vision, lm=str(tiny_lm))).eval()
+    lm_file, mmproj = write_gguf(model, tmp_path / "out", "f32")
+    llm = load(lm_file, mmproj)
+    try:
+        worst, same = 0.0, True
+        for seed, size in enumerate(SQUARE):
+            image = noise(*size, seed)
+            with torch.no_grad():
+                ours = model.encode_images(model.vision.image_to_tensor(image)[None])[0].numpy()
+            worst = max(worst, float(np.abs(image_features(llm, image) - ours).max()))
+            same &= compare(model, llm, *chat(image), [image])[0]
+    finally:
+        llm.close()
+    print(f"\nSigLIP mmproj f32: max |image feature diff| {worst:.2e}; identical answers: {same}")
+    assert worst < 1e-3 and same
