@@ -5,8 +5,9 @@
 What maps: `LlamaForCausalLM` (and Mistral without a sliding window) -> architecture `llama`, with
 q/k rows reordered from transformers' rotate-half layout to the interleaved pairs llama.cpp's rope
 turns; a byte-level BPE tokenizer (tokenizer.json) -> `tokenizer.ggml.model = gpt2` with its tokens,
-token types, merges and the pre-tokenizer named as llama.cpp names it. Anything else (rope scaling,
-MLP biases, a SentencePiece or unrecognised pre-tokenizer) is refused with one FormatError naming it.
+token types, merges and the pre-tokenizer named as llama.cpp names it (gpt-2, smollm, llama-bpe); rope
+scaled by frequency (llama3, linear) as `rope_freqs.weight`. Anything else (yarn or dynamic rope, MLP
+biases, a SentencePiece or unrecognised pre-tokenizer) is refused with one FormatError naming it.
 """
 from __future__ import annotations
 
@@ -20,11 +21,16 @@ from llava_lite.errors import FormatError
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 ARCHES = {"llama", "mistral"}
+FREQ_SCALED = ("default", "linear", "llama3")  # rope types that only divide frequencies (rope_freqs.weight)
+# Llama 3's split regex (its tokenizer.json pre_tokenizer), which llama.cpp names "llama-bpe".
+LLAMA3_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+                "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
 # tokenizer.json pre_tokenizer (normalised, see _pre_signature) -> llama.cpp's tokenizer.ggml.pre.
 # "gpt-2": GPT-2's regex alone; "smollm": every digit split first, then GPT-2's regex (SmolLM, StarCoder).
 PRE_TOKENIZERS = {
     (("ByteLevel", True),): "gpt-2",
     (("Digits", True), ("ByteLevel", True)): "smollm",
+    (("Split", LLAMA3_SPLIT), ("ByteLevel", False)): "llama-bpe",
 }
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5  # llama.cpp token types
 
@@ -58,9 +64,12 @@ def check_lm(lm) -> None:
     c, problems = lm.config, []
     if c.model_type not in ARCHES:
         problems.append(f"model_type={c.model_type!r}: only Llama-family LMs export (llama, mistral)")
-    rope = getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {}
-    if rope.get("rope_type", "default") not in ("default", None):
-        problems.append(f"rope_type={rope['rope_type']!r}: only unscaled rope exports")
+    rope_type = rope_kind(c)
+    if rope_type not in FREQ_SCALED:
+        problems.append(f"rope_type={rope_type!r}: the export holds rope whose scaling only rescales frequencies "
+                        f"({', '.join(FREQ_SCALED)})")
+    elif getattr(lm.get_decoder().rotary_emb, "attention_scaling", 1.0) != 1.0:
+        problems.append("rope attention_scaling != 1: llama.cpp's llama graph does not scale attention")
     if getattr(c, "mlp_bias", False):
         problems.append("mlp_bias=True: llama.cpp's llama graph has no MLP biases")
     if getattr(c, "sliding_window", None):
@@ -69,6 +78,21 @@ def check_lm(lm) -> None:
         problems.append(f"hidden_act={c.hidden_act!r}: the llama graph uses SiLU (SwiGLU)")
     if problems:
         raise FormatError("cannot export the LM to GGUF: " + "; ".join(problems))
+
+
+def rope_kind(config) -> str:
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    return rope.get("rope_type") or rope.get("type") or "default"
+
+
+def rope_factors(lm) -> torch.Tensor:
+    """Per-frequency divisors that turn unscaled rope into the LM's own (llama3, linear): `rope_freqs.weight`,
+    which llama.cpp's rope divides each frequency by. Read from the inverse frequencies the LM really uses."""
+    c = lm.config
+    used = lm.get_decoder().rotary_emb.inv_freq.float()
+    d = 2 * used.numel()
+    plain = 1.0 / (rope_theta(c) ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    return (plain / used.double()).float()
 
 
 def rope_theta(config) -> float:
@@ -107,6 +131,8 @@ def lm_tensors(lm) -> dict[str, torch.Tensor]:
                 raise FormatError(f"LM weight layers.{i}.{module}.{param} has no llama.cpp counterpart")
     if not getattr(c, "tie_word_embeddings", False):
         out["output.weight"] = lm.get_output_embeddings().weight
+    if rope_kind(c) != "default":
+        out["rope_freqs.weight"] = rope_factors(lm)
     return out
 
 
@@ -120,6 +146,8 @@ def _pre_signature(pre: dict | None) -> tuple:
             sig.append(("ByteLevel", bool(s.get("use_regex", True))))
         elif s["type"] == "Digits":
             sig.append(("Digits", bool(s.get("individual_digits"))))
+        elif s["type"] == "Split" and s.get("behavior") == "Isolated" and not s.get("invert"):
+            sig.append(("Split", (s.get("pattern") or {}).get("Regex")))
         else:
             sig.append((s["type"], None))
     return tuple(sig)
@@ -137,6 +165,9 @@ def tokenizer_fields(tokenizer, vocab_size: int) -> dict:
     if spec.get("normalizer"):
         raise FormatError(f"tokenizer normalizer {spec['normalizer']['type']!r}: llama.cpp's BPE tokenizer has none")
     pre = PRE_TOKENIZERS.get(_pre_signature(spec.get("pre_tokenizer")))
+    if pre == "llama-bpe" and not model.get("ignore_merges"):
+        raise FormatError("tokenizer splits like Llama 3 but does not set ignore_merges, which llama.cpp's "
+                          "llama-bpe tokenizer always does: the two would tokenise some words differently")
     if pre is None:
         raise FormatError(f"tokenizer pre_tokenizer {json.dumps(spec.get('pre_tokenizer'))[:200]} is not one llama.cpp "
                           f"names here (known: {', '.join(PRE_TOKENIZERS.values())})")
