@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from llava_lite.errors import FormatError
+from llava_lite.model.hf_tower import RESAMPLE
 
-RESAMPLE = {"bicubic": 3, "bilinear": 2}  # open_clip interpolation -> PILImageResampling
 # An imported tower still needs a text side for open_clip to build and load it; llava-lite never runs it.
 TINY_TEXT = {"context_length": 2, "vocab_size": 8, "width": 8, "heads": 1, "layers": 1}
 
@@ -153,22 +153,6 @@ def image_processor_kwargs(preprocess_cfg: dict, image_size: int) -> dict:
         return kw | dict(size={"height": side, "width": side}, do_center_crop=False)
     raise FormatError(f"image preprocessing resize_mode={mode!r} (resize longest side and pad) "
                       "cannot be reproduced by CLIPImageProcessor")
-
-
-def preprocess_from_hf(ip: dict) -> dict:
-    """An image processor's settings -> open_clip preprocess_cfg (the inverse of image_processor_kwargs)."""
-    interp = {v: k for k, v in RESAMPLE.items()}.get(int(ip.get("resample", 3)))
-    if interp is None or not ip.get("do_normalize", True) or abs(ip.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-12:
-        raise FormatError(f"image processor settings resample={ip.get('resample')} / rescale / normalize "
-                          "are not open_clip's")
-    size, crop = ip.get("size", {}), ip.get("crop_size") or {}
-    cfg = {"mean": list(ip["image_mean"]), "std": list(ip["image_std"]), "interpolation": interp}
-    if "shortest_edge" in size and ip.get("do_center_crop", True) and crop == {"height": size["shortest_edge"],
-                                                                              "width": size["shortest_edge"]}:
-        return cfg | {"image_size": size["shortest_edge"], "resize_mode": "shortest"}
-    if size.get("height") and size.get("height") == size.get("width") and not ip.get("do_center_crop", True):
-        return cfg | {"image_size": size["height"], "resize_mode": "squash"}
-    raise FormatError(f"image processor size={size} crop_size={crop}: open_clip resizes and crops to one size")
 
 
 def write_open_clip_dir(state: dict[str, torch.Tensor], config, preprocess_cfg: dict, out_dir: Path) -> str:

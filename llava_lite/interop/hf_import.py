@@ -27,7 +27,8 @@ import torch
 
 from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.errors import ModelLoadError
-from llava_lite.interop.hf_clip import from_hf_layer, preprocess_from_hf, write_open_clip_dir
+from llava_lite.interop.hf_clip import from_hf_layer, write_open_clip_dir
+from llava_lite.model.hf_tower import preprocess_from_hf
 
 # LLaVA's tower names -> (open_clip model, pretrained tag); OpenAI weights need QuickGELU.
 TOWERS = {
@@ -133,7 +134,9 @@ def _assemble(staging: Path, out_dir: Path, base_cfg, vision, hf_layer: int, pro
     cfg.vision, cfg.projector, cfg.lm, cfg.dtype, cfg.init_from = vision, projector, str(staging / "lm"), dtype, None
     cfg.render_mode, cfg.system_prompt = "chat", None  # the template carries the checkpoint's prompt format
     model = LlavaLite.build(cfg)
-    model.vision.cfg.layer = from_hf_layer(hf_layer, len(model.vision.visual.transformer.resblocks))
+    visual = model.vision.visual
+    blocks = visual.num_blocks if model.vision.is_hf else len(visual.transformer.resblocks)
+    model.vision.cfg.layer = from_hf_layer(hf_layer, blocks)
     model.projector.load_state_dict(projector_state)
     model.lm_weights = "full"  # the LM is written into the directory, not referenced
     return model.save_pretrained(out_dir)
@@ -171,9 +174,10 @@ def import_hf_llava(path: Path, out_dir: Path, base_cfg=None, chat_template: str
     if not isinstance(cfg.vision_feature_layer, int):
         raise UnsupportedCheckpoint(
             f"{path}: vision_feature_layer={cfg.vision_feature_layer}: llava-lite takes features from one layer")
-    if cfg.vision_config.model_type != "clip_vision_model":
-        raise UnsupportedCheckpoint(
-            f"{path}: vision tower {cfg.vision_config.model_type!r}: only CLIPVisionModel maps to open_clip")
+    siglip = cfg.vision_config.model_type == "siglip_vision_model"
+    if cfg.vision_config.model_type != "clip_vision_model" and not siglip:
+        raise UnsupportedCheckpoint(f"{path}: vision tower {cfg.vision_config.model_type!r}: llava-lite reads "
+                                    "CLIPVisionModel and SiglipVisionModel towers")
     base = getattr(hf, "model", hf)
     l1, l2 = base.multi_modal_projector.linear_1, base.multi_modal_projector.linear_2
     b1 = l1.bias if l1.bias is not None else torch.zeros(l1.out_features, dtype=l1.weight.dtype)
@@ -200,10 +204,16 @@ def import_hf_llava(path: Path, out_dir: Path, base_cfg=None, chat_template: str
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".import-", dir=out_dir) as tmp:
         staging = Path(tmp)
-        tower = write_open_clip_dir(vision_state, cfg.vision_config, preprocess_from_hf(ip), staging / "vision")
+        if siglip:  # no open_clip form: the tower stays a transformers model (model/hf_tower.py)
+            base.vision_tower.save_pretrained(staging / "vision")
+            AutoImageProcessor.from_pretrained(path, backend="pil").save_pretrained(staging / "vision")
+            tower = f"hf:{staging / 'vision'}"
+        else:
+            tower = write_open_clip_dir(vision_state, cfg.vision_config, preprocess_from_hf(ip), staging / "vision")
         _write_lm(cfg.text_config, text_state, tokenizer, staging / "lm", path)
-        vision = VisionConfig(model=tower, pretrained=None, use_cls=cfg.vision_feature_select_strategy == "full",
-                              pad_to_square=_pads(ip))
+        # "full" keeps CLIP's CLS token; a SigLIP tower has none to keep
+        vision = VisionConfig(model=tower, pretrained=None, pad_to_square=_pads(ip),
+                              use_cls=cfg.vision_feature_select_strategy == "full" and not siglip)
         dtype = _dtype_name(cfg.text_config, base_cfg)
         return _assemble(staging, out_dir, base_cfg, vision, cfg.vision_feature_layer, projector, proj_state, dtype)
 

@@ -88,7 +88,8 @@ def check_exportable(model) -> None:
     if problems:
         raise FormatError("cannot export to hf-llava: " + "; ".join(problems))
     visual = model.vision.visual
-    check_siglip(visual) if is_timm_vit(visual) else check_tower(visual)
+    if not model.vision.is_hf:  # a transformers tower is already what HF Llava holds
+        check_siglip(visual) if is_timm_vit(visual) else check_tower(visual)
     image_processor_kwargs(visual.preprocess_cfg, visual.image_size[0])
 
 
@@ -96,6 +97,11 @@ def tower(model) -> tuple:
     """(vision config, number of blocks, whether the ViT sequence holds a CLS token) of the model's tower:
     an open_clip ViT as CLIPVisionModel, a timm SigLIP as SiglipVisionModel."""
     visual = model.vision.visual
+    if model.vision.is_hf:
+        config = copy.deepcopy(visual.model.config)
+        if hasattr(config, "vision_use_head"):
+            config.vision_use_head = False  # LLaVA reads a block's output, never the pooled one
+        return config, visual.num_blocks, visual.has_cls
     if is_timm_vit(visual):
         return siglip_config(visual), len(visual.trunk.blocks), False
     return clip_config(visual), len(visual.transformer.resblocks), True
@@ -104,6 +110,8 @@ def tower(model) -> tuple:
 def tower_state(model) -> dict[str, torch.Tensor]:
     """The tower's weights under the transformers vision model's names (under `vision_model.`)."""
     visual = model.vision.visual
+    if model.vision.is_hf:
+        return {k: v.detach() for k, v in visual.model.state_dict().items() if not k.startswith("head.")}
     return siglip_state(visual) if is_timm_vit(visual) else to_hf_state(visual)
 
 

@@ -189,7 +189,7 @@ def save_pretrained(model: LlavaLite, out_dir: str | Path, state_dict: dict | No
         tmp = Path(staging)
         if model.vision.needs_weights_saved():
             model.vision.save_local(tmp / "vision", state=part("vision"))
-            cfg["vision"].update(model="local-dir:vision", pretrained=None)
+            cfg["vision"].update(model="hf:vision" if model.vision.is_hf else "local-dir:vision", pretrained=None)
         save_file({k: v.float() for k, v in part("projector").items()}, str(tmp / "projector.safetensors"))
         model.tokenizer.save_pretrained(tmp / "tokenizer")
         if is_peft(model.lm):
@@ -211,10 +211,12 @@ def save_pretrained(model: LlavaLite, out_dir: str | Path, state_dict: dict | No
 
 
 def _resolve(ref: str, base: Path) -> str:
-    """Paths saved relative to a model directory ("lm", "local-dir:vision") become absolute."""
+    """Paths saved relative to a model directory ("lm", "local-dir:vision", "hf:vision") become absolute."""
     if ref.startswith("local-dir:"):
         path = Path(ref[len("local-dir:"):])
         return f"local-dir:{path if path.is_absolute() else base / path}"
+    if ref.startswith("hf:") and (base / ref[len("hf:"):]).exists():  # else a hub id, kept as it is
+        return f"hf:{base / ref[len('hf:'):]}"
     return str(base / ref) if (base / ref).exists() and not Path(ref).is_absolute() else ref
 
 

@@ -18,6 +18,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from llava_lite.config import ConfigError, VisionConfig
+from llava_lite.model.hf_tower import PREFIX as HF_PREFIX
+from llava_lite.model.hf_tower import HFTower
 
 TINY_DIR = Path(__file__).parents[1] / "assets" / "tiny_clip"  # open_clip local-dir layout, no weights
 
@@ -31,6 +33,15 @@ class VisionTower(nn.Module):
         """device "meta": shapes only (cfg.pretrained must then be None)."""
         super().__init__()
         self.cfg = cfg
+        if cfg.model.startswith(HF_PREFIX):  # a transformers vision model (hf_tower.py)
+            self.visual = HFTower(cfg.model, device)
+            self._text_state, self._clip_config = {}, None
+            self.preprocess = open_clip.image_transform(**_transform_kwargs(self.visual.preprocess_cfg))
+            self.mean = tuple(self.visual.preprocess_cfg["mean"])
+            self.visual.requires_grad_(False)
+            self.visual.eval()
+            self._check_pixel_shuffle()
+            return
         if cfg.model == "tiny":  # a small random ViT shipped as a config, for tests and smoke runs
             clip, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{TINY_DIR}", device=device)
         else:
@@ -75,8 +86,15 @@ class VisionTower(nn.Module):
         return getattr(self.visual, "trunk", None)
 
     @property
+    def is_hf(self) -> bool:
+        return isinstance(self.visual, HFTower)
+
+    @property
     def width(self) -> int:
-        base = self.trunk.embed_dim if self.trunk is not None else self.visual.transformer.width
+        if self.is_hf:
+            base = self.visual.width
+        else:
+            base = self.trunk.embed_dim if self.trunk is not None else self.visual.transformer.width
         return base * self.cfg.pixel_shuffle**2
 
     @property
@@ -98,8 +116,9 @@ class VisionTower(nn.Module):
         if r > 1 and self.cfg.use_cls:
             raise ConfigError("model.vision.pixel_shuffle > 1 cannot be combined with model.vision.use_cls")
         trunk = self.trunk
-        if self.cfg.use_cls and trunk is not None and (getattr(trunk, "cls_token", None) is None
-                                                       or getattr(trunk, "num_reg_tokens", 0)):
+        no_cls = self.is_hf and not self.visual.has_cls
+        if self.cfg.use_cls and (no_cls or trunk is not None and (getattr(trunk, "cls_token", None) is None
+                                                                   or getattr(trunk, "num_reg_tokens", 0))):
             raise ConfigError(f"model.vision.use_cls: the tower {self.cfg.model!r} has no single CLS token "
                               "(SigLIP pools with attention): set use_cls false")
 
@@ -136,9 +155,16 @@ class VisionTower(nn.Module):
         return feats
 
     def save_local(self, out_dir: Path, state: dict | None = None) -> str:
-        """Write the tower in open_clip's local-dir layout; returns the reference to put in the config.
-        `state`: this module's state dict gathered elsewhere (sharded training); default: its own."""
+        """Write the tower in open_clip's local-dir layout (an hf: tower: transformers' layout); returns the
+        reference to put in the config. `state`: this module's state dict gathered elsewhere (sharded
+        training); default: its own."""
         out_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_hf:
+            own = self.state_dict() if state is None else state
+            inner = {k[len("visual.model."):]: v.detach().contiguous().cpu() for k, v in own.items()
+                     if k.startswith("visual.model.")}
+            self.visual.save(out_dir, inner, self.cfg.model)
+            return f"{HF_PREFIX}{out_dir}"
         if self.cfg.model.startswith("local-dir:"):
             src = Path(self.cfg.model[len("local-dir:"):])
             if src.resolve() != out_dir.resolve():
@@ -154,9 +180,17 @@ class VisionTower(nn.Module):
     def needs_weights_saved(self) -> bool:
         """A hub tag can be reloaded by name; random or local towers travel inside the model directory."""
         tag = self.cfg.pretrained
+        if self.cfg.model.startswith(HF_PREFIX):  # a local directory travels; a hub id is reloaded by name
+            return Path(self.cfg.model[len(HF_PREFIX):]).expanduser().exists()
         if self.cfg.model == "tiny" or self.cfg.model.startswith("local-dir:"):
             return True
         return not tag or _is_local_file(tag)
+
+
+def _transform_kwargs(pp: dict) -> dict:
+    """open_clip image_transform arguments for an eval-time preprocess_cfg."""
+    return dict(image_size=pp["image_size"], is_train=False, mean=pp["mean"], std=pp["std"],
+                resize_mode=pp.get("resize_mode", "shortest"), interpolation=pp.get("interpolation", "bicubic"))
 
 
 def pixel_shuffle(feats: torch.Tensor, grid: tuple[int, int], r: int) -> torch.Tensor:
