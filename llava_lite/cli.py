@@ -5,6 +5,8 @@ import argparse
 import os
 import sys
 
+from llava_lite.constants import MODEL_ARG
+
 
 def _train(args: argparse.Namespace) -> None:
     from llava_lite.config import load_config
@@ -84,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("chat", help="chat with a trained model directory (REPL, or one answer with --prompt)")
-    p.add_argument("--model", required=True, help="a llava-lite model directory")
+    p.add_argument("--model", required=True, help=MODEL_ARG)
     p.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     p.add_argument("--prompt", help="ask once, print the answer and exit (reads stdin when it is not a terminal)")
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -96,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="benchmarks, perplexities, judge; base vs tuned with --base",
                        description="Evaluate a llava-lite model directory; prints a JSON report.")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help=MODEL_ARG)
     p.add_argument("--vqa", help="LLaVA question JSONL (question_id, image, text[, answer | answers, category])")
     p.add_argument("--image-folder", help="images for --vqa/--instructions (default: next to the file)")
     p.add_argument("--instructions", help="held-out conversations for response-token perplexity")

@@ -7,7 +7,7 @@
       ModelLoadError         a model reference that cannot be loaded (checked before anything is built)
       PromptError            a prompt that cannot be answered as asked (chat, serve, eval): too long for
                              the model's context, or images and placeholders that do not pair up
-      FormatError            a model or setting another format cannot hold (export to hf-llava, CLIPVisionModel)
+      FormatError            a model or setting another format cannot hold (export to hf-llava or GGUF, imports)
       BackendError           a kernel or quantization this machine cannot run (flash-attn, bitsandbytes, gguf)
 
 `check_model_refs(cfg)` runs before the trainer builds a model: a local path that does not exist,

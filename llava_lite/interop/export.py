@@ -35,8 +35,27 @@ def merge_adapters(model) -> bool:
     return True
 
 
+def check_gguf_dir(model_dir: Path, outtype: str, text_only: bool) -> None:
+    """What a model directory's config, LM config and tokenizer rule out for GGUF, before any weight loads."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from llava_lite.config import ModelConfig, from_dict
+    from llava_lite.interop.gguf_lm import check_lm_config, tokenizer_fields
+    from llava_lite.model.gguf import require_gguf
+    from llava_lite.model.llava import read_meta, saved_config
+    from llava_lite.model.lm import resolve_lm
+
+    require_gguf()  # a BackendError naming `pip install llava-lite[gguf]`
+    cfg = from_dict(ModelConfig, saved_config(read_meta(model_dir)))
+    check_gguf_config(cfg, outtype, text_only)
+    lm = model_dir / cfg.lm if (model_dir / cfg.lm).exists() else cfg.lm  # a trained LM is saved inside
+    check_lm_config(AutoConfig.from_pretrained(resolve_lm(str(lm))))
+    tok = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
+    tokenizer_fields(tok, len(tok))
+
+
 def check_gguf_config(cfg, outtype: str, text_only: bool) -> None:
-    """What the saved config alone rules out for GGUF, before any weight loads."""
+    """What the saved config alone rules out for GGUF."""
     from llava_lite.interop.gguf_lm import OUTTYPES
     from llava_lite.interop.gguf_mmproj import check_config
 
@@ -74,12 +93,16 @@ def write_gguf(model, out: Path, outtype: str = "f16", name: str = "model", text
     out.mkdir(parents=True, exist_ok=True)
     files = [out / f"{name}.gguf"] + ([] if text_only else [out / f"mmproj-{name}.gguf"])
     partial = [f.with_name(f".{f.name}.partial") for f in files]  # renamed into place once both are written
-    write_lm(model.lm, tok, partial[0], outtype, template, name,
-             eot_token_id=tok.convert_tokens_to_ids(eot) if eot else None)
-    if not text_only:
-        write_mmproj(model, partial[1], outtype, name)
-    for tmp, final in zip(partial, files):
-        os.replace(tmp, final)
+    try:
+        write_lm(model.lm, tok, partial[0], outtype, template, name,
+                 eot_token_id=tok.convert_tokens_to_ids(eot) if eot else None)
+        if not text_only:
+            write_mmproj(model, partial[1], outtype, name)
+        for tmp, final in zip(partial, files):
+            os.replace(tmp, final)
+    finally:  # a failed or interrupted export leaves no half-written file behind
+        for tmp in partial:
+            tmp.unlink(missing_ok=True)
     return files
 
 
@@ -94,12 +117,7 @@ def export(model_dir, out, fmt: str = "hf-llava", merge_lora: bool = False, outt
     if out.resolve() == Path(model_dir).resolve():
         raise ConfigError("export needs an output directory other than the model directory")
     if fmt == "gguf":
-        from llava_lite.config import ModelConfig, from_dict
-        from llava_lite.model.gguf import require_gguf
-        from llava_lite.model.llava import read_meta, saved_config
-
-        require_gguf()
-        check_gguf_config(from_dict(ModelConfig, saved_config(read_meta(model_dir))), outtype, text_only)
+        check_gguf_dir(Path(model_dir), outtype, text_only)
     model = LlavaLite.from_pretrained(model_dir).eval()
     if fmt == "hf-llava":
         from llava_lite.interop.hf_llava import write_hf_llava

@@ -60,16 +60,22 @@ def file_type(outtype: str):
 
 
 def check_lm(lm) -> None:
-    """Raise one FormatError naming every LM option the `llama` graph cannot hold."""
-    c, problems = lm.config, []
+    """check_lm_config, then what only the built LM tells: rope that also scales attention."""
+    check_lm_config(lm.config)
+    if getattr(lm.get_decoder().rotary_emb, "attention_scaling", 1.0) != 1.0:
+        raise FormatError("cannot export the LM to GGUF: rope attention_scaling != 1: llama.cpp's llama graph "
+                          "does not scale attention")
+
+
+def check_lm_config(c) -> None:
+    """Raise one FormatError naming every option of an LM config the `llama` graph cannot hold."""
+    problems = []
     if c.model_type not in ARCHES:
         problems.append(f"model_type={c.model_type!r}: only Llama-family LMs export (llama, mistral)")
     rope_type = rope_kind(c)
     if rope_type not in FREQ_SCALED:
         problems.append(f"rope_type={rope_type!r}: the export holds rope whose scaling only rescales frequencies "
                         f"({', '.join(FREQ_SCALED)})")
-    elif getattr(lm.get_decoder().rotary_emb, "attention_scaling", 1.0) != 1.0:
-        problems.append("rope attention_scaling != 1: llama.cpp's llama graph does not scale attention")
     if getattr(c, "mlp_bias", False):
         problems.append("mlp_bias=True: llama.cpp's llama graph has no MLP biases")
     if getattr(c, "sliding_window", None):

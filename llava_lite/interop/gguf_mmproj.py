@@ -1,15 +1,19 @@
-"""The vision side of a LlavaLite (open_clip ViT + mlp2x_gelu projector) as llama.cpp's `mmproj` GGUF.
+"""The vision side of a LlavaLite (an open_clip CLIP or timm SigLIP ViT + mlp2x_gelu projector) as
+llama.cpp's `mmproj` GGUF.
 
 llama.cpp (libmtmd, tools/mtmd/models/llava.cpp) runs the ViT blocks up to the feature layer, drops
-the CLS token and applies projector type `mlp`: `mm.0 -> GELU -> mm.2`, our mlp2x_gelu. This writes
-the tower blocks up to `vision.layer` only, and names that layer explicitly (`clip.vision.feature_layer`,
-counted as llama.cpp counts it: 0 is the encoder input, k the output of block k-1).
+the CLS token when there is one and applies projector type `mlp`: `mm.0 -> GELU -> mm.2`, our
+mlp2x_gelu. This writes the tower blocks up to `vision.layer` only, and names that layer explicitly
+(`clip.vision.feature_layer`, counted as llama.cpp counts it: 0 is the encoder input, k the output of
+block k-1). A SigLIP tower has no CLS token and no pre-LayerNorm: the graph skips absent tensors.
 
 What has no form in that graph is refused with one FormatError naming the option: other projectors
 (`linear` has no exact `mlp` form, since llama.cpp always applies GELU after mm.0), pixel shuffle, a kept
-CLS token, and towers CLIPVisionModel cannot hold (hf_clip.check_tower). Known differences, reported
-by the parity tests: llama.cpp's GELU is the tanh approximation (ours is exact unless QuickGELU), and
-it resizes and pads images itself (bicubic, pad colour (122, 116, 104), the OpenAI CLIP mean).
+CLS token, an MLP as wide as the tower (clip.cpp would take its up and down weights for a legacy swapped
+pair), `hf:` towers, and towers the transformers classes cannot hold (hf_clip.check_tower,
+hf_siglip.check_siglip). Known differences, reported by the parity tests: llama.cpp's GELU is the tanh
+approximation (exact for SigLIP's, approximate for CLIP's GELU; QuickGELU is exact), and it resizes and
+pads images itself (bicubic, pad colour (122, 116, 104), the OpenAI CLIP mean).
 """
 from __future__ import annotations
 
@@ -47,13 +51,23 @@ def check_vision(model) -> None:
     hf_siglip.check_siglip)."""
     check_config(model.cfg)
     visual = model.vision.visual
+    if model.vision.is_hf:
+        raise FormatError(f"vision.model={model.vision.cfg.model!r}: GGUF export writes open_clip and timm towers, "
+                          "not hf: ones yet; export to hf-llava instead")
     check_siglip(visual) if is_timm_vit(visual) else check_tower(visual)
+    block = blocks(model)[0]
+    width, ffn = block.mlp.fc1.weight.shape[::-1] if is_timm_vit(visual) else block.mlp.c_fc.weight.shape[::-1]
+    if ffn == width:
+        raise FormatError(f"the tower's MLP is as wide as the tower ({width}): clip.cpp takes such an mmproj for a "
+                          "legacy file with ffn_up and ffn_down swapped, so llama.cpp would run it wrong")
+    feature_blocks(model)  # vision.layer in range, before anything is written
 
 
 def padding_note(model) -> str | None:
     """What llama.cpp does differently to this model's non-square images, in one line (None: nothing)."""
     if not model.vision.cfg.pad_to_square:
-        how = {"squash": "stretches"}.get(model.vision.visual.preprocess_cfg.get("resize_mode"), "centre-crops")
+        how = {"squash": "stretches", "longest": "resizes by the longer side of"}.get(
+            model.vision.visual.preprocess_cfg.get("resize_mode"), "centre-crops")
         return (f"this model {how} non-square images (vision.pad_to_square is false) where llama.cpp pads "
                 "them to square: its answers on non-square images will differ (square images are unaffected)")
     pad = tuple(int(m * 255) for m in model.vision.mean)
@@ -156,8 +170,10 @@ def write_mmproj(model, path: Path, outtype: str, name: str) -> Path:
     w.add_array("clip.vision.image_mean", [float(m) for m in pp["mean"]])
     w.add_array("clip.vision.image_std", [float(s) for s in pp["std"]])
     for tname, t in mmproj_tensors(model).items():
-        # the patch convolution and the embeddings stay at f16/f32: ggml's im2col and get_rows take no q8_0
-        kind = outtype if tname.startswith(("v.blk.", "mm.")) else ("f16" if t.ndim == 4 else "f32")
+        # the patch convolution stays f16 (f32 at --outtype f32): ggml's im2col takes no bf16 or q8_0 kernel;
+        # the embeddings stay f32
+        conv = "f32" if outtype == "f32" else "f16"
+        kind = outtype if tname.startswith(("v.blk.", "mm.")) else (conv if t.ndim == 4 else "f32")
         data, raw = tensor_data(t, kind)
         w.add_tensor(tname, data, raw_dtype=raw)
     w.write_header_to_file()

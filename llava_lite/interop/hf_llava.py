@@ -2,8 +2,9 @@
 
     write_hf_llava(model, out)   # then LlavaForConditionalGeneration / AutoProcessor.from_pretrained(out)
 
-What maps: the open_clip ViT -> CLIPVisionModel (hf_clip.py); `vision.layer` -> vision_feature_layer;
-`use_cls` -> vision_feature_select_strategy ("full" keeps CLS, "default" drops it);
+What maps: the open_clip ViT -> CLIPVisionModel (hf_clip.py), a timm SigLIP -> SiglipVisionModel
+(hf_siglip.py), an `hf:` tower as it is; `vision.layer` -> vision_feature_layer; `use_cls` ->
+vision_feature_select_strategy ("full" keeps CLS, "default" drops it; a tower without CLS is "full");
 `mlp2x_gelu` -> linear_1 / gelu / linear_2; `linear` -> linear_1 = W with projector_hidden_act
 "linear" and linear_2 = identity (zero bias), which computes W x + b exactly (x * 1 + 0s);
 `pad_to_square` -> LlavaImageProcessor(do_pad=True), which pads with the same mean colour at the

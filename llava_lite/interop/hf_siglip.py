@@ -51,6 +51,16 @@ def check_siglip(visual: nn.Module) -> None:
         raise FormatError("vision tower normalises q and k (qk_norm), which SiglipVisionModel does not")
     if getattr(trunk.patch_embed, "proj", None) is None or trunk.patch_embed.proj.bias is None:
         raise FormatError("vision tower's patch embedding has no biased convolution, unlike SiglipVisionModel's")
+    if getattr(trunk, "pos_embed", None) is None:
+        raise FormatError("vision tower has no learned position embedding (pos_embed), unlike SiglipVisionModel")
+    if block.attn.qkv.bias is None:
+        raise FormatError("vision tower's attention has no q/k/v bias (qkv_bias), unlike SiglipVisionModel's")
+    if not (isinstance(getattr(block.attn, "norm", nn.Identity()), nn.Identity)
+            and isinstance(getattr(block.mlp, "norm", nn.Identity()), nn.Identity)):
+        raise FormatError("vision tower normalises inside attention or MLP (scale_attn_norm / scale_mlp_norm), "
+                          "which SiglipVisionModel does not")
+    if isinstance(trunk.norm, nn.Identity):
+        raise FormatError("vision tower has no final LayerNorm (fc_norm instead), unlike SiglipVisionModel")
     if len(set(trunk.patch_embed.img_size)) != 1 or len(set(trunk.patch_embed.patch_size)) != 1:
         raise FormatError(f"vision tower image size {trunk.patch_embed.img_size} / patch size "
                           f"{trunk.patch_embed.patch_size} is not square; SiglipVisionConfig holds one side")

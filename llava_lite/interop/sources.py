@@ -12,9 +12,11 @@
   model from `model.lm` and `model.vision` with that projector loaded strictly.
 
 Anything else is one ConfigError naming the path and the layouts accepted. `detect` is the only
-place a layout is told apart; `import_dir(path, out_dir)` imports any LLaVA layout by hand.
+place a layout is told apart; `import_dir(path, out_dir)` imports any LLaVA layout by hand, and
+`model_dir(ref)` turns what `--model` names (chat, eval, serve) into a llava-lite directory.
 
-Why the import lives in the run's output directory and not in a cache shared by runs: a run that
+Why a run's import lives in its output directory and not in a cache shared by runs (as `--model`'s do,
+which reference nothing afterwards): a run that
 trains LoRA, or only the projector, references its base LM by path, so the imported LM must live as
 long as the run directory (deleting the run deletes it; no orphaned 14 GB copy elsewhere), and a
 second run or `--resume` in the same directory finds it. The key covers the source path, its files'
@@ -183,6 +185,9 @@ def model_dir(ref) -> Path:
     kind = detect(path) if path.exists() else None
     if kind == "llava-lite":
         return path
+    if kind == "mm-projector":
+        raise ConfigError(f"--model {ref!r} holds only LLaVA's stage-1 projector, not a whole model: train stage 2 "
+                          f"from it (model.init_from={ref}) or pass a whole model directory")
     if kind not in IMPORTED:
         what = "does not exist" if not path.exists() else "is none of the layouts accepted"
         raise ConfigError(f"--model {ref!r} {what}: it must be a llava-lite model directory, a llava-hf "
@@ -191,10 +196,13 @@ def model_dir(ref) -> Path:
     if not (out / CONFIG_NAME).is_file():
         staging = out.with_name(f".{out.name}.{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
-        import_source(Source(kind, path), staging)
         try:
+            import_source(Source(kind, path), staging)
             os.replace(staging, out)
         except OSError:  # a concurrent import published it first
+            if not (out / CONFIG_NAME).is_file():
+                raise
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
         # on stderr: `llava-lite chat --prompt` keeps stdout for the answer
         print(f"--model: imported {kind} {path} into {out} (once; later runs reuse it)", file=sys.stderr)

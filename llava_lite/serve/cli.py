@@ -5,6 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
+from llava_lite.constants import MODEL_ARG
 from llava_lite.log import logger, setup
 from llava_lite.serve.settings import MiB, Settings
 
@@ -13,7 +14,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d = Settings()
-    p.add_argument("--model", required=True, help="a llava-lite model directory (save_pretrained output)")
+    p.add_argument("--model", required=True, help=MODEL_ARG)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default %(default)s")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: cuda when available, else cpu)")

@@ -118,7 +118,7 @@ def test_image_features_match(exported, clients):
         assert theirs.shape == ours.shape
         worst = max(worst, float(np.abs(theirs - ours).max()))
     print(f"\nmmproj f32: max |image feature diff| {worst:.2e} (features up to {np.abs(ours).max():.2f})")
-    assert worst < 1e-2
+    assert worst < 2e-3  # measured 5e-4: llama.cpp's tanh GELU against the tower's exact one
 
 
 @pytest.mark.parametrize("outtype", OUTTYPES)
@@ -153,23 +153,6 @@ def test_text_only_export(tiny_lm, tmp_path):
         assert same and worst < 1e-3, worst  # the tiny LM at its usual scale: f32 text-only is exact to rounding
     finally:
         llm.close()
-
-
-@pytest.mark.parametrize("change, says", [
-    ({"projector": "linear"}, "projector='linear'"),
-    ({"vision": {"use_cls": True}}, "use_cls"),
-    ({"render_mode": "plain"}, "render_mode 'plain'"),
-])
-def test_what_cannot_export_is_refused(tiny_lm, tmp_path, capsys, change, says):
-    vision = VisionConfig(model="tiny", pretrained=None, **change.pop("vision", {}))
-    LlavaLite.build(ModelConfig(vision=vision, lm=str(tiny_lm), **change)).save_pretrained(tmp_path / "m")
-    capsys.readouterr()
-    with pytest.raises(SystemExit):
-        main(["export", str(tmp_path / "m"), str(tmp_path / "out"), "--format", "gguf"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:") and says in err[0], err
-    assert not (tmp_path / "out").exists()  # refused before anything is written
-
 
 
 def test_llama_cpp_server_answers_like_chat(exported):
@@ -215,18 +198,6 @@ def test_llama_cpp_server_answers_like_chat(exported):
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-@pytest.mark.parametrize("pad", [False, True])
-def test_export_says_when_llama_cpp_preprocesses_differently(tiny_lm, tmp_path, caplog, pad):
-    """llama.cpp pads every non-square image to square; a model that centre-crops them is told so at export."""
-    from llava_lite.interop.export import write_gguf
-
-    torch.manual_seed(0)
-    model = LlavaLite.build(ModelConfig(vision=VisionConfig(model="tiny", pretrained=None, pad_to_square=pad),
-                                        lm=str(tiny_lm))).eval()
-    write_gguf(model, tmp_path, "f32")
-    assert ("centre-crops non-square images" in caplog.text) != pad
 
 
 def test_siglip_tower_through_llama_cpp(tiny_lm, tmp_path):
