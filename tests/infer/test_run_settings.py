@@ -125,6 +125,7 @@ def test_chat_loads_on_the_requested_device_and_dtype(monkeypatch):
 
     monkeypatch.setattr(LlavaLite, "from_pretrained", staticmethod(fake_from_pretrained))
     monkeypatch.setattr(llava_lite.infer.chat, "Assistant", lambda *a, **k: None)
+    monkeypatch.setattr("llava_lite.interop.sources.model_dir", lambda ref: ref)  # "m" stands for a model directory
     ns = build_parser().parse_args(["chat", "--model", "m", "--device", "cpu", "--dtype", "float16", "--prompt", "x"])
     with pytest.raises(Stop):
         cli_chat.run_chat(ns)
