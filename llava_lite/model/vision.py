@@ -1,6 +1,7 @@
-"""The frozen vision tower (open_clip: its own CLIP ViTs, and timm-backed ones such as SigLIP / SigLIP2)
-and its image preprocessing. Features come from one block (`vision.layer`) through open_clip's
-`forward_intermediates`, so a timm tower's pooling head (SigLIP's attention pool) never runs.
+"""The frozen vision tower (open_clip: its own CLIP ViTs, and timm-backed ones such as SigLIP / SigLIP2;
+or `hf:` a transformers CLIPVisionModel / SiglipVisionModel, hf_tower.py) and its image preprocessing.
+Features come from one block (`vision.layer`) through `forward_intermediates`, so a tower's pooling
+head (SigLIP's attention pool) never runs.
 
 The tower is never trained: parameters have requires_grad=False, the module stays in eval mode
 whatever `.train()` is called on its parent, and features are computed under no_grad.
