@@ -231,11 +231,16 @@ def write_lm(lm, tokenizer, path: Path, outtype: str, chat_template: str, name: 
     w.add_add_bos_token(False)  # llava-lite renders with add_special_tokens=False: the template holds any bos
     w.add_add_eos_token(False)
     w.add_chat_template(chat_template)
-    for tname, t in lm_tensors(lm).items():
-        data, raw = tensor_data(t, outtype)
-        w.add_tensor(tname, data, raw_dtype=raw)
+    write_tensors(w, ((tname, t, outtype) for tname, t in lm_tensors(lm).items()))
+    return path
+
+
+def write_tensors(w, tensors) -> None:
+    """Add (name, tensor, weight type) triples to the GGUFWriter `w`, then write the file and close it."""
+    for name, t, kind in tensors:
+        data, raw = tensor_data(t, kind)
+        w.add_tensor(name, data, raw_dtype=raw)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return path

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from llava_lite.errors import FormatError
-from llava_lite.interop.gguf_lm import file_type, tensor_data
+from llava_lite.interop.gguf_lm import file_type, write_tensors
 from llava_lite.interop.hf_clip import check_tower, hidden_act
 from llava_lite.interop.hf_siglip import check_siglip, is_timm_vit
 from llava_lite.interop.hf_siglip import hidden_act as siglip_act
@@ -110,13 +110,7 @@ def clip_tensors(model, n: int) -> dict[str, torch.Tensor]:
         out |= {"v.post_ln.weight": sd["ln_post.weight"], "v.post_ln.bias": sd["ln_post.bias"]}
     pairs = (("ln_1", "ln1"), ("ln_2", "ln2"), ("attn.out_proj", "attn_out"), ("mlp.c_fc", "ffn_up"),
              ("mlp.c_proj", "ffn_down"))
-    for i in range(n):
-        src, dst = f"transformer.resblocks.{i}.", f"v.blk.{i}."
-        for ours, theirs in pairs:
-            out |= {f"{dst}{theirs}.{p}": sd[f"{src}{ours}.{p}"] for p in ("weight", "bias")}
-        for name, w, b in zip("qkv", sd[f"{src}attn.in_proj_weight"].chunk(3), sd[f"{src}attn.in_proj_bias"].chunk(3)):
-            out[f"{dst}attn_{name}.weight"], out[f"{dst}attn_{name}.bias"] = w, b
-    return out
+    return out | block_tensors(sd, n, "transformer.resblocks", pairs, "attn.in_proj_")
 
 
 def siglip_tensors(model, n: int) -> dict[str, torch.Tensor]:
@@ -129,11 +123,18 @@ def siglip_tensors(model, n: int) -> dict[str, torch.Tensor]:
         out |= {"v.post_ln.weight": sd["norm.weight"], "v.post_ln.bias": sd["norm.bias"]}
     pairs = (("norm1", "ln1"), ("norm2", "ln2"), ("attn.proj", "attn_out"), ("mlp.fc1", "ffn_up"),
              ("mlp.fc2", "ffn_down"))
+    return out | block_tensors(sd, n, "blocks", pairs, "attn.qkv.")
+
+
+def block_tensors(sd: dict, n: int, blocks: str, pairs, qkv: str) -> dict[str, torch.Tensor]:
+    """Blocks 0..n-1 of a ViT state `sd` (under `{blocks}.{i}.`) as clip.cpp's v.blk.{i}.*: the `pairs`
+    renamed, the fused `{qkv}weight` / `{qkv}bias` split into attn_q, attn_k, attn_v."""
+    out = {}
     for i in range(n):
-        src, dst = f"blocks.{i}.", f"v.blk.{i}."
+        src, dst = f"{blocks}.{i}.", f"v.blk.{i}."
         for ours, theirs in pairs:
             out |= {f"{dst}{theirs}.{p}": sd[f"{src}{ours}.{p}"] for p in ("weight", "bias")}
-        for name, w, b in zip("qkv", sd[f"{src}attn.qkv.weight"].chunk(3), sd[f"{src}attn.qkv.bias"].chunk(3)):
+        for name, w, b in zip("qkv", sd[f"{src}{qkv}weight"].chunk(3), sd[f"{src}{qkv}bias"].chunk(3)):
             out[f"{dst}attn_{name}.weight"], out[f"{dst}attn_{name}.bias"] = w, b
     return out
 
@@ -169,15 +170,9 @@ def write_mmproj(model, path: Path, outtype: str, name: str) -> Path:
     w.add_array("clip.vision.feature_layer", [feature_blocks(model)])
     w.add_array("clip.vision.image_mean", [float(m) for m in pp["mean"]])
     w.add_array("clip.vision.image_std", [float(s) for s in pp["std"]])
-    for tname, t in mmproj_tensors(model).items():
-        # the patch convolution stays f16 (f32 at --outtype f32): ggml's im2col takes no bf16 or q8_0 kernel;
-        # the embeddings stay f32
-        conv = "f32" if outtype == "f32" else "f16"
-        kind = outtype if tname.startswith(("v.blk.", "mm.")) else (conv if t.ndim == 4 else "f32")
-        data, raw = tensor_data(t, kind)
-        w.add_tensor(tname, data, raw_dtype=raw)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    # the patch convolution stays f16 (f32 at --outtype f32): ggml's im2col takes no bf16 or q8_0 kernel;
+    # the embeddings stay f32
+    conv = "f32" if outtype == "f32" else "f16"
+    write_tensors(w, ((tname, t, outtype if tname.startswith(("v.blk.", "mm.")) else (conv if t.ndim == 4 else "f32"))
+                      for tname, t in mmproj_tensors(model).items()))
     return path

@@ -38,25 +38,22 @@ class VisionTower(nn.Module):
             self.visual = HFTower(cfg.model, device)
             self._text_state, self._clip_config = {}, None
             self.preprocess = open_clip.image_transform(**_transform_kwargs(self.visual.preprocess_cfg))
-            self.mean = tuple(self.visual.preprocess_cfg["mean"])
-            self.visual.requires_grad_(False)
-            self.visual.eval()
-            self._check_pixel_shuffle()
-            return
-        if cfg.model == "tiny":  # a small random ViT shipped as a config, for tests and smoke runs
-            clip, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{TINY_DIR}", device=device)
         else:
-            pretrained = None if cfg.model.startswith("local-dir:") else cfg.pretrained
-            self._check_quickgelu()
-            clip, _, preprocess = open_clip.create_model_and_transforms(cfg.model, pretrained=pretrained, device=device)
-        self.visual = clip.visual  # only the image side runs; the text side is kept off-module for saving
-        self._text_state = {k: v for k, v in clip.state_dict().items() if not k.startswith("visual.")}
-        self.preprocess = preprocess
+            if cfg.model == "tiny":  # a small random ViT shipped as a config, for tests and smoke runs
+                clip, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{TINY_DIR}", device=device)
+            else:
+                pretrained = None if cfg.model.startswith("local-dir:") else cfg.pretrained
+                self._check_quickgelu()
+                clip, _, preprocess = open_clip.create_model_and_transforms(cfg.model, pretrained=pretrained,
+                                                                            device=device)
+            self.visual = clip.visual  # only the image side runs; the text side is kept off-module for saving
+            self._text_state = {k: v for k, v in clip.state_dict().items() if not k.startswith("visual.")}
+            self.preprocess = preprocess
+            self._clip_config = self._model_config(clip)
         pp = self.visual.preprocess_cfg if hasattr(self.visual, "preprocess_cfg") else {}
         self.mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.visual.requires_grad_(False)
         self.visual.eval()
-        self._clip_config = self._model_config(clip)
         self._check_pixel_shuffle()
 
     def _check_quickgelu(self) -> None:
