@@ -1,4 +1,4 @@
-"""Writers: Conversation -> LLaVA JSON, ShareGPT, Alpaca or OpenAI messages records.
+"""Writers: Conversation -> LLaVA JSON, ShareGPT, Alpaca, OpenAI messages or preference-pair records.
 
 The readers are `llava_lite.data`; these writers are their inverse, so read -> write -> read
 gives back the same messages and images. Image paths are written relative to `image_folder`
@@ -20,7 +20,7 @@ from llava_lite.config import ConfigError
 from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.data.conversation import Conversation, DataError, ImageRef
 
-FORMATS = ("llava", "sharegpt", "alpaca", "openai")
+FORMATS = ("llava", "sharegpt", "alpaca", "openai", "pairs")
 _FROM = {"user": "human", "assistant": "gpt", "system": "system"}
 
 
@@ -95,8 +95,25 @@ def to_openai(conv: Conversation, image_folder: str | os.PathLike | None = None)
     return rec
 
 
+def to_pairs(conv: Conversation, image_folder: str | os.PathLike | None = None) -> dict[str, Any]:
+    """A preference pair: LLaVA-NeXT's {image, prompt, chosen, rejected} when the prompt is one user
+    turn, TRL's message lists (OpenAI content parts) otherwise."""
+    if conv.rejected is None:
+        raise DataError(f"{conv.where}: not a preference pair (no rejected answer)")
+    rec: dict[str, Any] = {"id": conv.id} if conv.id else {}
+    images, prompt = _images(conv, image_folder), conv.messages[:-1]
+    chosen = conv.messages[-1].content
+    if len(prompt) == 1:
+        if images:
+            rec["image"] = images[0] if len(images) == 1 else images
+        return {**rec, "prompt": prompt[0].content, "chosen": chosen, "rejected": conv.rejected}
+    return {**rec, "prompt": [{"role": m.role, "content": _parts(m.content, images)} for m in prompt],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": conv.rejected}]}
+
+
 WRITERS: dict[str, Callable[[Conversation, Any], dict[str, Any]]] = {
-    "llava": to_llava, "sharegpt": to_sharegpt, "alpaca": to_alpaca, "openai": to_openai,
+    "llava": to_llava, "sharegpt": to_sharegpt, "alpaca": to_alpaca, "openai": to_openai, "pairs": to_pairs,
 }
 
 

@@ -76,7 +76,7 @@ class SourceConfig:
     # instead of path: "dir/shard-{000000..000003}.tar", a glob, or a list
     shards: Optional[Union[str, list[str]]] = None
     name: Optional[str] = None  # shown in the mixture log (default: the file name)
-    format: Literal["auto", "llava", "sharegpt", "alpaca", "openai"] = "auto"
+    format: Literal["auto", "llava", "sharegpt", "alpaca", "openai", "pairs"] = "auto"
     image_folder: Optional[str] = None  # default: the file's own directory (shards carry their images)
     weight: float = 1.0  # repeat factor per epoch (see above)
     # Records of independent questions about one image (short-answer VQA): train each question
@@ -119,7 +119,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    stage: Literal["align", "instruct", "text"] = "instruct"
+    stage: Literal["align", "instruct", "text", "preference"] = "instruct"
     output_dir: str = "runs/llava-lite"
     epochs: float = 1.0
     max_steps: int = -1  # > 0 caps the number of optimizer steps
@@ -152,11 +152,22 @@ class TrainConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    """Preference training (train.stage=preference; train/preference.py)."""
+
+    beta: float = 0.1  # strength of the pull toward the reference (DPO's beta)
+    # sigmoid: DPO; ipo: IPO on length-averaged log-probs; either + rpo_alpha * chosen NLL = RPO
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    rpo_alpha: float = 0.0  # weight of the chosen answer's per-token NLL (0 = off)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
 
 
 def _cast(value: Any, tp: Any, key: str) -> Any:

@@ -45,6 +45,7 @@ class Conversation:
     id: str = ""
     source: str = ""  # "path:line" or "path[index]" for error messages
     isolate_turns: bool = False  # its source's isolate_turns: each question trained alone (data/isolate.py)
+    rejected: str | None = None  # a preference pair (data/pairs.py): the dispreferred last answer
 
     @property
     def where(self) -> str:
@@ -81,6 +82,8 @@ class Conversation:
         if any(IMAGE_TOKEN in m.content for m in self.messages if m.role == "assistant"):
             raise DataError(f"{self.where}: an {IMAGE_TOKEN} placeholder is inside an assistant turn",
                             "placeholder inside answer")
+        if self.rejected is not None:
+            self._validate_pair()
         n = self.num_placeholders()
         if n != len(self.images):
             raise DataError(
@@ -89,3 +92,21 @@ class Conversation:
                 "placeholder count mismatch",
             )
         return self
+
+    def _validate_pair(self) -> None:
+        """The last message is the chosen answer; the rejected one replaces it."""
+        if self.messages[-1].role != "assistant":
+            raise DataError(f"{self.where}: a preference pair must end with the chosen answer", "not a pair")
+        if not self.rejected.strip():
+            raise DataError(f"{self.where}: field 'rejected' is empty", "empty answer")
+        if IMAGE_TOKEN in self.rejected:
+            raise DataError(f"{self.where}: an {IMAGE_TOKEN} placeholder is inside field 'rejected'",
+                            "placeholder inside answer")
+        if self.rejected.strip() == self.messages[-1].content.strip():
+            raise DataError(f"{self.where}: 'chosen' and 'rejected' are the same answer; the pair teaches nothing",
+                            "identical pair")
+
+    def rejected_conversation(self) -> Conversation:
+        """The same conversation ending with the rejected answer."""
+        messages = self.messages[:-1] + [Message("assistant", self.rejected)]
+        return Conversation(messages, self.images, self.id, self.source, self.isolate_turns)

@@ -28,6 +28,7 @@ class Sample:
     skipped: bool  # truncation left no supervised token, or an image would not load: counted, never trained on
     reject: Reject | None = None  # why it was skipped
     segment_ids: torch.Tensor | None = None  # [T] isolated turns (data/isolate.py): 0 = shared prefix, k = turn k
+    rejected: Sample | None = None  # a preference pair: the same prompt with the rejected answer (no pixels)
 
 
 class ConversationDataset(Dataset):
@@ -44,8 +45,10 @@ class ConversationDataset(Dataset):
         max_length: int,
         mode: str = "chat",
         system_prompt: str | None = None,
+        pairs: bool = False,  # preference training: each record renders chosen and rejected (data/pairs.py)
     ):
         self.conversations = conversations
+        self.pairs = pairs
         self.tokenizer = tokenizer
         self.image_transform = image_transform
         self.kw = dict(image_token_id=image_token_id, image_seq_len=image_seq_len, max_length=max_length,
@@ -70,6 +73,19 @@ class ConversationDataset(Dataset):
 
     def sample(self, conv: Conversation) -> Sample:
         """Render one conversation and load its images: the one path for files and shard streams."""
+        if not self.pairs:
+            return self._sample(conv)
+        if conv.rejected is None:
+            return self.skipped(conv.source, conv.id, "not a pair", f"{conv.where}: preference training needs "
+                                "'chosen' and 'rejected' answers", "render")
+        rejected = self._sample(conv.rejected_conversation(), load=False)
+        if rejected.skipped:
+            return rejected
+        chosen = self._sample(conv)
+        chosen.rejected = None if chosen.skipped else rejected
+        return chosen
+
+    def _sample(self, conv: Conversation, load: bool = True) -> Sample:
         try:
             r = (render_isolated if conv.isolate_turns else render)(conv, self.tokenizer, **self.kw)
         except RenderError as e:
@@ -85,7 +101,7 @@ class ConversationDataset(Dataset):
                 "truncated",
             )
         pixels = None
-        if r.num_images:
+        if r.num_images and load:
             try:
                 images = [load_image(ref, where=f"{conv.where} field 'image'") for ref in conv.images[: r.num_images]]
             except DataError as e:
@@ -102,6 +118,8 @@ class ConversationDataset(Dataset):
 
 class Collator:
     """Pad right to the longest sample; stack only the images that exist (text-only -> no pixel_values).
+    Preference pairs become 2B rows (B chosen, then their B rejected) over the chosen rows' images,
+    with `image_rows` saying which image fills each image slot in row order (each image encoded once).
     When a sample has isolated turns the batch also carries `segment_ids` ([B, W]: a sample's turn
     segments, 0 for every token of the other samples, -1 for padding), which the model turns into
     positions and an attention mask (model/packed_attention.py `segment_attention`)."""
@@ -112,6 +130,9 @@ class Collator:
 
     def __call__(self, samples: list[Sample]) -> dict:
         kept = [s for s in samples if not s.skipped] or samples[:1]  # never an empty batch (DDP needs a forward)
+        pairs = [s for s in kept if s.rejected is not None]
+        if pairs:  # preference pairs: chosen rows, then rejected rows in the same order; each image once
+            kept = pairs + [s.rejected for s in pairs]
         width = max(len(s.input_ids) for s in kept)
         width = -(-width // self.multiple) * self.multiple
         ids = torch.full((len(kept), width), self.pad_token_id, dtype=torch.long)
@@ -128,6 +149,8 @@ class Collator:
             "pixel_values": torch.cat(pixels) if pixels else None,
             "num_skipped": Skipped.of(samples),
         }
+        if pairs and pixels:  # rejected row i reads the images of chosen row i (LlavaLite.embed image_rows)
+            batch["image_rows"] = torch.arange(len(batch["pixel_values"])).repeat(2)
         if any(s.segment_ids is not None for s in kept):
             segments = mask - 1  # 0 for tokens, -1 for padding
             for i, s in enumerate(kept):

@@ -75,33 +75,50 @@ def check_data(data: DataConfig) -> str:
 
 
 def dataset_for(model, conversations: list[Conversation], max_length: int, mode: str,
-                system_prompt: str | None) -> ConversationDataset:
+                system_prompt: str | None, pairs: bool = False) -> ConversationDataset:
     """Conversations rendered with a model's tokenizer and image preprocessing."""
     return ConversationDataset(
         conversations, model.tokenizer, model.vision.image_to_tensor, image_token_id=model.image_token_id,
         image_seq_len=model.image_seq_len, max_length=max_length, mode=mode, system_prompt=system_prompt,
+        pairs=pairs,
     )
+
+
+def check_pairs(data: DataConfig, kind: str) -> None:
+    """Preference training renders two rows per record, padded: no packing, isolation or shards."""
+    if data.packing:
+        raise ConfigError("data.packing cannot be used for preference pairs: a pair's chosen and rejected rows are "
+                          "scored side by side; set data.packing=false")
+    if kind == "shards":
+        raise ConfigError("preference pairs are read from conversation files ('path'), not shards")
+    isolated = [i for i, src in enumerate(data.sources) if src.isolate_turns]
+    if isolated:
+        raise ConfigError(f"data.sources[{isolated[0]}].isolate_turns cannot be used for preference pairs")
+
 
 
 class TrainData:
     """The training (and in-training eval) data of one process of `world_size`."""
 
     def __init__(self, data: DataConfig, *, batch_size: int, seed: int, mode: str, images: bool,
-                 group_by_length: bool = True, rank: int = 0, world_size: int = 1):
+                 group_by_length: bool = True, rank: int = 0, world_size: int = 1, pairs: bool = False):
         self.cfg, self.batch_size, self.seed, self.mode = data, batch_size, seed, mode
         self.group = group_by_length
         self.rank, self.world_size = rank, world_size
-        self.images = images
+        self.images, self.pairs = images, pairs
         self.kind = check_data(data)
+        if pairs:
+            check_pairs(data, self.kind)
         self.mixture: Mixture | None = None
         self.shards: list[str] = []
         # Every record of every source is read and checked now, before any weights load; all bad
         # ones are reported together (data.on_bad_record=error) or dropped into rejects.jsonl (skip).
         bad: list[dict] = []
-        evals, bad_eval = read_sources(data.eval_sources, images, data.allow_absolute_image_paths, "data.eval_sources")
+        evals, bad_eval = read_sources(data.eval_sources, images, data.allow_absolute_image_paths, "data.eval_sources",
+                                       pairs=pairs)
         if self.kind == "files":
             self.mixture = load_mixture(data.sources, seed, data.curriculum, images, on_bad="skip",
-                                        allow_absolute=data.allow_absolute_image_paths, rejects=bad)
+                                        allow_absolute=data.allow_absolute_image_paths, rejects=bad, pairs=pairs)
         else:
             self.shards = [p for i, src in enumerate(data.sources)
                            for p in expand_shards(src.shards, f"data.sources[{i}].shards")]
@@ -117,7 +134,7 @@ class TrainData:
         self.loader: DataLoader | None = None  # set by build(); the trainer may swap in a prepared one
 
     def _dataset(self, model, conversations: list[Conversation]) -> ConversationDataset:
-        return dataset_for(model, conversations, self.cfg.max_length, self.mode, self.cfg.system_prompt)
+        return dataset_for(model, conversations, self.cfg.max_length, self.mode, self.cfg.system_prompt, self.pairs)
 
     def build(self, model) -> DataLoader:
         """The training DataLoader (also kept as `self.loader`): files through the mixture and

@@ -144,9 +144,10 @@ def source_name(src, i: int) -> str:
 
 
 def read_sources(sources, images: bool = True, allow_absolute: bool = False, key: str = "data.sources",
-                 ) -> tuple[list[list[Conversation]], list[Reject]]:
+                 pairs: bool = False) -> tuple[list[list[Conversation]], list[Reject]]:
     """Read every source to the end: its good records, and a Reject (kind "record") for every
-    bad one of every source, so that all problems are reported together. An empty file is an error."""
+    bad one of every source, so that all problems are reported together. An empty file is an error.
+    `pairs` (preference training): a record that is not a preference pair is a bad record."""
     convs, rejects = [], []
     for i, src in enumerate(sources):
         good, bad = read_conversations(src.path, src.format, src.image_folder, errors="collect",
@@ -161,6 +162,10 @@ def read_sources(sources, images: bool = True, allow_absolute: bool = False, key
             rejects += [Reject(c.id, c.source, "image in text-only stage", "record", 0,
                                f"{c.where}: stage 'text' got a record with images") for c in good if c.images]
             good = [c for c in good if not c.images]
+        if pairs:
+            rejects += [Reject(c.id, c.source, "not a pair", "record", 0, f"{c.where}: preference training needs "
+                               "'prompt', 'chosen' and 'rejected'") for c in good if c.rejected is None]
+            good = [c for c in good if c.rejected is not None]
         convs.append(good)
     return convs, rejects
 
@@ -171,12 +176,13 @@ def bad_records_error(rejects: list[Reject]) -> DataError:
 
 
 def load_mixture(sources, seed: int, curriculum: str | None = None, images: bool = True, *,
-                 on_bad: str = "error", allow_absolute: bool = False, rejects: list | None = None) -> Mixture:
+                 on_bad: str = "error", allow_absolute: bool = False, rejects: list | None = None,
+                 pairs: bool = False) -> Mixture:
     """Read every file source once; each epoch then draws round(weight * size) records of each
     (see SourceConfig.weight). `images=False` (text-only stages) rejects records with images.
     Bad records of all sources are reported together (on_bad="error") or dropped and appended to
     `rejects` (on_bad="skip")."""
-    convs, bad = read_sources(sources, images, allow_absolute)
+    convs, bad = read_sources(sources, images, allow_absolute, pairs=pairs)
     if bad and on_bad != "skip":
         raise bad_records_error(bad)
     if rejects is not None:
@@ -184,7 +190,7 @@ def load_mixture(sources, seed: int, curriculum: str | None = None, images: bool
     conversations = [c for cs in convs for c in cs]
     sizes = [len(cs) for cs in convs]
     counts = repeat_counts(sizes, [src.weight for src in sources])
-    empty = [src.path for src, n, c in zip(sources, sizes, counts) if c and not n]
+    empty = [src.path for src, n in zip(sources, sizes) if src.weight and not n]
     if empty:
         raise DataError(f"{empty[0]}: the source has a weight but no usable records"
                         + (f"; {describe(bad)}" if bad else ""), "empty file")

@@ -1,4 +1,4 @@
-"""Read LLaVA, ShareGPT, Alpaca and OpenAI-chat files into Conversations.
+"""Read LLaVA, ShareGPT, Alpaca, OpenAI-chat and preference-pair files into Conversations.
 
 Images are not opened here: a Conversation's `images` holds resolved paths (confined to the
 image folder, see `images.resolve_image`), or PIL images for inline `data:` URLs. Every error
@@ -18,9 +18,10 @@ from llava_lite.config import ConfigError
 from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.data.conversation import ROLES, Conversation, DataError, ImageRef, Message
 from llava_lite.data.images import decode_data_url, resolve_image
+from llava_lite.data.pairs import PAIR_KEYS, parse_pair
 from llava_lite.data.rejects import Reject
 
-FORMATS = ("llava", "sharegpt", "alpaca", "openai")
+FORMATS = ("llava", "sharegpt", "alpaca", "openai", "pairs")
 PathLike = Union[str, "os.PathLike[str]"]
 
 _LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -100,14 +101,6 @@ def _turns(rec: dict, r: _Record, roles: dict[str, str]) -> Conversation:
     return Conversation(messages, images)
 
 
-def _llava(rec: dict, r: _Record) -> Conversation:
-    return _turns(rec, r, _LLAVA_ROLES)
-
-
-def _sharegpt(rec: dict, r: _Record) -> Conversation:
-    return _turns(rec, r, _SHAREGPT_ROLES)
-
-
 def _alpaca(rec: dict, r: _Record) -> Conversation:
     prompt = r.text(rec, "instruction")
     extra = rec.get("input")
@@ -165,10 +158,11 @@ def _openai(rec: dict, r: _Record) -> Conversation:
 
 
 _PARSERS: dict[str, Callable[[dict, _Record], Conversation]] = {
-    "llava": _llava,
-    "sharegpt": _sharegpt,
+    "llava": lambda rec, r: _turns(rec, r, _LLAVA_ROLES),
+    "sharegpt": lambda rec, r: _turns(rec, r, _SHAREGPT_ROLES),
     "alpaca": _alpaca,
     "openai": _openai,
+    "pairs": lambda rec, r: parse_pair(rec, r, _openai_content),
 }
 
 
@@ -210,11 +204,14 @@ def _detect(rec: dict, path: str) -> str:
         return "sharegpt" if keys & {"system", "images"} or speakers & {"user", "assistant"} else "llava"
     if "messages" in keys:
         return "openai"
+    if set(PAIR_KEYS) <= keys:
+        return "pairs"
     if {"instruction", "output"} <= keys:
         return "alpaca"
     raise DataError(
         f"{path}: cannot tell the format from the first record's keys {sorted(keys)}: expected 'conversations' "
-        "(llava/sharegpt), 'messages' (openai) or 'instruction' + 'output' (alpaca); pass fmt= explicitly"
+        "(llava/sharegpt), 'messages' (openai), 'instruction' + 'output' (alpaca) or 'prompt' + 'chosen' + 'rejected' "
+        "(pairs); pass fmt= explicitly"
     )
 
 
@@ -249,7 +246,7 @@ def iter_conversations(
                 break
         records = itertools.chain(seen, records)
     # fmt is still "auto" only when no record is an object; each then fails the object check below.
-    parse = _PARSERS.get(fmt, _llava)
+    parse = _PARSERS.get(fmt, _PARSERS["llava"])
     for n, rec, json_error in records:
         source = f"{path}:{n}"
         try:

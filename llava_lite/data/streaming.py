@@ -35,7 +35,7 @@ from webdataset.tariterators import base_plus_ext
 
 from llava_lite.data.conversation import Conversation, DataError
 from llava_lite.data.images import open_image
-from llava_lite.data.readers import _llava, _Record
+from llava_lite.data.readers import _PARSERS, _Record
 
 
 # ---- shard lists ---------------------------------------------------------------------------------
@@ -108,7 +108,8 @@ def decode_sample(sample: dict) -> Conversation:
     if not isinstance(names, list):
         raise DataError(f"{where}: field 'image_keys' must be a list of member names, got {names!r}")
     # The text goes through the LLaVA reader; the images come from the members, not from paths.
-    conv = _llava({k: v for k, v in rec.items() if k not in ("image", "images")}, _Record(where, rid, "", False))
+    text = {k: v for k, v in rec.items() if k not in ("image", "images")}
+    conv = _PARSERS["llava"](text, _Record(where, rid, "", False))
     for name in names:
         if name not in sample:
             raise DataError(f"{where} (id={rid!r}): field 'image_keys' names a member {name!r} the sample lacks")

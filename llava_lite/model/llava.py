@@ -55,6 +55,7 @@ class LlavaOutput:
     loss: torch.Tensor | None = None  # mean CE over supervised tokens of this batch
     loss_sum: torch.Tensor | None = None  # summed CE, for token-weighted accumulation
     num_tokens: torch.Tensor | None = None  # supervised tokens in this batch
+    token_nll: torch.Tensor | None = None  # [S] CE of each supervised token, in row-major order (preference.py)
     logits: torch.Tensor | None = None  # only when no labels are given: [B, T, V]
 
 
@@ -91,8 +92,11 @@ class LlavaLite(nn.Module):
         proj_dtype = next(self.projector.parameters()).dtype
         return self.projector(feats.to(proj_dtype))
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, T] ids (+ [N, 3, H, W] images) -> [B, T, hidden] embeddings with image features in place."""
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+              image_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T] ids (+ [N, 3, H, W] images) -> [B, T, hidden] embeddings with image features in place.
+        image_rows ([M] indices into the N images): the image each image slot group takes, in order,
+        so one encoded image can fill several rows (a preference pair's chosen and rejected)."""
         embeds = self.lm.get_input_embeddings()(input_ids)
         slots = input_ids == self.image_token_id  # [B, T]
         n_slots = int(slots.sum())
@@ -105,6 +109,8 @@ class LlavaLite(nn.Module):
             # the same point as for images (ZeRO-3 / FSDP gathers stay in step), with no compute
             return embeds + self.encode_images(pixel_values).sum().to(embeds.dtype) * 0
         feats = self.encode_images(pixel_values)  # [N, P, hidden]
+        if image_rows is not None:
+            feats = feats[image_rows]
         if n_slots != feats.shape[0] * feats.shape[1]:
             raise ValueError(
                 f"{feats.shape[0]} image(s) x {feats.shape[1]} features do not fill {n_slots} placeholder tokens"
@@ -119,14 +125,12 @@ class LlavaLite(nn.Module):
         labels: torch.Tensor | None = None,  # [B, T], IGNORE_INDEX where not supervised
         position_ids: torch.Tensor | None = None,  # [B, T], packed rows only: restart at 0 for each sample
         segment_ids: torch.Tensor | None = None,  # [B, T], isolated turns only (data/isolate.py)
+        image_rows: torch.Tensor | None = None,  # [M], which image fills each image slot group (see embed)
     ) -> LlavaOutput:
         """Padded rows (attention_mask), packed rows (position_ids) or isolated turns (segment_ids);
-        see packed_attention.py `decoder_kwargs`. With position_ids the LM gets no attention mask:
-        the samples' boundaries are read from the restarting positions (flash_attention_2: varlen;
-        SDPA: per-sample attention; eager: a block-diagonal causal mask), so attention never
-        crosses samples; attention_mask then only marks real tokens. With segment_ids each turn
-        attends to the shared prefix and itself, its positions continuing from the prefix."""
-        embeds = self.embed(input_ids, pixel_values)
+        packed_attention.py `decoder_kwargs` turns them into the LM's layout, attention never
+        crossing samples (packed) and each turn seeing the shared prefix and itself (isolated)."""
+        embeds = self.embed(input_ids, pixel_values, image_rows)
         layout = decoder_kwargs(self.lm, attention_mask, position_ids, segment_ids, embeds.dtype)
         hidden = self.lm.get_decoder()(inputs_embeds=embeds, use_cache=False, **layout)
         hidden = hidden.last_hidden_state  # [B, T, hidden]
@@ -136,9 +140,9 @@ class LlavaLite(nn.Module):
         targets = labels[:, 1:]  # position t predicts token t+1
         keep = targets != IGNORE_INDEX
         logits = head(hidden[:, :-1][keep]).float()  # [S, V] for the S supervised positions only
-        loss_sum = F.cross_entropy(logits, targets[keep], reduction="sum")
-        n = keep.sum()
-        return LlavaOutput(loss=loss_sum / n.clamp(min=1), loss_sum=loss_sum, num_tokens=n)
+        token_nll = F.cross_entropy(logits, targets[keep], reduction="none")
+        loss_sum, n = token_nll.sum(), keep.sum()
+        return LlavaOutput(loss=loss_sum / n.clamp(min=1), loss_sum=loss_sum, num_tokens=n, token_nll=token_nll)
 
     def stop_token_ids(self) -> list[int]:
         ids = {self.tokenizer.eos_token_id}

@@ -10,36 +10,26 @@ the LM head keeps the logits it computes, which the sparse head computes only at
 positions ([S, V]). The base runs the same batch under no_grad and applies its head at the same S
 positions, so no logits are computed for image or prompt positions on either side.
 
-Memory, beyond plain training: the base's [S, V] logits and the two log-softmaxes kept for the
-backward pass, about 3 x S x V x 4 bytes (S = supervised tokens of a micro-batch; 2048 x 32k vocab
-is ~0.8 GB), plus the base's no-grad activations for one forward. Under full fine-tuning also a
-frozen copy of the LM in the training dtype (+2 bytes per parameter in bf16); under LoRA none: the
-base is the same LM with its adapters disabled. The starting projector is copied (small) so that
-image positions are fed as the base model saw them.
+The base is a `reference.Reference`: the adapter-free LM under LoRA, a frozen copy of the starting
+LM (+2 bytes per parameter in bf16) under full fine-tuning. Memory, beyond plain training: the
+base's [S, V] logits and the two log-softmaxes kept for the backward pass, about 3 x S x V x 4 bytes
+(S = supervised tokens of a micro-batch; 2048 x 32k vocab is ~0.8 GB), plus the base's no-grad
+activations for one forward.
 """
 from __future__ import annotations
-
-import contextlib
-import copy
 
 import torch
 import torch.nn.functional as F
 
-from llava_lite.constants import IGNORE_INDEX
-from llava_lite.model.lm import DTYPES, is_peft
-from llava_lite.model.packed_attention import decoder_kwargs
+from llava_lite.train.reference import Reference
 
 
 class KLToBase:
     def __init__(self, model, beta: float, dtype: str = "float32"):
         if beta <= 0:
             raise ValueError(f"kl_to_base must be > 0 to build a reference, got {beta}")
-        self.beta, self.model = beta, model
-        self.lora = is_peft(model.lm)
-        self.projector = copy.deepcopy(model.projector).requires_grad_(False).eval()
-        # Full fine-tuning: the starting LM, frozen, in the training dtype (trainable weights are
-        # kept in fp32 for the optimizer; the base need not be).
-        self.lm = None if self.lora else copy.deepcopy(model.lm).requires_grad_(False).to(DTYPES[dtype]).eval()
+        self.beta = beta
+        self.reference = Reference(model, dtype)
         self.armed = False
         self.captured: torch.Tensor | None = None
         head = model.lm.get_output_embeddings()
@@ -55,32 +45,13 @@ class KLToBase:
     def close(self) -> None:
         self.hook.remove()
 
-    @torch.no_grad()
-    def base_logits(self, input_ids, labels, attention_mask=None, pixel_values=None, position_ids=None,
-                    segment_ids=None, **_) -> torch.Tensor:
-        """The base model's logits at the supervised positions: [S, V]."""
-        m = self.model
-        lm = self.lm if self.lm is not None else m.lm
-        adapters_off = m.lm.disable_adapter() if self.lm is None else contextlib.nullcontext()
-        with adapters_off:
-            embeds = lm.get_input_embeddings()(input_ids)
-            if pixel_values is not None and pixel_values.shape[0]:
-                dtype = next(self.projector.parameters()).dtype
-                feats = self.projector(m.vision(pixel_values).to(dtype))
-                slots = (input_ids == m.image_token_id).unsqueeze(-1)
-                embeds = embeds.masked_scatter(slots, feats.to(embeds.dtype))
-            layout = decoder_kwargs(lm, attention_mask, position_ids, segment_ids, embeds.dtype)
-            hidden = lm.get_decoder()(inputs_embeds=embeds, use_cache=False, **layout).last_hidden_state
-            keep = labels[:, 1:] != IGNORE_INDEX
-            return lm.get_output_embeddings()(hidden[:, :-1][keep])
-
     def kl_sum(self, inputs: dict) -> torch.Tensor:
         """KL(base || tuned) summed over the supervised positions of the batch just run (after arm())."""
         tuned = self.captured
         if tuned is None:
             raise RuntimeError("KLToBase.kl_sum: no tuned logits captured; call arm() before the model's forward")
         self.captured = None
-        base = self.base_logits(**inputs)
+        base = self.reference.logits(**inputs)
         if base.shape != tuned.shape:
             raise RuntimeError(f"base logits {tuple(base.shape)} and tuned logits {tuple(tuned.shape)} differ")
         return kl_base_to_tuned(tuned, base)

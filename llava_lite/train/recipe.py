@@ -1,14 +1,14 @@
-"""The training recipe: one code path for stage 1 (align), stage 2 (instruct) and text SFT, on
-accelerate, unchanged under `accelerate launch` (DDP, FSDP2, DeepSpeed).
+"""The training recipe: one code path for stage 1 (align), stage 2 (instruct), text SFT and
+preference training, on accelerate, unchanged under `accelerate launch` (DDP, FSDP2, DeepSpeed).
 
     Trainer(cfg, resume=True).run()        # = setup() -> train() -> finish()
 
 setup: read and check every record (`data.loader.TrainData`), build the model, decide what trains
 (`stages.py`), build the optimizer and schedule (`optim.py`), resume from the latest checkpoint.
-train: optimizer steps over micro-batch windows. Gradient accumulation is weighted by supervised
-tokens: the micro-batches of one optimizer step are fetched first, their supervised tokens summed
-over the window and over all processes, and each micro-batch contributes loss_sum / total. A
-short answer then weighs what its tokens weigh.
+train: optimizer steps over micro-batch windows. What a step minimises is the stage's objective
+(objective.py), a sum over supervised tokens (or preference pairs): the micro-batches of one step
+are fetched first, their count summed over the window and over all processes, and each micro-batch
+contributes its sum / total. A short answer then weighs what its tokens weigh.
 finish: a last checkpoint, the model directory, the resolved config, a summary and a loss plot.
 
 `--resume` is exact: an epoch's batches depend only on (seed, epoch) and the process layout, so
@@ -31,7 +31,6 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType, sen
 from tqdm.auto import tqdm
 
 from llava_lite.config import Config, ConfigError, save_config
-from llava_lite.constants import IGNORE_INDEX
 from llava_lite.data.dataset import batch_rejects
 from llava_lite.data.loader import TrainData
 from llava_lite.data.templates import template_text
@@ -53,6 +52,7 @@ from llava_lite.train.distributed import (
     skip_step,
 )
 from llava_lite.train.metrics import MetricsLog, plot_losses, tracker_config, truncate_metrics
+from llava_lite.train.objective import build_objective
 from llava_lite.train.optim import build_optimizer, cosine_with_warmup
 from llava_lite.train.stages import STAGES, set_trainable
 
@@ -82,7 +82,7 @@ class Trainer:
         mode = cfg.data.mode or self.stage.render_mode
         self.data = TrainData(cfg.data, batch_size=t.batch_size, seed=t.seed, mode=mode, images=self.stage.images,
                               group_by_length=t.group_by_modality_length, rank=acc.process_index,
-                              world_size=acc.num_processes)
+                              world_size=acc.num_processes, pairs=self.stage.pairs)
         logger.info(f"stage {t.stage}: {acc.num_processes} process(es), device {acc.device}")
         check_model_refs(cfg)  # a missing path or an uncached hub id offline: one line, before any weights load
         source = resolve(cfg)  # model.init_from's layout, told once
@@ -110,14 +110,9 @@ class Trainer:
         else:  # the stream splits itself by process; accelerate would dispatch or re-split it
             self.model, self.optimizer = acc.prepare(model, optimizer)
         self.eval_loader = acc.prepare(eval_loader) if eval_loader is not None else None
-        self.kl = None  # KL to the starting model (kl.py), built before a checkpoint loads; None at 0: the plain loss
-        if t.kl_to_base > 0:
-            from llava_lite.train.kl import KLToBase
-
-            if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
-                raise ConfigError("train.kl_to_base > 0 needs the whole model on each process (one process or DDP), "
-                                  "not DeepSpeed or FSDP")
-            self.kl = KLToBase(acc.unwrap_model(self.model), t.kl_to_base, cfg.model.dtype)
+        # CE (+ KL to the starting model) or a preference loss; any reference is built before a checkpoint loads
+        self.objective = build_objective(cfg, t.stage, acc.unwrap_model(self.model), acc)
+        self.last_stats: dict[str, float] = {}
         self.total_steps = t.max_steps if t.max_steps > 0 else self._steps_for_epochs(t.epochs)
         logger.info(f"{self._epoch_steps(0)} optimizer steps per epoch, {self.total_steps} in all")
         self.scheduler = cosine_with_warmup(self.optimizer, round(t.warmup_ratio * self.total_steps), self.total_steps)
@@ -198,18 +193,17 @@ class Trainer:
                 seen = int(acc.reduce(torch.tensor(real, device=acc.device), "sum"))
                 st["tokens"] += seen
                 row = {"step": st["step"], "epoch": st["epoch"], "loss": loss, "lr": self.scheduler.get_last_lr()[0],
-                       "grad_norm": grad_norm, "supervised_tokens": n_tokens,
+                       "grad_norm": grad_norm, self.objective.unit: n_tokens,
                        "tokens_per_s": seen / (time.perf_counter() - t0), "skipped_total": st["skipped"],
                        # share of computed positions that are padding (this process's micro-batches)
                        "padding_fraction": 1 - real / max(sum(b["attention_mask"].numel() for b in window), 1)}
                 if self.eval_loader is not None and t.eval_every and st["step"] % t.eval_every == 0:
                     row["eval_loss"] = self.evaluate()
-                if self.kl is not None:  # KL(base || tuned) per supervised token, apart from the CE `loss`
-                    row["kl"] = self.last_kl
+                row.update(self.last_stats)  # kl, or the preference rewards and log-probs (objective.py)
                 metrics.write(row)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
-                                **({"kl": f"{row['kl']:.4f}"} if "kl" in row else {}))
+                extra = {k.split("/")[-1][:3]: f"{row[k]:.3f}" for k in ("kl", "rewards/accuracies") if k in row}
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}", **extra)
                 if t.save_every and st["step"] % t.save_every == 0 and st["step"] < self.total_steps:
                     self.save_checkpoint()
             else:  # the step budget ran out mid-epoch
@@ -223,28 +217,21 @@ class Trainer:
                         f"{self.cfg.data.max_length}) or images that would not load; see {self.data.rejects.path}")
 
     def _step(self, window: list[dict]) -> tuple[float, float, int]:
-        acc, model = self.acc, self.model
-        local = [sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in window),
+        acc, model, objective = self.acc, self.model, self.objective
+        local = [sum(objective.count(b) for b in window),
                  sum(0 if b.get("pixel_values") is None else b["pixel_values"].shape[0] for b in window)]
         total, images = acc.reduce(torch.tensor(local, device=acc.device), "sum").tolist()
-        loss_sum = torch.zeros((), device=acc.device)
-        kl_sum = torch.zeros((), device=acc.device)
+        sums = self._zero_stats()
         for i, batch in enumerate(window):
             sync = contextlib.nullcontext() if i == len(window) - 1 else acc.no_sync(model)
-            inputs = {k: v for k, v in batch.items() if k != "num_skipped"}
             with sync, self.autocast():
-                if self.kl is not None:
-                    self.kl.arm()  # the head's logits of this forward are kept for the KL
-                out = model(**inputs)
-                objective = out.loss_sum
-                if self.kl is not None:
-                    kl = self.kl.kl_sum(inputs)
-                    kl_sum += kl.detach()
-                    objective = objective + self.kl.beta * kl
-                acc.backward(objective * self.loss_scale / max(total, 1))
-            loss_sum += out.loss_sum.detach()
-        if self.kl is not None:
-            self.last_kl = float(acc.reduce(kl_sum, "sum")) / max(total, 1)
+                value, stats = objective(model, {k: v for k, v in batch.items() if k != "num_skipped"})
+                acc.backward(value * self.loss_scale / max(total, 1))
+            for k, v in stats.items():
+                sums[k] = sums[k] + v
+        # every process reduces the same keys in the same order, whatever its micro-batches held
+        self.last_stats = {k: float(acc.reduce(v, "sum")) / max(total, 1) for k, v in sums.items()}
+        loss = self.last_stats.pop("loss")
         if not images and acc.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP):
             skip_step(acc.unwrap_model(model).projector)  # no image on any process: the projector took no part
         trained = [p for p in model.parameters() if p.requires_grad]
@@ -253,20 +240,23 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = float(acc.reduce(loss_sum, "sum")) / max(total, 1)
         return loss, float(grad_norm) if grad_norm is not None else float("nan"), total
+
+    def _zero_stats(self) -> dict[str, torch.Tensor]:
+        return {k: torch.zeros((), device=self.acc.device) for k in self.objective.keys}
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Token-weighted mean loss over the eval sources (response tokens only)."""
+        """The objective's mean over the eval sources: per response token, or per pair."""
         self.model.eval()
         loss_sum = torch.zeros((), device=self.acc.device)
         n = torch.zeros((), device=self.acc.device)
         for batch in self.eval_loader:
             with self.autocast():
-                out = self.model(**{k: v for k, v in batch.items() if k != "num_skipped"})
-            loss_sum += out.loss_sum
-            n += out.num_tokens
+                _, stats = self.objective(self.model, {k: v for k, v in batch.items() if k != "num_skipped"},
+                                          train=False)
+            loss_sum += stats.get("loss", 0)
+            n += self.objective.count(batch)
         self.model.train()
         return float(self.acc.reduce(loss_sum, "sum") / self.acc.reduce(n, "sum").clamp(min=1))
 

@@ -7,6 +7,9 @@ checkpoints (`checkpoints.py`) all read the record; nothing else decides what tr
 | align    | projector         | plain  | yes    | projector: train.projector_lr  |
 | instruct | projector + LM    | chat   | yes    | projector: train.projector_lr  |
 | text     | LM                | chat   | no     |                                |
+| preference | projector + LM  | chat   | yes    | projector: train.projector_lr  |
+
+Preference training reads pairs (data/pairs.py) and minimises a DPO-family loss (preference.py).
 
 The vision tower never trains. Under LoRA "LM" means its adapter weights (peft freezes the rest).
 """
@@ -29,6 +32,7 @@ class Stage:
     render_mode: str  # "plain" (image then caption) or "chat" (the tokenizer's template), unless data.mode says
     images: bool  # records may carry images (text SFT: no image is ever seen)
     lr_keys: tuple[tuple[str, str], ...] = ()  # (part, TrainConfig field) for parts with their own lr
+    pairs: bool = False  # records are preference pairs: chosen and rejected answers to one prompt
 
     @property
     def checkpoint_parts(self) -> tuple[str, ...]:
@@ -47,6 +51,8 @@ STAGES = {
                       lr_keys=(("projector", "projector_lr"),)),
     # No image is seen, so the projector would get no gradient.
     "text": Stage("text", trains=("lm",), render_mode="chat", images=False),
+    "preference": Stage("preference", trains=("projector", "lm"), render_mode="chat", images=True,
+                        lr_keys=(("projector", "projector_lr"),), pairs=True),
 }
 
 

@@ -3,11 +3,15 @@ the logged losses, and a simulated kill."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from llava_lite.train.recipe import Trainer
 
-CONFIGS = Path(__file__).parents[2] / "configs"
+ROOT = Path(__file__).parents[2]
+CONFIGS = ROOT / "configs"
 
 
 def source(path, fmt="auto"):
@@ -38,3 +42,12 @@ def kill_at(monkeypatch, n):
         return real_step(self, window)
 
     monkeypatch.setattr(Trainer, "_step", dying_step)
+
+
+def torchrun(nproc: int, args: list[str], **env) -> subprocess.CompletedProcess:
+    """`llava-lite train ARGS` under a bare torchrun of `nproc` CPU processes (one thread each, offline)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **env}
+    env.pop("ACCELERATE_USE_CPU", None)  # the package must form the group itself
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "llava_lite.cli", "train", *args]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -143,3 +143,19 @@ def make_llava_data(root: Path, n: int = 16, seed: int = 0) -> dict[str, Path]:
     for key, data in (("captions", captions), ("conversations", convs), ("alpaca", alpaca)):
         paths[key].write_text(json.dumps(data))
     return paths
+
+
+def make_pair_data(root: Path, n: int = 16, text: int = 4, seed: int = 0) -> dict[str, Path]:
+    """make_llava_data's files plus preference pairs over its images: `pairs` (LLaVA-NeXT DPO
+    records, the right colour against the next one, and `text` TRL-style text-only pairs)."""
+    paths = make_llava_data(root, n, seed)
+    names = list(COLOURS)
+    pairs = [{"id": f"pair{i}", "image": f"{i}.png", "prompt": "<image>\nWhat colour is the image?",
+              "chosen": f"The image is {names[i % 4]}.", "rejected": f"The image is {names[(i + 1) % 4]}."}
+             for i in range(n)]
+    pairs += [{"id": f"tpair{i}", "prompt": [{"role": "user", "content": f"Add {i} and 2."}],
+               "chosen": [{"role": "assistant", "content": f"{i + 2}"}],
+               "rejected": [{"role": "assistant", "content": f"{i + 3}"}]} for i in range(text)]
+    paths["pairs"] = root / "pairs.jsonl"
+    paths["pairs"].write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    return paths

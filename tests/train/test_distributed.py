@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.runs import torchrun
 from helpers.tiny import make_llava_data
 from safetensors.torch import load_file
 
@@ -30,14 +31,6 @@ def overrides(tiny_lm, data, out, *extra):
             "train.gradient_checkpointing=false", "train.lr=3e-3", "train.warmup_ratio=0",
             f"data.sources=[{{path: {data['conversations']}, image_folder: {images}}}]", f"train.output_dir={out}",
             *extra]
-
-
-def torchrun(nproc: int, args: list[str], **env) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **env}
-    env.pop("ACCELERATE_USE_CPU", None)  # the package must form the group itself
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "llava_lite.cli", "train", *args]
-    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def rows(out) -> list[dict]:

@@ -60,7 +60,7 @@ def data(tmp_path_factory):
 def test_beta_zero_is_exactly_the_plain_loss(tiny_lm, data, tmp_path):
     torch.manual_seed(0)
     trainer, window, loss, total, grads = first_step(tiny_lm, data, tmp_path / "a", "train.kl_to_base=0")
-    assert trainer.kl is None and grads
+    assert trainer.objective.kl is None and grads
     # Today's loss, by hand, from the same starting weights (the optimizer never stepped).
     model = trainer.acc.unwrap_model(trainer.model)
     model.zero_grad(set_to_none=True)
@@ -73,7 +73,7 @@ def test_beta_zero_is_exactly_the_plain_loss(tiny_lm, data, tmp_path):
     # beta > 0 from the same start: the base equals the model, so KL = 0 and the gradients are the CE's.
     torch.manual_seed(0)
     trainer_kl, _, loss_kl, _, grads_kl = first_step(tiny_lm, data, tmp_path / "b", "train.kl_to_base=1.0")
-    assert trainer_kl.kl is not None and trainer_kl.last_kl == pytest.approx(0.0, abs=1e-6)
+    assert trainer_kl.objective.kl is not None and trainer_kl.last_stats["kl"] == pytest.approx(0.0, abs=1e-6)
     assert loss_kl == pytest.approx(loss, rel=1e-6)
     for name in grads:
         torch.testing.assert_close(grads_kl[name], grads[name], rtol=1e-4, atol=1e-6)
@@ -83,8 +83,8 @@ def test_lora_base_is_the_adapter_free_lm(tiny_lm, data, tmp_path):
     torch.manual_seed(0)
     trainer, window, *_ = first_step(tiny_lm, data, tmp_path / "l", "train.kl_to_base=0.5", "lora.enabled=true",
                                      "lora.r=4", "lora.alpha=8")
-    kl = trainer.kl
-    assert kl.lm is None  # no second copy of the LM under LoRA
+    kl = trainer.objective.kl
+    assert kl.reference.lm is None  # no second copy of the LM under LoRA
     model = trainer.acc.unwrap_model(trainer.model)
     with torch.no_grad():
         for p in (p for n, p in model.named_parameters() if "lora_B" in n):
