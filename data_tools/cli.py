@@ -14,7 +14,8 @@ from . import commands as c
 from .expand import OPERATIONS
 from .formats import FORMATS
 
-DESCRIPTION = "Data tools: generate instruction data from captions and boxes, expand, tag, curate, convert, shard, mix."
+DESCRIPTION = ("Data tools: generate instruction data from captions and boxes, expand, tag, curate, convert, shard, "
+               "mix, preference pairs.")
 
 
 def _teacher_options(p: argparse.ArgumentParser) -> None:
@@ -151,6 +152,36 @@ def _commands(sub: argparse._SubParsersAction, mounted: bool = False) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--to", default="llava", choices=FORMATS)
 
+    p = _add(sub, "pairs", c.pairs_cmd, "Preference pairs: the model's own sampled answers, verified; hallucinations.",
+             "example:\n  llava-lite data pairs data/instruct_train.json data/pairs.jsonl --model runs/stage2 "
+             "--verifier reference --samples 4\n  (train on them: llava-lite train configs/dpo.yaml)")
+    p.add_argument("src", type=Path, help="conversations: each record's first question is asked; its first answer, "
+                                         "if any, is the reference")
+    p.add_argument("out", type=Path, help="pairs JSONL (LLaVA-NeXT DPO records); OUT.report.json says what was kept")
+    p.add_argument("--model", required=True, help="the model that samples (a llava-lite or llava-hf directory)")
+    p.add_argument("--image-folder", type=Path, help="where SRC's image paths are relative to (default: SRC's folder)")
+    p.add_argument("--format", default="auto")
+    p.add_argument("--verifier", choices=["reference", "agreement", "judge"], default="reference",
+                   help="reference: the record's answer is ground truth; agreement: the samples' majority; judge: an "
+                        "OpenAI-compatible judge rates each sample (default reference)")
+    p.add_argument("--samples", type=int, default=4, help="sampled answers per question (default 4)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--min-share", type=float, default=0.5, help="agreement: the majority's least share (default 0.5)")
+    p.add_argument("--min-gap", type=float, default=3.0, help="judge: least rating gap, 1-10 scale (default 3)")
+    p.add_argument("--judge", help="judge: the endpoint's model name ($OPENAI_API_KEY), or 'rule' (offline: a sample "
+                                   "is rated 10 when it equals the reference, else 1)")
+    p.add_argument("--judge-base-url", help="judge: the endpoint's base URL (default $OPENAI_BASE_URL)")
+    p.add_argument("--annotations", type=Path, help="COCO instances or layout text for SRC's images: also write "
+                                                  "hallucination pairs (POVID swaps, POPE-style yes/no)")
+    p.add_argument("--existence", type=int, default=1, help="with --annotations: yes and no questions per image")
+    p.add_argument("--no-self", action="store_true", help="only hallucination pairs; the model is not loaded")
+    p.add_argument("--limit", type=int, help="only the first N records")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+
     p = _add(sub, "dedup", c.dedup_cmd, "Drop near-duplicate requests (ROUGE-L above a threshold, same images).")
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
@@ -163,7 +194,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Mount the tools as `data <command>` on another CLI's subparsers."""
     p = subparsers.add_parser(
         "data",
-        help="data tools (generate, expand, tag, report, select, convert, validate, shards, mix, dedup)",
+        help="data tools (generate, expand, tag, report, select, convert, validate, shards, mix, dedup, pairs)",
         description=DESCRIPTION,
     )
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])

@@ -214,3 +214,53 @@ def dedup_cmd(args: argparse.Namespace) -> int:
         _log(f"dropped {where}: {reason}")
     _log(json.dumps({"kept": len(kept), "dropped": len(dropped)}))
     return 0
+
+
+def pairs_cmd(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from llava_lite.errors import check_ref
+
+    from .pairs import agreement, hallucination_pairs, judged, reference, sample_answers, self_pairs
+
+    check_ref(args.model, "--model")
+    if args.samples < 2 and not args.no_self:
+        raise SystemExit("--samples must be >= 2: a pair needs two different answers to pick from")
+    folder = str(args.image_folder or args.src.parent)
+    prompts = read_conversations(args.src, args.format, folder)[: args.limit]
+    pairs, report = [], {"prompts": len(prompts)}
+    if not args.no_self:
+        if args.verifier == "judge":
+            if not args.judge:
+                raise SystemExit("--verifier judge needs --judge MODEL (an OpenAI-compatible endpoint, or 'rule')")
+            from llava_lite.eval.judge import RuleJudge, counting
+            from llava_lite.infer.openai_client import OpenAITeacher
+
+            judge = RuleJudge() if args.judge == "rule" else OpenAITeacher(
+                model=args.judge, base_url=args.judge_base_url, temperature=0.0, max_tokens=1024)
+            verify = judged(counting(judge), args.min_gap)
+        else:
+            verify = reference() if args.verifier == "reference" else agreement(args.min_share)
+        from llava_lite.eval.compare import load_model
+        from llava_lite.infer.chat import Assistant
+
+        assistant = Assistant(load_model(args.model, device=args.device))
+        answers = sample_answers(assistant, prompts, args.samples, args.temperature, args.top_p,
+                                 args.max_new_tokens, args.batch_size, args.seed)
+        own, reasons = self_pairs(prompts, answers, verify)
+        pairs += own
+        report["self"] = {"verifier": args.verifier, "samples": args.samples, "pairs": len(own), **Counter(reasons)}
+        report["distinct_answers_per_prompt"] = sum(len({a.strip().lower() for a in s}) for s in answers) / max(
+            len(answers), 1)
+    if args.annotations:
+        from .annotations import load_scenes
+
+        made, reasons = hallucination_pairs(prompts, load_scenes(args.annotations), folder, args.seed, args.existence)
+        pairs += made
+        report["hallucination"] = {"pairs": len(made), **reasons}
+    skipped = write_conversations(pairs, args.out, "pairs", image_folder=folder)
+    report["written"] = len(pairs) - len(skipped)
+    report_path = args.out.with_name(args.out.name + ".report.json")
+    report_path.write_text(json.dumps(report, indent=2))
+    _log(f"{report['written']} pair(s) -> {args.out} ({report_path.name}: what each verifier kept and why not)")
+    return 0

@@ -105,8 +105,10 @@ class Assistant:
         finish = "length" if len(tokens) >= max_new_tokens and not state["hit_stop"] else "stop"
         return Reply(text, ids.shape[1], len(tokens), finish)
 
-    def reply_batch(self, chats: list[tuple[list[Message], list]], max_new_tokens: int = 16) -> list[str]:
-        """Greedy answers to several independent conversations at once (evaluation)."""
+    def reply_batch(self, chats: list[tuple[list[Message], list]], max_new_tokens: int = 16,
+                    temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> list[str]:
+        """Answers to several independent conversations at once: greedy (evaluation), or sampled
+        (temperature > 0; `seed` makes the draw repeatable)."""
         encoded = [self.encode(messages, list(images)) for messages, images in chats]
         context = getattr(self.model.lm.config, "max_position_embeddings", None)
         longest = max(ids.shape[1] for ids, _ in encoded)
@@ -115,8 +117,9 @@ class Assistant:
                               f"context of {context}; ask for fewer new tokens or shorten the prompt")
         pixels = [p for _, p in encoded if p is not None]
         with self.lock:
+            generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
             new = generate(self.model, [ids[0].tolist() for ids, _ in encoded], torch.cat(pixels) if pixels else None,
-                           max_new_tokens=max_new_tokens)
+                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, generator=generator)
         return [self.model.tokenizer.decode(t, skip_special_tokens=True) for t in new]
 
 
