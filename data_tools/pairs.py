@@ -5,16 +5,17 @@
 
 `prompts` are conversations; each one's first user turn is asked and its first assistant answer,
 when there is one, is the reference. The model samples `samples` answers per prompt; a verifier
-picks chosen and rejected from them, or says why the prompt gives no pair:
+gives a `Verdict`: the answer it accepts (`chosen`, what self-improvement keeps to train on), the
+one it rejects (a pair needs both), and the reason when either is missing:
 
     reference   a sample is right when it equals the reference after VQA normalisation (the rule
                 teachers' answers are ground truth on annotated images); chosen: a right sample,
                 else the reference itself; rejected: the most frequent wrong sample.
-    agreement   no ground truth: the majority answer is chosen when its share reaches `min_share`,
-                the most frequent other answer rejected (self-consistency).
+    agreement   no ground truth: the majority answer is chosen when its share reaches `min_share`
+                (self-consistency), the most frequent other answer rejected.
     judge       an OpenAI-compatible judge rates each sample 1-10 (eval/judge.py, with the
-                reference as its reference when there is one); best against worst when they
-                differ by at least `min_gap`.
+                reference as its reference when there is one); chosen: the best when rated at
+                least `min_rating`; rejected: the worst when at least `min_gap` below it.
 
 Hallucination pairs need the annotations: the reference answer against the same answer with a
 colour or shape word swapped for one the image does not hold (POVID's injected hallucination), and
@@ -26,6 +27,7 @@ import os
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
@@ -36,7 +38,12 @@ from llava_lite.eval.scorers import vqa_normalize
 from .annotations import Scene, vocabulary
 from .teachers.rule import grounded_qa
 
-Verdict = tuple[str, str] | str  # (chosen, rejected), or the reason there is no pair
+
+@dataclass
+class Verdict:
+    chosen: str | None = None  # the accepted answer
+    rejected: str | None = None  # an answer worse than it: with `chosen`, a preference pair
+    reason: str = "pair"  # why there is no pair (or no accepted answer)
 
 
 def prompt_of(conv: Conversation) -> tuple[list[Message], str | None]:
@@ -54,45 +61,44 @@ def _by_answer(samples: Sequence[str]) -> list[tuple[str, int]]:
     return [(first[k], n) for k, n in counts.most_common() if k]
 
 
-def reference() -> Callable:
+def reference() -> Callable[..., Verdict]:
     def verify(samples: Sequence[str], ref: str | None, question: str) -> Verdict:
         if ref is None:
-            return "no reference answer"
+            return Verdict(reason="no reference answer")
         truth = vqa_normalize(ref)
-        wrong = [(a, n) for a, n in _by_answer(samples) if vqa_normalize(a) != truth]
-        if not wrong:
-            return "every sample right"
         right = next((a for a, _ in _by_answer(samples) if vqa_normalize(a) == truth), ref.strip())
-        return right, wrong[0][0]
+        wrong = [a for a, _ in _by_answer(samples) if vqa_normalize(a) != truth]
+        return Verdict(right, wrong[0]) if wrong else Verdict(right, reason="every sample right")
     return verify
 
 
-def agreement(min_share: float = 0.5) -> Callable:
+def agreement(min_share: float = 0.5) -> Callable[..., Verdict]:
     def verify(samples: Sequence[str], ref: str | None, question: str) -> Verdict:
         answers = _by_answer(samples)
-        if len(answers) < 2:
-            return "samples agree" if answers else "empty samples"
-        (top, n), (other, _) = answers[0], answers[1]
-        if n / len(samples) < min_share or n == answers[1][1]:
-            return "no majority"
-        return top, other
+        if not answers:
+            return Verdict(reason="empty samples")
+        top, n = answers[0]
+        if n / len(samples) < min_share or (len(answers) > 1 and n == answers[1][1]):
+            return Verdict(reason="no majority")
+        return Verdict(top, answers[1][0]) if len(answers) > 1 else Verdict(top, reason="samples agree")
     return verify
 
 
-def judged(judge, min_gap: float = 3.0) -> Callable:
+def judged(judge, min_gap: float = 3.0, min_rating: float = 7.0) -> Callable[..., Verdict]:
     from llava_lite.eval.judge import grade
 
     def verify(samples: Sequence[str], ref: str | None, question: str) -> Verdict:
         distinct = [a for a, _ in _by_answer(samples)]
-        if len(distinct) < 2:
-            return "samples agree"
         q = {"text": question, **({"annotation": ref} if ref else {})}
-        ratings = grade(judge, [q] * len(distinct), distinct)["judge_ratings"]
+        ratings = grade(judge, [q] * len(distinct), distinct)["judge_ratings"] if distinct else []
         rated = [(r, a) for r, a in zip(ratings, distinct) if r is not None]
-        if len(rated) < 2:
-            return "judge gave no ratings"
+        if not rated:
+            return Verdict(reason="judge gave no ratings")
         best, worst = max(rated), min(rated)
-        return (best[1], worst[1]) if best[0] - worst[0] >= min_gap else "judge ratings too close"
+        chosen = best[1] if best[0] >= min_rating else None
+        if chosen is None:
+            return Verdict(reason="no sample rated high enough")
+        return Verdict(chosen, worst[1]) if best[0] - worst[0] >= min_gap else Verdict(chosen, reason="ratings close")
     return verify
 
 
@@ -108,24 +114,29 @@ def sample_answers(assistant, prompts: list[Conversation], samples: int, tempera
     return [out[i * samples:(i + 1) * samples] for i in range(len(prompts))]
 
 
-def pair(conv: Conversation, chosen: str, rejected: str, suffix: str) -> Conversation:
+def pair(conv: Conversation, chosen: str, rejected: str | None, suffix: str) -> Conversation:
+    """The prompt of `conv` answered with `chosen` (a preference pair when `rejected` is given)."""
     messages = prompt_of(conv)[0] + [Message("assistant", chosen)]
     return Conversation(messages, list(conv.images), f"{conv.id or conv.source}-{suffix}", conv.source,
                         rejected=rejected)
 
 
-def self_pairs(prompts: list[Conversation], answers: list[list[str]], verify: Callable
+def verdicts(prompts: list[Conversation], answers: list[list[str]], verify: Callable[..., Verdict]) -> list[Verdict]:
+    out = []
+    for conv, samples in zip(prompts, answers):
+        messages, ref = prompt_of(conv)
+        out.append(verify(samples, ref, messages[-1].content))
+    return out
+
+
+def self_pairs(prompts: list[Conversation], answers: list[list[str]], verify: Callable[..., Verdict]
                ) -> tuple[list[Conversation], Counter]:
     """Pairs where the verifier found one; the count of each reason there was none."""
     pairs, reasons = [], Counter()
-    for conv, samples in zip(prompts, answers):
-        messages, ref = prompt_of(conv)
-        verdict = verify(samples, ref, messages[-1].content)
-        if isinstance(verdict, str):
-            reasons[verdict] += 1
-        else:
-            pairs.append(pair(conv, *verdict, "self"))
-            reasons["pair"] += 1
+    for conv, v in zip(prompts, verdicts(prompts, answers, verify)):
+        if v.chosen is not None and v.rejected is not None:
+            pairs.append(pair(conv, v.chosen, v.rejected, "self"))
+        reasons[v.reason] += 1
     return pairs, reasons
 
 

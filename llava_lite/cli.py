@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     # Commands living in other modules; their parser modules import nothing heavy, so --help is fast.
-    for module in ("llava_lite.demo.run", "data_tools.cli", "llava_lite.serve.cli", "llava_lite.interop.export",
-                   "llava_lite.bench.run"):
+    for module in ("llava_lite.demo.run", "data_tools.cli", "data_tools.improve", "llava_lite.serve.cli",
+                   "llava_lite.interop.export", "llava_lite.bench.run"):
         _mount(sub, module)
     return parser
 

@@ -23,24 +23,25 @@ from llava_lite.train.recipe import Trainer
 
 def test_verifiers_pick_a_pair_or_say_why():
     right, wrong = ["Red.", "red", "blue", "Blue", "blue", "green"], ["blue", "blue"]
-    assert reference()(right, "red", "Q") == ("Red.", "blue")  # a right sample; the most frequent wrong one
-    assert reference()(wrong, "red", "Q") == ("red", "blue")  # none right: the reference is chosen
-    assert reference()(["Red", "red."], "red", "Q") == "every sample right"
-    assert reference()(right, None, "Q") == "no reference answer"
-    assert agreement(0.5)(right, None, "Q") == ("blue", "Red.")  # 3 of 6 agree on blue
-    assert agreement(0.6)(right, None, "Q") == "no majority"
-    assert agreement()(["cat", "dog"], None, "Q") == "no majority"  # a tie is no majority
-    assert agreement()(["yes", "Yes"], None, "Q") == "samples agree"
+    pair = lambda v: (v.chosen, v.rejected, v.reason)
+    assert pair(reference()(right, "red", "Q")) == ("Red.", "blue", "pair")  # a right sample; the commonest wrong
+    assert pair(reference()(wrong, "red", "Q")) == ("red", "blue", "pair")  # none right: the reference is chosen
+    assert pair(reference()(["Red", "red."], "red", "Q")) == ("Red", None, "every sample right")
+    assert pair(reference()(right, None, "Q")) == (None, None, "no reference answer")
+    assert pair(agreement(0.5)(right, None, "Q")) == ("blue", "Red.", "pair")  # 3 of 6 agree on blue
+    assert pair(agreement(0.6)(right, None, "Q")) == (None, None, "no majority")
+    assert pair(agreement()(["cat", "dog"], None, "Q")) == (None, None, "no majority")  # a tie is no majority
+    assert pair(agreement()(["yes", "Yes"], None, "Q")) == ("yes", None, "samples agree")  # kept, no pair
     verify = judged(RuleJudge(), min_gap=3)
-    assert verify(["blue", "red", "green"], "red", "Q") == ("red", "blue")
-    assert verify(["blue", "green"], "red", "Q") == "judge ratings too close"
+    assert pair(verify(["blue", "red", "green"], "red", "Q")) == ("red", "blue", "pair")
+    assert pair(verify(["blue", "green"], "red", "Q")) == (None, None, "no sample rated high enough")
 
 
 def test_self_pairs_count_every_prompt():
     prompts = [Conversation([Message("user", f"Q{i}?"), Message("assistant", "red")], id=f"q{i}") for i in range(3)]
     pairs, reasons = self_pairs(prompts, [["red", "blue"], ["red", "red"], ["green", "green"]], reference())
     assert [(p.messages[-1].content, p.rejected) for p in pairs] == [("red", "blue"), ("red", "green")]
-    assert reasons == {"pair": 2, "every sample right": 1}
+    assert reasons == {"pair": 2, "every sample right": 1}  # the third is right every time: no pair
     assert all(p.validate() for p in pairs) and pairs[0].messages[0].content == "Q0?"
 
 
