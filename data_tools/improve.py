@@ -246,8 +246,8 @@ class Loop:
                                           pope=c.pope, out_dir=str(d / "eval"))
         row = {"round": k, "model": model, **{key: data.get(key) for key in (
             "prompts", "kept", "rejected", "duplicates", "pairs", "distinct_1", "distinct_2", "answer_entropy",
-            "tag_coverage")}, **{key: report.get(key) for key in ("vqa_accuracy", "pope_f1", "pope_yes_ratio",
-                                                                  "general_ppl")}}
+            "tag_coverage")}, **{key: report.get(key) for key in ("vqa_accuracy", "pope_f1", "pope_accuracy",
+                                                                  "pope_yes_ratio", "general_ppl")}}
         row["verdicts"] = data.get("verdicts")
         if c.metric not in report and not stop:
             raise ConfigError(f"metric {c.metric!r} is not in the evaluation report; choose one of {sorted(report)}")

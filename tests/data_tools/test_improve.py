@@ -118,3 +118,10 @@ def test_healthy_generator_passes_the_guard(world, serve_model_dir, tiny_lm, tmp
 def test_config_is_checked(tmp_path, world, serve_model_dir, tiny_lm):
     with pytest.raises(improve_mod.ConfigError, match="held-out"):
         load_improve_config(write(tmp_path, config(world, tmp_path, serve_model_dir, tiny_lm, vqa=None)))
+
+
+def test_shipped_config_loads():
+    cfg = load_improve_config(improve_mod.Path(__file__).parents[2] / "configs" / "improve.yaml",
+                              ["rounds=2", "replay.0.weight=0.1"])
+    assert cfg.rounds == 2 and cfg.replay[0].weight == 0.1 and cfg.replay[0].isolate_turns
+    assert cfg.verifier == "agreement" and cfg.vqa and cfg.pope
