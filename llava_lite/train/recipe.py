@@ -221,7 +221,7 @@ class Trainer:
         local = [sum(objective.count(b) for b in window),
                  sum(0 if b.get("pixel_values") is None else b["pixel_values"].shape[0] for b in window)]
         total, images = acc.reduce(torch.tensor(local, device=acc.device), "sum").tolist()
-        sums = self._zero_stats()
+        sums = {k: torch.zeros((), device=acc.device) for k in objective.keys}  # the same keys on every process
         for i, batch in enumerate(window):
             sync = contextlib.nullcontext() if i == len(window) - 1 else acc.no_sync(model)
             with sync, self.autocast():
@@ -229,8 +229,8 @@ class Trainer:
                 acc.backward(value * self.loss_scale / max(total, 1))
             for k, v in stats.items():
                 sums[k] = sums[k] + v
-        # every process reduces the same keys in the same order, whatever its micro-batches held
-        self.last_stats = {k: float(acc.reduce(v, "sum")) / max(total, 1) for k, v in sums.items()}
+        reduced = acc.reduce(torch.stack(list(sums.values())), "sum").tolist()  # one all-reduce for every stat
+        self.last_stats = {k: v / max(total, 1) for k, v in zip(sums, reduced)}
         loss = self.last_stats.pop("loss")
         if not images and acc.distributed_type not in (DistributedType.DEEPSPEED, DistributedType.FSDP):
             skip_step(acc.unwrap_model(model).projector)  # no image on any process: the projector took no part
@@ -241,9 +241,6 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss, float(grad_norm) if grad_norm is not None else float("nan"), total
-
-    def _zero_stats(self) -> dict[str, torch.Tensor]:
-        return {k: torch.zeros((), device=self.acc.device) for k in self.objective.keys}
 
     @torch.no_grad()
     def evaluate(self) -> float:
