@@ -221,7 +221,7 @@ def pairs_cmd(args: argparse.Namespace) -> int:
 
     from llava_lite.errors import check_ref
 
-    from .pairs import agreement, hallucination_pairs, judged, reference, sample_answers, self_pairs
+    from .pairs import hallucination_pairs, make_verifier, sample_answers, self_pairs
 
     check_ref(args.model, "--model")
     if args.samples < 2 and not args.no_self:
@@ -230,17 +230,7 @@ def pairs_cmd(args: argparse.Namespace) -> int:
     prompts = read_conversations(args.src, args.format, folder)[: args.limit]
     pairs, report = [], {"prompts": len(prompts)}
     if not args.no_self:
-        if args.verifier == "judge":
-            if not args.judge:
-                raise SystemExit("--verifier judge needs --judge MODEL (an OpenAI-compatible endpoint, or 'rule')")
-            from llava_lite.eval.judge import RuleJudge, counting
-            from llava_lite.infer.openai_client import OpenAITeacher
-
-            judge = RuleJudge() if args.judge == "rule" else OpenAITeacher(
-                model=args.judge, base_url=args.judge_base_url, temperature=0.0, max_tokens=1024)
-            verify = judged(counting(judge), args.min_gap)
-        else:
-            verify = reference() if args.verifier == "reference" else agreement(args.min_share)
+        verify = make_verifier(args.verifier, args.min_share, args.judge, args.min_gap, args.judge_base_url)
         from llava_lite.eval.compare import load_model
         from llava_lite.infer.chat import Assistant
 

@@ -1,8 +1,9 @@
 """The self-improvement loop (`llava-lite improve CONFIG --rounds K`), with guards against collapse.
 
 Each round k, from the model of round k-1 (round 0: `model`):
-  1. generate: draw `per_round` new (image, question) prompts from the pool; the model samples
-     `samples` answers to each (data_tools/pairs.py);
+  1. generate: draw `per_round` new prompts from the pool: its questions, or (questions: captions) a
+     question about what the model's own description of the image names (questions.py); the model
+     samples `samples` answers to each (pairs.py);
   2. filter: a verifier accepts an answer (kept to train on) and, where it also finds a worse one,
      a preference pair; kept records that repeat a kept request about the same image (ROUGE-L above
      `max_rouge`, data_tools/filters.py) are dropped; the kept set's diversity is measured
@@ -41,6 +42,9 @@ class ImproveConfig:
     image_folder: Optional[str] = None  # of `prompts` (default: its folder)
     rounds: int = 3
     per_round: int = 200  # prompts drawn per round, never the same one twice
+    # pool: ask the pool's questions; captions: the model describes each pool image and is asked a
+    # question about an object its own description names (self-instruct over captions, questions.py)
+    questions: Literal["pool", "captions"] = "pool"
     samples: int = 4
     temperature: float = 1.0
     max_new_tokens: int = 32
@@ -85,21 +89,6 @@ def load_improve_config(path: str | Path, overrides: list[str] = ()) -> ImproveC
     return cfg
 
 
-def _verifier(cfg: ImproveConfig):
-    from .pairs import agreement, judged, reference
-
-    if cfg.verifier == "reference":
-        return reference()
-    if cfg.verifier == "agreement":
-        return agreement(cfg.min_share)
-    if not cfg.judge:
-        raise ConfigError("verifier: judge needs judge: MODEL (an OpenAI-compatible endpoint) or judge: rule")
-    from llava_lite.eval.judge import RuleJudge
-    from llava_lite.infer.openai_client import OpenAITeacher
-
-    return judged(RuleJudge() if cfg.judge == "rule" else OpenAITeacher(model=cfg.judge, temperature=0.0))
-
-
 def rounds_without_gain(values: list[float | None], min_gain: float = 0.0) -> int:
     """Rounds since the best value (a value counts as better only by more than min_gain)."""
     best, since = None, 0
@@ -121,7 +110,9 @@ class Loop:
         self.folder = cfg.image_folder or str(Path(cfg.prompts).parent)
         pool = read_conversations(cfg.prompts, image_folder=self.folder)
         random.Random(cfg.seed).shuffle(pool)
-        self.pool, self.verify = pool, _verifier(cfg)
+        from .pairs import make_verifier
+
+        self.pool, self.verify = pool, make_verifier(cfg.verifier, cfg.min_share, cfg.judge)
         self.rows = self._finished()
 
     def _finished(self) -> list[dict]:
@@ -167,6 +158,13 @@ class Loop:
         from llava_lite.infer.chat import Assistant
 
         assistant = Assistant(load_model(model_dir))
+        images, captions = len(prompts), []
+        if self.cfg.questions == "captions":
+            from .questions import own_prompts
+
+            prompts, captions = own_prompts(assistant, prompts, random.Random(self.cfg.seed + k))
+            if not prompts:
+                return {"stop": "the model's descriptions name no object to ask about", "kept": 0}
         answers = sample_answers(assistant, prompts, self.cfg.samples, self.cfg.temperature,
                                  max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed + 1000 * k)
         del assistant
@@ -184,11 +182,13 @@ class Loop:
         kept_read = read_conversations(d / "data.json", image_folder=self.folder) if kept else []
         from .diversity import diversity
 
-        info = {"prompts": len(prompts), "kept": len(kept), "pairs": len(pairs), "duplicates": dropped,
+        info = {"images": images, "prompts": len(prompts), "kept": len(kept), "pairs": len(pairs),
+                "duplicates": dropped,
                 "rejected": len(prompts) - len(kept) - dropped, "verdicts": dict(reasons),
                 "samples_distinct_per_prompt": sum(len(set(map(str.lower, a))) for a in answers) / len(answers),
                 **diversity(kept_read)}
         info["kept_examples"] = [f"{prompt_of(c)[0][-1].content!r} -> {c.messages[-1].content!r}" for c in kept[:3]]
+        info["caption_examples"] = captions[:3]
         (d / "generation.json").write_text(json.dumps(info, indent=2))
         return info
 

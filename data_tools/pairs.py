@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from llava_lite.config import ConfigError
 from llava_lite.data.conversation import Conversation, Message
 from llava_lite.data.images import load_image
 from llava_lite.eval.scorers import vqa_normalize
@@ -100,6 +101,25 @@ def judged(judge, min_gap: float = 3.0, min_rating: float = 7.0) -> Callable[...
             return Verdict(reason="no sample rated high enough")
         return Verdict(chosen, worst[1]) if best[0] - worst[0] >= min_gap else Verdict(chosen, reason="ratings close")
     return verify
+
+
+def make_verifier(kind: str, min_share: float = 0.5, judge: str | None = None, min_gap: float = 3.0,
+                  base_url: str | None = None) -> Callable[..., Verdict]:
+    """reference | agreement | judge (`judge`: an OpenAI-compatible endpoint's model name, or "rule")."""
+    if kind == "reference":
+        return reference()
+    if kind == "agreement":
+        return agreement(min_share)
+    if kind != "judge":
+        raise ConfigError(f"unknown verifier {kind!r}; choose reference, agreement or judge")
+    if not judge:
+        raise ConfigError("the judge verifier needs a judge: an OpenAI-compatible endpoint's model name, or 'rule'")
+    from llava_lite.eval.judge import RuleJudge, counting
+    from llava_lite.infer.openai_client import OpenAITeacher
+
+    teacher = RuleJudge() if judge == "rule" else OpenAITeacher(model=judge, base_url=base_url, temperature=0.0,
+                                                                  max_tokens=1024)
+    return judged(counting(teacher), min_gap)
 
 
 def sample_answers(assistant, prompts: list[Conversation], samples: int, temperature: float, top_p: float = 1.0,

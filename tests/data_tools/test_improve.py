@@ -125,3 +125,33 @@ def test_shipped_config_loads():
                               ["rounds=2", "replay.0.weight=0.1"])
     assert cfg.rounds == 2 and cfg.replay[0].weight == 0.1 and cfg.replay[0].isolate_turns
     assert cfg.verifier == "agreement" and cfg.vqa and cfg.pope
+
+
+def test_own_questions_follow_the_models_description():
+    from data_tools.questions import caption_questions, mentions
+
+    caption = "The image shows two objects. There is a small red circle at the top left. There is a large blue star."
+    assert mentions(caption) == [("red", "circle"), ("blue", "star")]
+    questions = [q.split("\n")[0] for q in caption_questions(caption)]
+    assert "What color is the circle?" in questions and "What shape is the blue object?" in questions
+    assert "Is there a red circle in the image?" in questions and "How many stars are there in the image?" in questions
+    assert caption_questions("Nothing to see here.") == []
+
+
+@pytest.mark.slow  # a round whose questions the model writes from its own descriptions
+def test_captions_round(world, serve_model_dir, tiny_lm, tmp_path, monkeypatch):
+    from data_tools import questions as questions_mod
+
+    cfg = load_improve_config(write(tmp_path, config(world, tmp_path / "q", serve_model_dir, tiny_lm, rounds=1,
+                                                     questions="captions", verifier="agreement", min_share=0.3)))
+    original = questions_mod.own_prompts
+
+    class Describer:  # the tiny random model describes nothing; this one speaks the world's description style
+        def reply_batch(self, chats, max_new_tokens, **kw):
+            return ["There is a small red circle and a large blue star."] * len(chats)
+
+    monkeypatch.setattr(questions_mod, "own_prompts", lambda _, pool, rng, **k: original(Describer(), pool, rng))
+    rows = Loop(cfg).run()
+    data = json.loads((tmp_path / "q" / "round-1" / "generation.json").read_text())
+    assert data["images"] == 8 and data["prompts"] == 8 and data["caption_examples"]
+    assert rows[1]["prompts"] == 8
