@@ -124,13 +124,13 @@ def make_verifier(kind: str, min_share: float = 0.5, judge: str | None = None, m
 
 def sample_answers(assistant, prompts: list[Conversation], samples: int, temperature: float, top_p: float = 1.0,
                    max_new_tokens: int = 32, batch_size: int = 16, seed: int = 0) -> list[list[str]]:
-    """`samples` sampled answers to each prompt's first question (seeded per batch: repeatable)."""
-    chats = [(prompt_of(c)[0], [load_image(i) for i in c.images]) for c in prompts]
-    flat = [chat for chat in chats for _ in range(samples)]
+    """`samples` sampled answers to each prompt's first question (seeded per batch: repeatable);
+    images are opened batch by batch."""
+    flat = [c for c in prompts for _ in range(samples)]
     out: list[str] = []
     for b in tqdm(range(0, len(flat), batch_size), desc="sampling", leave=False):
-        out += assistant.reply_batch(flat[b:b + batch_size], max_new_tokens, temperature=temperature, top_p=top_p,
-                                     seed=seed + b)
+        chats = [(prompt_of(c)[0], [load_image(i) for i in c.images]) for c in flat[b:b + batch_size]]
+        out += assistant.reply_batch(chats, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed + b)
     return [out[i * samples:(i + 1) * samples] for i in range(len(prompts))]
 
 
@@ -205,6 +205,6 @@ def hallucination_pairs(prompts: list[Conversation], scenes: list[Scene], image_
             for q in qas:
                 ask = Conversation([Message("user", "<image>\n" + q["question"])], list(conv.images),
                                    f"{scene.id}-exists-{q['answer']}", conv.source)
-                pairs.append(pair(ask, q["answer"].capitalize(), "No" if q["answer"] == "yes" else "Yes", "pope"))
+                pairs.append(pair(ask, q["answer"], "no" if q["answer"] == "yes" else "yes", "pope"))
                 reasons["existence question"] += 1
     return pairs, reasons

@@ -71,8 +71,8 @@ def test_hallucination_pairs_name_what_the_image_does_not_hold(world):
         assert len(new) == 1 and not new & held, (p.messages[-1].content, p.rejected)
     exists = [p for p in pairs if p.id.endswith("-pope")]
     assert len(exists) == 2 * len(scenes)  # one yes and one no question per image
-    assert sorted(p.messages[-1].content for p in exists) == ["No"] * len(scenes) + ["Yes"] * len(scenes)
-    assert all({p.messages[-1].content, p.rejected} == {"Yes", "No"} for p in exists)
+    assert sorted(p.messages[-1].content for p in exists) == ["no"] * len(scenes) + ["yes"] * len(scenes)
+    assert all({p.messages[-1].content, p.rejected} == {"yes", "no"} for p in exists)  # as the rule teacher writes
 
 
 def test_pairs_cli_writes_pairs_that_train(world, serve_model_dir, tiny_lm, tmp_path):
