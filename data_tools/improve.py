@@ -114,6 +114,16 @@ class Loop:
 
         self.pool, self.verify = pool, make_verifier(cfg.verifier, cfg.min_share, cfg.judge)
         self.rows = self._finished()
+        saved = self.out / "config.json"
+        if self.rows and saved.is_file():  # a resumed loop must be the same loop
+            before = json.loads(saved.read_text())
+            changed = [k for k in ("model", "prompts", "questions", "verifier", "objective", "per_round", "seed")
+                       if before.get(k) != asdict(cfg)[k]]
+            if changed:
+                raise ConfigError(f"{self.out} holds rounds of a loop with other {changed} ({before[changed[0]]!r}); "
+                                  "give another out, or delete it to start over")
+        self.out.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(asdict(cfg), indent=2, default=str))
 
     def _finished(self) -> list[dict]:
         rows, k = [], 0
@@ -268,7 +278,6 @@ class Loop:
         lines += ["| " + " | ".join(fmt(r.get(key)) for key in keys) + " |" for r in self.rows]
         (self.out / "rounds.md").write_text("\n".join(lines) + "\n")
         (self.out / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.rows))
-        (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2, default=str))
 
 
 def add_parser(subparsers) -> None:

@@ -5,11 +5,12 @@
 1. `llava-lite data pairs`: the stage-2 model samples 4 answers to 1500 training questions (the
    reference verifier keeps its wrong ones as rejected), plus hallucination pairs from the
    annotations (POVID swaps, POPE-style yes/no);
-2. `llava-lite train configs/dpo.yaml` from the stage-2 model on those pairs;
+2. `llava-lite train configs/dpo.yaml` from the stage-2 model on those pairs, as plain DPO and with
+   RPO's NLL term (`preference.rpo_alpha=1`);
 3. a new pool of images the model never saw (the world's generator, another seed) with rule
    questions, whose answers the agreement verifier does not read;
-4. `llava-lite improve configs/improve.yaml`: rounds of self-generated SFT data from the DPO model;
-5. `llava-lite eval` of stage 2 and DPO, and a table (OUT/table.md) of every model.
+4. `llava-lite improve configs/improve.yaml`: rounds of self-generated SFT data from the RPO model;
+5. `llava-lite eval` of stage 2 and both preference models, and a table (OUT/table.md) of every model.
 
 Every step is skipped when its output exists, so a killed run goes on where it stopped.
 """
@@ -78,14 +79,16 @@ def main() -> None:
             "--image-folder", str(images), "--verifier", "reference", "--samples", "4", "--max-new-tokens", "8",
             "--limit", str(args.questions), "--annotations", str(demo / "world" / "annotations" /
                                                                    "instances_train.json"))
-    dpo = out / "dpo"
-    if not (dpo / "llava_lite.json").is_file():
-        run("train", str(ROOT / "configs" / "dpo.yaml"), f"model.init_from={demo / 'stage2'}",
-            f"data.sources=[{{path: {pairs}, image_folder: {images}}}]", f"train.output_dir={dpo}",
-            "data.max_length=512", "data.num_workers=2", "train.batch_size=16", "train.lr=5e-5",
-            "train.projector_lr=5e-5", "train.gradient_checkpointing=false", "train.save_every=100")
-    rows = [("stage 2", evaluate(demo / "stage2", demo, out / "eval" / "stage2"), {}),
-            ("+ DPO on the pairs", evaluate(dpo, demo, out / "eval" / "dpo"), {})]
+    rows = [("stage 2", evaluate(demo / "stage2", demo, out / "eval" / "stage2"), {})]
+    for name, label, extra in (("dpo", "+ DPO on the pairs", []),
+                               ("dpo_rpo", "+ DPO + RPO (rpo_alpha 1) on the pairs", ["preference.rpo_alpha=1.0"])):
+        if not (out / name / "llava_lite.json").is_file():
+            run("train", str(ROOT / "configs" / "dpo.yaml"), f"model.init_from={demo / 'stage2'}",
+                f"data.sources=[{{path: {pairs}, image_folder: {images}}}]", f"train.output_dir={out / name}",
+                "data.max_length=512", "data.num_workers=2", "train.batch_size=16", "train.lr=5e-5",
+                "train.projector_lr=5e-5", "train.gradient_checkpointing=false", "train.save_every=100", *extra)
+        rows.append((label, evaluate(out / name, demo, out / "eval" / name), {}))
+    dpo = out / "dpo_rpo"  # plain DPO pushes single-word answers' own log-probs down (README)
     prompts = pool(demo, out, args.pool)
     run("improve", str(ROOT / "configs" / "improve.yaml"), f"model={dpo}", f"prompts={prompts}",
         f"image_folder={out / 'pool_world' / 'images'}", f"out={out / 'improve'}",

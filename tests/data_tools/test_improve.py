@@ -90,6 +90,8 @@ def test_two_rounds_keep_everything_and_resume_at_the_killed_round(world, serve_
     # round 2 started from round 1's model
     assert json.loads((out / "round-2" / "sft" / "config.json").read_text())["model"]["init_from"] == rows[1]["model"]
     assert "| round |" in capsys.readouterr().out
+    with pytest.raises(improve_mod.ConfigError, match="other \\['verifier'\\]"):  # another loop in the same out
+        Loop(load_improve_config(path, ["verifier=agreement"]))
 
 
 def test_collapsing_generator_stops_the_loop_before_training(world, serve_model_dir, tiny_lm, tmp_path,
