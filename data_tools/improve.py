@@ -152,8 +152,10 @@ class Loop:
 
     # ---- the steps of a round -------------------------------------------------------------
     def generate(self, k: int, model_dir: str) -> dict:
-        from llava_lite.data.readers import read_conversations
+        from llava_lite.eval.compare import load_model
+        from llava_lite.infer.chat import Assistant
 
+        from .diversity import diversity
         from .formats import write_conversations
         from .pairs import pair, prompt_of, sample_answers, verdicts
 
@@ -164,9 +166,6 @@ class Loop:
         prompts = self.pool[(k - 1) * n:k * n]
         if not prompts:
             return {"stop": "the prompt pool is used up", "kept": 0}
-        from llava_lite.eval.compare import load_model
-        from llava_lite.infer.chat import Assistant
-
         assistant = Assistant(load_model(model_dir))
         images, captions = len(prompts), []
         if self.cfg.questions == "captions":
@@ -189,14 +188,10 @@ class Loop:
         d.mkdir(parents=True, exist_ok=True)
         write_conversations(kept, d / "data.json", "llava", image_folder=self.folder)
         write_conversations(pairs, d / "pairs.jsonl", "pairs", image_folder=self.folder)
-        kept_read = read_conversations(d / "data.json", image_folder=self.folder) if kept else []
-        from .diversity import diversity
-
         info = {"images": images, "prompts": len(prompts), "kept": len(kept), "pairs": len(pairs),
-                "duplicates": dropped,
-                "rejected": len(prompts) - len(kept) - dropped, "verdicts": dict(reasons),
+                "duplicates": dropped, "rejected": len(prompts) - len(kept) - dropped, "verdicts": dict(reasons),
                 "samples_distinct_per_prompt": sum(len(set(map(str.lower, a))) for a in answers) / len(answers),
-                **diversity(kept_read)}
+                **diversity(kept)}
         info["kept_examples"] = [f"{prompt_of(c)[0][-1].content!r} -> {c.messages[-1].content!r}" for c in kept[:3]]
         info["caption_examples"] = captions[:3]
         (d / "generation.json").write_text(json.dumps(info, indent=2))
