@@ -1,7 +1,8 @@
 """Preference pairs from the model itself (`llava-lite data pairs`), and hallucination pairs.
 
-    pairs, report = self_pairs(assistant, prompts, verifier=agreement(0.5), samples=4, temperature=1.0)
-    more = hallucination_pairs(prompts, scenes)            # POVID-style, from the annotations
+    answers = sample_answers(assistant, prompts, samples=4, temperature=1.0)
+    pairs, reasons = self_pairs(prompts, answers, make_verifier("agreement", min_share=0.5))
+    more, why = hallucination_pairs(prompts, scenes, image_folder)   # from the annotations
 
 `prompts` are conversations; each one's first user turn is asked and its first assistant answer,
 when there is one, is the reference. The model samples `samples` answers per prompt; a verifier
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from llava_lite.config import ConfigError
+from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.data.conversation import Conversation, Message
 from llava_lite.data.images import load_image
 from llava_lite.eval.scorers import vqa_normalize
@@ -202,9 +204,9 @@ def hallucination_pairs(prompts: list[Conversation], scenes: list[Scene], image_
             asked.add(scene.file_name)
             qas = [q for q in grounded_qa(scene.objects, rng, shapes=shapes, colors=colors, per_type=existence)
                    if q["type"] == "exists"]
-            for q in qas:
-                ask = Conversation([Message("user", "<image>\n" + q["question"])], list(conv.images),
-                                   f"{scene.id}-exists-{q['answer']}", conv.source)
+            for j, q in enumerate(qas):
+                ask = Conversation([Message("user", f"{IMAGE_TOKEN}\n{q['question']}")], list(conv.images),
+                                   f"{scene.id}-exists-{j}", conv.source)
                 pairs.append(pair(ask, q["answer"], "no" if q["answer"] == "yes" else "yes", "pope"))
                 reasons["existence question"] += 1
     return pairs, reasons

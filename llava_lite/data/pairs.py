@@ -25,7 +25,7 @@ from llava_lite.data.conversation import ROLES, Conversation, Message
 PAIR_KEYS = ("prompt", "chosen", "rejected")
 
 
-def _image_list(rec: dict, r) -> list:
+def _image_list(rec: dict) -> list:
     value = rec.get("images", rec.get("image"))
     if value is None:
         return []
@@ -66,7 +66,7 @@ def _fill_bare_images(turns: list, refs: list, r) -> None:
 
 
 def _prompt(rec: dict, r, content: Callable) -> tuple[list[Message], list]:
-    prompt, refs = rec.get("prompt"), _image_list(rec, r)
+    prompt, refs = rec.get("prompt"), _image_list(rec)
     if isinstance(prompt, str):
         images = [r.image(ref, "image") for ref in refs]
         if images and IMAGE_TOKEN not in prompt:
