@@ -217,8 +217,6 @@ def dedup_cmd(args: argparse.Namespace) -> int:
 
 
 def pairs_cmd(args: argparse.Namespace) -> int:
-    from collections import Counter
-
     from llava_lite.errors import check_ref
 
     from .pairs import hallucination_pairs, make_verifier, sample_answers, self_pairs
@@ -239,7 +237,7 @@ def pairs_cmd(args: argparse.Namespace) -> int:
                                  args.max_new_tokens, args.batch_size, args.seed)
         own, reasons = self_pairs(prompts, answers, verify)
         pairs += own
-        report["self"] = {"verifier": args.verifier, "samples": args.samples, "pairs": len(own), **Counter(reasons)}
+        report["self"] = {"verifier": args.verifier, "samples": args.samples, "pairs": len(own), **reasons}
         report["distinct_answers_per_prompt"] = sum(len({a.strip().lower() for a in s}) for s in answers) / max(
             len(answers), 1)
     if args.annotations:

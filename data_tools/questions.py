@@ -45,12 +45,14 @@ def caption_questions(caption: str, colors=COLORS, shapes=SHAPES) -> list[str]:
 
 def own_prompts(assistant, pool: list[Conversation], rng: random.Random, max_new_tokens: int = 96,
                 batch_size: int = 16) -> tuple[list[Conversation], list[str]]:
-    """One question per pool image, written from the model's own description of it (greedy); images
-    whose description names no coloured shape give none."""
-    chats = [([Message("user", f"{IMAGE_TOKEN}\n{CAPTION_PROMPT}")], [load_image(c.images[0])]) for c in pool]
+    """One question per pool image (its first), written from the model's own description of it
+    (greedy); records without an image, and images whose description names no coloured shape, give none."""
+    pool = [c for c in pool if c.images]
+    ask = [Message("user", f"{IMAGE_TOKEN}\n{CAPTION_PROMPT}")]
     captions: list[str] = []
-    for b in range(0, len(chats), batch_size):
-        captions += assistant.reply_batch(chats[b:b + batch_size], max_new_tokens)
+    for b in range(0, len(pool), batch_size):  # images opened batch by batch
+        captions += assistant.reply_batch([(ask, [load_image(c.images[0])]) for c in pool[b:b + batch_size]],
+                                          max_new_tokens)
     prompts = []
     for conv, caption in zip(pool, captions):
         questions = caption_questions(caption)
