@@ -120,13 +120,16 @@ def plan(cfg: Config, engine: str = "ddp", gpus: int = 1) -> Plan:
                 "trainable weights (fp32)": trainable * 4 / shard_w / GIB,
                 "gradients (fp32)": trainable * 4 / shard_go / GIB,
                 "AdamW state (fp32)": trainable * 8 / shard_go / GIB}
+    if stage.pairs or cfg.train.kl_to_base > 0:  # the reference (train/reference.py): under LoRA the same LM
+        p.memory["reference model"] = ((0 if lora else n_lm * d) + n_proj * 4) / shard_w / GIB
     c = lm.config
-    tokens = cfg.train.batch_size * cfg.data.max_length
+    rows = cfg.train.batch_size * (2 if stage.pairs else 1)  # a preference pair is two rows
+    tokens = rows * cfg.data.max_length
     layers, hidden = c.num_hidden_layers, c.hidden_size
     per_layer = 34 * hidden * tokens
     act = layers * 2 * hidden * tokens + per_layer if cfg.train.gradient_checkpointing else layers * per_layer
     act += tokens / 2 * c.vocab_size * 4 * 2  # fp32 logits of the supervised positions and their gradient
-    act += cfg.train.batch_size * patches * model.vision.width * 34  # one ViT block, forward only
+    act += cfg.train.batch_size * patches * model.vision.width * 34  # one ViT block, forward only (once per pair)
     p.memory["activations (rough)"] = act / GIB
     return p
 

@@ -195,6 +195,17 @@ def test_dry_run_counts_match_the_built_model_without_loading_weights(tiny_lm, m
     assert z2.memory["AdamW state (fp32)"] == pytest.approx(ddp.memory["AdamW state (fp32)"] / 8)
     assert z2.memory["trainable weights (fp32)"] == ddp.memory["trainable weights (fp32)"]
     assert ddp.memory["AdamW state (fp32)"] == pytest.approx(2 * ddp.memory["gradients (fp32)"])
+    # preference training: the reference (a bf16 copy of the LM and an fp32 projector; under LoRA the
+    # projector only) and two rows per pair
+    from llava_lite.train.dry_run import GIB
+
+    n_lm, n_proj = expected["stage2.yaml"]["lm"][0], expected["stage2.yaml"]["projector"][0]
+    dpo = plan(load_config(CONFIGS / "dpo.yaml", common))
+    dpo_lora = plan(load_config(CONFIGS / "dpo.yaml", common + ["lora.enabled=true", "lora.r=4", "lora.alpha=8"]))
+    assert "reference model" not in plan(cfg).memory
+    assert dpo.memory["reference model"] * GIB == pytest.approx(n_lm * 2 + n_proj * 4)
+    assert dpo_lora.memory["reference model"] * GIB == pytest.approx(n_proj * 4)
+    assert dpo.memory["activations (rough)"] > plan(cfg).memory["activations (rough)"]
     capsys.readouterr()
     main(["train", str(CONFIGS / "stage1.yaml"), *common, "--dry-run", "--engine", "zero3", "--gpus", "8"])
     out = capsys.readouterr().out
