@@ -21,6 +21,7 @@ resumes from its checkpoints.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from collections import Counter
@@ -93,18 +94,23 @@ def rounds_without_gain(values: list[float | None], min_gain: float = 0.0) -> in
     """Rounds since the best value (a value counts as better only by more than min_gain)."""
     best, since = None, 0
     for v in values:
-        if v is None:
-            since += 1
-        elif best is None or v > best + min_gain:
-            best, since = v, 0
-        else:
-            since += 1
+        gain = v is not None and (best is None or v > best + min_gain)
+        best, since = (v, 0) if gain else (best, since + 1)
     return since
 
 
 class Loop:
     def __init__(self, cfg: ImproveConfig):
         from llava_lite.data.readers import read_conversations
+        from llava_lite.errors import check_ref
+
+        check_ref(cfg.model, "model")  # every path, before anything loads
+        named = {k: getattr(cfg, k) for k in ("prompts", "sft_config", "dpo_config", "vqa", "pope", "general")}
+        named |= {f"replay[{i}].path": r.path for i, r in enumerate(cfg.replay)}
+        missing = [(k, v) for k, v in named.items() if v and not Path(v).exists()]
+        if missing:
+            raise ConfigError(f"improve config: {missing[0][0]}={missing[0][1]!r}: no such file; fix the path "
+                              f"(relative paths are relative to the current directory, {Path.cwd()})")
 
         self.cfg, self.out = cfg, Path(cfg.out)
         self.folder = cfg.image_folder or str(Path(cfg.prompts).parent)
@@ -276,11 +282,9 @@ class Loop:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "improve", help="self-improvement loop: the model writes, a verifier filters, it retrains, held-out sets judge",
-        description="Rounds of generate -> verify -> dedup and diversity guards -> retrain (SFT, DPO or both) -> "
-                    "evaluate, from a YAML config (see configs/improve.yaml). Stops when held-out quality stops "
-                    "improving or the kept data's diversity falls below its floor; --resume is automatic.")
+    help = "self-improvement loop: generate, verify, guard, retrain, evaluate; stops on held-out quality or collapse"
+    p = subparsers.add_parser("improve", help=help, description=__doc__.split("\n\n")[1],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="YAML file (see configs/improve.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. per_round=100 verifier=reference")
     p.add_argument("--rounds", type=int, help="rounds after round 0 (default: the config's)")

@@ -120,6 +120,12 @@ def test_healthy_generator_passes_the_guard(world, serve_model_dir, tiny_lm, tmp
 def test_config_is_checked(tmp_path, world, serve_model_dir, tiny_lm):
     with pytest.raises(improve_mod.ConfigError, match="held-out"):
         load_improve_config(write(tmp_path, config(world, tmp_path, serve_model_dir, tiny_lm, vqa=None)))
+    cfg = load_improve_config(write(tmp_path, config(world, tmp_path, serve_model_dir, tiny_lm, pope="nope.jsonl")))
+    with pytest.raises(improve_mod.ConfigError, match="pope='nope.jsonl': no such file"):  # before anything loads
+        Loop(cfg)
+    cfg = load_improve_config(write(tmp_path, config(world, tmp_path, tmp_path / "no-model", tiny_lm)))
+    with pytest.raises(Exception, match="no such model"):
+        Loop(cfg)
 
 
 def test_shipped_config_loads():
