@@ -10,7 +10,8 @@
 3. a new pool of images the model never saw (the world's generator, another seed) with rule
    questions, whose answers the agreement verifier does not read;
 4. `llava-lite improve configs/improve.yaml`: rounds of self-generated SFT data from the RPO model;
-5. `llava-lite eval` of stage 2 and both preference models, and a table (OUT/table.md) of every model.
+5. `llava-lite eval` of stage 2 and both preference models, and a table (OUT/table.md) of every model,
+   with how often each round's kept answers were right by the pool's annotations (never read by the loop).
 
 Every step is skipped when its output exists, so a killed run goes on where it stopped.
 """
@@ -62,6 +63,35 @@ def pool(demo: Path, out: Path, n: int) -> Path:
     return path
 
 
+def kept_accuracy(round_dir: Path, world: Path) -> tuple[int, int, int]:
+    """(right, wrong, no single truth) of a round's kept answers, checked against the pool world's
+    annotations, which the loop never reads."""
+    import re
+
+    ann = json.loads((world / "annotations" / "instances_train.json").read_text())
+    names, files = {c["id"]: c["name"] for c in ann["categories"]}, {im["id"]: im["file_name"] for im in ann["images"]}
+    objs: dict[str, list] = {}
+    for a in ann["annotations"]:
+        objs.setdefault(files[a["image_id"]], []).append((a["color"], names[a["category_id"]]))
+    counts = [0, 0, 0]
+    for r in json.loads((round_dir / "data.json").read_text()):
+        o, q = objs.get(r["image"], []), r["conversations"][0]["value"].split("\n")[1]
+        answer = r["conversations"][1]["value"].strip().lower()
+        truth = None
+        if m := re.match(r"What color is the (\w+)\?", q):
+            found = [c for c, s in o if s == m[1]]
+            truth = found[0] if len(found) == 1 else None
+        elif m := re.match(r"What shape is the (\w+) object\?", q):
+            found = [s for c, s in o if c == m[1]]
+            truth = found[0] if len(found) == 1 else None
+        elif m := re.match(r"Is there an? (\w+) (\w+) in the image\?", q):
+            truth = "yes" if (m[1], m[2]) in o else "no"
+        elif m := re.match(r"How many (\w+) are there in the image\?", q):
+            truth = str(sum(1 for _, s in o if m[1] in (s + "s", s + "es")))
+        counts[2 if truth is None else 0 if truth == answer else 1] += 1
+    return counts[0], counts[1], counts[2]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--demo", type=Path, default=ROOT / "runs" / "demo")
@@ -97,9 +127,14 @@ def main() -> None:
         f"eval_image_folder={images}", f"replay.0.path={demo / 'data' / 'short_train.json'}",
         f"replay.0.image_folder={images}", f"replay.1.path={demo / 'world' / 'text_tasks' / 'train.json'}",
         "--rounds", str(args.rounds))
+    notes = []
     for line in (out / "improve" / "rounds.jsonl").read_text().splitlines()[1:]:
         r = json.loads(line)
         rows.append((f"+ improve round {r['round']}", r, r))
+        if (out / "improve" / f"round-{r['round']}" / "data.json").is_file():
+            right, wrong, unknown = kept_accuracy(out / "improve" / f"round-{r['round']}", out / "pool_world")
+            notes.append(f"round {r['round']}: kept answers right {right / max(right + wrong, 1):.1%} against the "
+                         f"annotations ({right} right, {wrong} wrong, {unknown} without a single true answer)")
     lines = ["| model | VQA | POPE F1 | POPE acc | yes-ratio | general ppl | kept / rejected | answer entropy |",
              "|---|---|---|---|---|---|---|---|"]
     pct = lambda v: "" if v is None else f"{v:.1%}"
@@ -109,6 +144,7 @@ def main() -> None:
         ppl = "" if m.get("general_ppl") is None else f"{m['general_ppl']:.2f}"
         lines.append(f"| {name} | {pct(m.get('vqa_accuracy'))} | {pct(m.get('pope_f1'))} | "
                      f"{pct(m.get('pope_accuracy'))} | {pct(m.get('pope_yes_ratio'))} | {ppl} | {kept} | {ent} |")
+    lines += [""] + notes
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
