@@ -25,6 +25,14 @@ class ConfigError(LlavaLiteError, ValueError):
 
 
 @dataclass
+class AnyresConfig:
+    """LLaVA-NeXT's AnyRes (model/anyres.py): an image becomes base-size tiles of its best-fitting
+    resolution plus the whole image downscaled; its image tokens grow with its size."""
+    grid_pinpoints: Optional[list[list[int]]] = None  # [[height, width], ...] px, multiples of the tower's size
+    max_tiles: int = 4  # without grid_pinpoints: every rows x cols grid with rows * cols <= max_tiles
+
+
+@dataclass
 class VisionConfig:
     model: str = "ViT-L-14-336-quickgelu"  # open_clip name, or "local-dir:/path" (open_clip_config.json + weights)
     pretrained: Optional[str] = "openai"  # open_clip tag or a local checkpoint file; None = as the model ref says
@@ -33,6 +41,7 @@ class VisionConfig:
     pad_to_square: bool = False  # LLaVA-1.5 pads images to a square with the mean colour before resizing
     pixel_shuffle: int = 1  # r > 1 merges each r x r block of patches into one token (r*r fewer image tokens)
     normalize: bool = False  # apply the ViT's final LayerNorm to the chosen block's features (well-scaled inputs)
+    anyres: Optional[AnyresConfig] = None  # high resolution as LLaVA-NeXT: tiles + the downscaled image
 
 
 @dataclass
@@ -243,7 +252,9 @@ def apply_override(raw: dict, override: str) -> None:
         if isinstance(node, list):
             node = node[int(p)]
         else:
-            node = node.setdefault(p, {})
+            if node.get(p) is None:  # an optional section left null (model.vision.anyres) becomes a mapping
+                node[p] = {}
+            node = node[p]
     last = parts[-1]
     value = yaml.safe_load(text) if text.strip() else ""
     if isinstance(node, list):

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from llava_lite.constants import IGNORE_INDEX
 from llava_lite.data.conversation import Conversation, DataError
-from llava_lite.data.images import load_image
+from llava_lite.data.images import image_size, load_image
 from llava_lite.data.isolate import render_isolated
 from llava_lite.data.rejects import Reject
 from llava_lite.data.render import RenderError, render
@@ -28,6 +28,13 @@ class Sample:
     skipped: bool  # truncation left no supervised token, or an image would not load: counted, never trained on
     reject: Reject | None = None  # why it was skipped
     segment_ids: torch.Tensor | None = None  # [T] isolated turns (data/isolate.py): 0 = shared prefix, k = turn k
+    image_sizes: torch.Tensor | None = None  # [n_images, 2] (height, width): AnyRes, whose pixel_values are tiles
+
+    @property
+    def num_images(self) -> int:
+        if self.image_sizes is not None:
+            return len(self.image_sizes)
+        return 0 if self.pixel_values is None else len(self.pixel_values)
     rejected: Sample | None = None  # a preference pair: the same prompt with the rejected answer (no pixels)
 
 
@@ -38,14 +45,15 @@ class ConversationDataset(Dataset):
         self,
         conversations: list[Conversation],
         tokenizer,
-        image_transform: Callable,  # PIL RGB image -> [3, H, W]
+        image_transform: Callable,  # PIL RGB image -> [k, 3, H, W] (k = 1, or AnyRes's tiles)
         *,
         image_token_id: int,
-        image_seq_len: int,
+        image_seq_len: int,  # image tokens per image (AnyRes: the most an image can take, for length estimates)
         max_length: int,
         mode: str = "chat",
         system_prompt: str | None = None,
         pairs: bool = False,  # preference training: each record renders chosen and rejected (data/pairs.py)
+        image_tokens: Callable | None = None,  # AnyRes: (height, width) -> that image's tokens, read from its header
     ):
         self.conversations = conversations
         self.pairs = pairs
@@ -54,6 +62,7 @@ class ConversationDataset(Dataset):
         self.kw = dict(image_token_id=image_token_id, image_seq_len=image_seq_len, max_length=max_length,
                        mode=mode, system_prompt=system_prompt)
         self.image_seq_len = image_seq_len
+        self.image_tokens = image_tokens
 
     def __len__(self) -> int:
         return len(self.conversations)
@@ -86,8 +95,15 @@ class ConversationDataset(Dataset):
         return chosen
 
     def _sample(self, conv: Conversation, load: bool = True) -> Sample:
+        sizes, kw = None, self.kw
+        if self.image_tokens is not None and conv.images:  # AnyRes: each image's tokens follow its size
+            try:
+                sizes = [image_size(ref, where=f"{conv.where} field 'image'") for ref in conv.images]
+            except DataError as e:
+                return self.skipped(conv.source, conv.id, e.reason, str(e), "image")
+            kw = kw | {"image_seq_len": [self.image_tokens(size) for size in sizes]}
         try:
-            r = (render_isolated if conv.isolate_turns else render)(conv, self.tokenizer, **self.kw)
+            r = (render_isolated if conv.isolate_turns else render)(conv, self.tokenizer, **kw)
         except RenderError as e:
             return self.skipped(
                 conv.source, conv.id, e.reason if e.reason != "bad record" else "render failed", str(e), "render"
@@ -106,9 +122,11 @@ class ConversationDataset(Dataset):
                 images = [load_image(ref, where=f"{conv.where} field 'image'") for ref in conv.images[: r.num_images]]
             except DataError as e:
                 return self.skipped(conv.source, conv.id, e.reason, str(e), "image")
-            pixels = torch.stack([self.image_transform(im) for im in images])
+            pixels = torch.cat([self.image_transform(im) for im in images])
         segments = None if r.segments is None else torch.tensor(r.segments)
-        return Sample(torch.tensor(r.input_ids), torch.tensor(r.labels), pixels, False, segment_ids=segments)
+        image_sizes = torch.tensor(sizes[:r.num_images]) if sizes and pixels is not None else None
+        return Sample(torch.tensor(r.input_ids), torch.tensor(r.labels), pixels, False, segment_ids=segments,
+                      image_sizes=image_sizes)
 
     def skipped(self, source: str, id: str, reason: str, message: str, kind: str) -> Sample:
         """A one-pad-token stand-in with no label, counted and reported by the collator."""
@@ -149,8 +167,11 @@ class Collator:
             "pixel_values": torch.cat(pixels) if pixels else None,
             "num_skipped": Skipped.of(samples),
         }
+        sizes = [s.image_sizes for s in kept if s.image_sizes is not None]
+        if sizes:  # AnyRes: pixel_values holds each image's tiles, image_sizes says how many
+            batch["image_sizes"] = torch.cat(sizes)
         if pairs and pixels:  # rejected row i reads the images of chosen row i (LlavaLite.embed image_rows)
-            batch["image_rows"] = torch.arange(len(batch["pixel_values"])).repeat(2)
+            batch["image_rows"] = torch.arange(sum(s.num_images for s in pairs)).repeat(2)
         if any(s.segment_ids is not None for s in kept):
             segments = mask - 1  # 0 for tokens, -1 for padding
             for i, s in enumerate(kept):

@@ -53,10 +53,10 @@ def resolve_image(folder: str | os.PathLike, ref: str, allow_absolute: bool = Fa
 
 
 def open_image(fp: Union[str, IO[bytes]], where: str, name: str, *, formats: tuple[str, ...] | None = None,
-               max_pixels: int | None = None) -> Image.Image:
+               max_pixels: int | None = None, decode: bool = True) -> Image.Image:
     """Open and fully decode an image so that corrupt and truncated data fail here, not later.
     Width x height is checked from the header before any pixel is decoded: against `max_pixels`
-    when given, and always against Pillow's decompression-bomb limit."""
+    when given, and always against Pillow's decompression-bomb limit. decode=False: the header only."""
     try:
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a training set should refuse both.
         with warnings.catch_warnings():
@@ -65,7 +65,8 @@ def open_image(fp: Union[str, IO[bytes]], where: str, name: str, *, formats: tup
             if max_pixels is not None and img.width * img.height > max_pixels:
                 raise ImageTooLarge(f"{_prefix(where)}image {name} is {img.width}x{img.height} = "
                                     f"{img.width * img.height} pixels, over the limit of {max_pixels}")
-            img.load()
+            if decode:
+                img.load()
     except DataError:
         raise
     except FileNotFoundError:
@@ -117,6 +118,14 @@ def load_image(ref: ImageRef | os.PathLike, where: str = "") -> Image.Image:
     if opened and rgb is not img:
         img.close()  # multi-frame files (GIF, TIFF) keep their file open until closed
     return rgb
+
+
+def image_size(ref: ImageRef | os.PathLike, where: str = "") -> tuple[int, int]:
+    """(height, width) of an image from its header, no pixel decoded (AnyRes counts its tokens from it)."""
+    if isinstance(ref, Image.Image):
+        return ref.height, ref.width
+    with open_image(os.fspath(ref), where, os.fspath(ref), decode=False) as img:
+        return img.height, img.width
 
 
 def data_url_bytes(url: str, where: str = "", max_bytes: int | None = None) -> bytes:

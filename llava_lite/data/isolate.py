@@ -55,8 +55,8 @@ def common_prefix(rows: list[list[int]]) -> int:
     return n
 
 
-def render_isolated(conv: Conversation, tokenizer, *, image_token_id: int, image_seq_len: int, max_length: int,
-                    mode: str = "chat", system_prompt: str | None = None) -> Rendered | None:
+def render_isolated(conv: Conversation, tokenizer, *, image_token_id: int, image_seq_len: int | list[int],
+                    max_length: int, mode: str = "chat", system_prompt: str | None = None) -> Rendered | None:
     """`render`, with each question of the record in its own segment (see the module docstring)."""
     kw = dict(image_token_id=image_token_id, image_seq_len=image_seq_len, mode=mode, system_prompt=system_prompt)
     parts = split_turns(conv) if mode == "chat" else None

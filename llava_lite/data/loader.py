@@ -78,9 +78,9 @@ def dataset_for(model, conversations: list[Conversation], max_length: int, mode:
                 system_prompt: str | None, pairs: bool = False) -> ConversationDataset:
     """Conversations rendered with a model's tokenizer and image preprocessing."""
     return ConversationDataset(
-        conversations, model.tokenizer, model.vision.image_to_tensor, image_token_id=model.image_token_id,
+        conversations, model.tokenizer, model.vision.image_to_pixels, image_token_id=model.image_token_id,
         image_seq_len=model.image_seq_len, max_length=max_length, mode=mode, system_prompt=system_prompt,
-        pairs=pairs,
+        pairs=pairs, image_tokens=None if model.vision.anyres is None else model.image_tokens,
     )
 
 

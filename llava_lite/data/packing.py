@@ -85,7 +85,7 @@ class PackingCollator:
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         positions = torch.zeros((len(rows), width), dtype=torch.long)
-        pixels = []
+        pixels, sizes = [], []
         for r, row in enumerate(rows):
             start = 0
             for i in row:
@@ -97,9 +97,11 @@ class PackingCollator:
                 positions[r, start:start + n] = torch.arange(n)
                 if s.pixel_values is not None:
                     pixels.append(s.pixel_values)
+                if s.image_sizes is not None:
+                    sizes.append(s.image_sizes)
                 start += n
             positions[r, start:] = torch.arange(width - start)  # tail padding: a segment of its own
-        return {
+        batch = {
             "input_ids": ids,
             "attention_mask": mask,
             "position_ids": positions,
@@ -107,3 +109,6 @@ class PackingCollator:
             "pixel_values": torch.cat(pixels) if pixels else None,
             "num_skipped": Skipped.of(samples),
         }
+        if sizes:  # AnyRes (data/dataset.py Collator)
+            batch["image_sizes"] = torch.cat(sizes)
+        return batch

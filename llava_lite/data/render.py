@@ -17,8 +17,9 @@ piece: the template's own text normally, each marked string as plain text (split
 Only the template's markers, and `<image>` in user and system text, are control tokens. Content
 without special strings renders exactly as before (one tokenizer call).
 
-Each `<image>` token is then expanded to `image_seq_len` copies (label -100) that the model fills
-with projected patch features, so sequence lengths are known before the model runs.
+Each `<image>` token is then expanded to its image's token count (`image_seq_len`: one count, or
+one per image with AnyRes) of copies (label -100) that the model fills with projected features, so
+sequence lengths are known before the model runs.
 """
 from __future__ import annotations
 
@@ -169,29 +170,36 @@ def _tokenize(tokenizer, rendered: str, where: str, text: str | None = None) -> 
     return ids, offsets
 
 
-def _expand_images(ids: list[int], labels: list[int], image_token_id: int, image_seq_len: int):
-    out_ids, out_labels = [], []
+def _image_counts(image_seq_len: int | list[int], n: int) -> list[int]:
+    return list(image_seq_len) if isinstance(image_seq_len, (list, tuple)) else [image_seq_len] * n
+
+
+def _expand_images(ids: list[int], labels: list[int], image_token_id: int, counts: list[int]):
+    """Each `<image>` token becomes its image's count of placeholder tokens (label -100)."""
+    out_ids, out_labels, k = [], [], 0
     for i, lab in zip(ids, labels):
         if i == image_token_id:
-            out_ids += [image_token_id] * image_seq_len
-            out_labels += [IGNORE_INDEX] * image_seq_len
+            out_ids += [image_token_id] * counts[k]
+            out_labels += [IGNORE_INDEX] * counts[k]
+            k += 1
         else:
             out_ids.append(i)
             out_labels.append(lab)
     return out_ids, out_labels
 
 
-def _truncate(ids: list[int], labels: list[int], max_length: int, image_token_id: int, image_seq_len: int):
-    """Cut to max_length, never through the middle of an image's placeholder run."""
+def _truncate(ids: list[int], labels: list[int], max_length: int, image_token_id: int, counts: list[int]):
+    """Cut to max_length, never through an image's placeholder run; returns the images kept whole too."""
     if len(ids) <= max_length:
-        return ids, labels
-    cut = max_length
-    if ids[cut - 1] == image_token_id and ids[cut] == image_token_id:
-        run_start = cut
-        while run_start > 0 and ids[run_start - 1] == image_token_id:
-            run_start -= 1
-        cut = run_start + (cut - run_start) // image_seq_len * image_seq_len  # keep whole images only
-    return ids[:cut], labels[:cut]
+        return ids, labels, len(counts)
+    cut, kept, pos = max_length, 0, 0
+    for n in counts:
+        pos = ids.index(image_token_id, pos)  # where this image's run begins
+        if pos + n > cut:
+            cut = min(cut, pos)
+            break
+        kept, pos = kept + 1, pos + n
+    return ids[:cut], labels[:cut], kept
 
 
 def render(
@@ -199,7 +207,7 @@ def render(
     tokenizer,
     *,
     image_token_id: int,
-    image_seq_len: int,
+    image_seq_len: int | list[int],  # image tokens per image, or one count for each image in order
     max_length: int,
     mode: str = "chat",
     system_prompt: str | None = None,
@@ -233,11 +241,12 @@ def render(
             f"{conv.where}: {n_found} image token(s) after templating but {len(conv.images)} image(s); "
             f"is {IMAGE_TOKEN!r} a special token of this tokenizer?"
         )
-    ids, labels = _expand_images(ids, labels, image_token_id, image_seq_len)
-    ids, labels = _truncate(ids, labels, max_length, image_token_id, image_seq_len)
+    counts = _image_counts(image_seq_len, n_found)
+    ids, labels = _expand_images(ids, labels, image_token_id, counts)
+    ids, labels, kept = _truncate(ids, labels, max_length, image_token_id, counts)
     if all(lab == IGNORE_INDEX for lab in labels):
         return None
-    return Rendered(ids, labels, ids.count(image_token_id) // image_seq_len)
+    return Rendered(ids, labels, kept)
 
 
 def render_prompt(
@@ -245,7 +254,7 @@ def render_prompt(
     tokenizer,
     *,
     image_token_id: int,
-    image_seq_len: int,
+    image_seq_len: int | list[int],
     mode: str = "chat",
     system_prompt: str | None = None,
 ) -> list[int]:
@@ -259,7 +268,8 @@ def render_prompt(
         clean, marked = _mark(tokenizer, messages)
         text = _template(tokenizer, marked or clean, True)
     ids, _ = _tokenize(tokenizer, text, "prompt")
-    ids, _ = _expand_images(ids, [IGNORE_INDEX] * len(ids), image_token_id, image_seq_len)
+    counts = _image_counts(image_seq_len, ids.count(image_token_id))
+    ids, _ = _expand_images(ids, [IGNORE_INDEX] * len(ids), image_token_id, counts)
     return ids
 
 

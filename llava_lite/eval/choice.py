@@ -33,7 +33,8 @@ def response_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     device = model.device
     ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
     pixels = batch["pixel_values"].to(device) if batch["pixel_values"] is not None else None
-    embeds = model.embed(ids, pixels)
+    sizes = batch.get("image_sizes")
+    embeds = model.embed(ids, pixels, image_sizes=None if sizes is None else sizes.to(device))
     hidden = model.lm.get_decoder()(inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(device),
                                     use_cache=False).last_hidden_state
     targets = labels[:, 1:]

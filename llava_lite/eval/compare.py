@@ -37,8 +37,9 @@ ROWS = [
 
 class _NoVision(nn.Module):
     num_patches = 1  # never used: a text-only model renders no image placeholder
+    anyres = None
 
-    def image_to_tensor(self, image):
+    def image_to_pixels(self, image):
         raise ValueError("the base is a plain language model: it cannot read images (image rows are left out)")
 
 

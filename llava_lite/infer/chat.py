@@ -37,19 +37,22 @@ class Assistant:
         self.model.to(self.device)
         self.lock = threading.Lock()  # one generation at a time on the one model
 
-    def encode(self, messages: list[Message], images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Prompt ids [1, T] and pixel_values [N, 3, H, W] (None when there is no image)."""
+    def encode(self, messages: list[Message], images: list[Image.Image]) -> tuple:
+        """Prompt ids [1, T], pixel_values [N, 3, H, W] (None when there is no image) and, with AnyRes,
+        image_sizes [images, 2] (else None): pixel_values then holds each image's tiles."""
         n = sum(m.content.count(IMAGE_TOKEN) for m in messages)
         if n != len(images):
             raise PromptError(f"{n} {IMAGE_TOKEN} placeholder(s) but {len(images)} image(s); "
                               f"put one {IMAGE_TOKEN} in the text per image")
         m = self.model
-        ids = render_prompt(messages, m.tokenizer, image_token_id=m.image_token_id, image_seq_len=m.image_seq_len,
+        images = [load_image(im) for im in images]
+        sizes = [(im.height, im.width) for im in images]
+        ids = render_prompt(messages, m.tokenizer, image_token_id=m.image_token_id,
+                            image_seq_len=[m.image_tokens(size) for size in sizes],
                             mode=m.cfg.render_mode, system_prompt=m.cfg.system_prompt)
-        pixels = None
-        if images:
-            pixels = torch.stack([m.vision.image_to_tensor(load_image(im)) for im in images]).to(self.device)
-        return torch.tensor([ids], device=self.device), pixels
+        pixels = torch.cat([m.vision.image_to_pixels(im) for im in images]).to(self.device) if images else None
+        image_sizes = torch.tensor(sizes) if images and m.vision.anyres is not None else None
+        return torch.tensor([ids], device=self.device), pixels, image_sizes
 
     def reply(
         self,
@@ -65,7 +68,7 @@ class Assistant:
     ) -> Reply:
         """Answer the last user turn. `on_text(delta)` receives text as it is produced; `should_stop()`
         returning True (e.g. a client disconnected) ends generation early."""
-        ids, pixels = self.encode(messages, list(images))
+        ids, pixels, sizes = self.encode(messages, list(images))
         context = getattr(self.model.lm.config, "max_position_embeddings", None)
         if context is not None:
             if ids.shape[1] >= context:
@@ -94,8 +97,8 @@ class Assistant:
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         with self.lock:
-            generate(self.model, [ids[0].tolist()], pixels, max_new_tokens=max_new_tokens, temperature=temperature,
-                     top_p=top_p, on_token=on_token, generator=generator)
+            generate(self.model, [ids[0].tolist()], pixels, image_sizes=sizes, max_new_tokens=max_new_tokens,
+                     temperature=temperature, top_p=top_p, on_token=on_token, generator=generator)
         text = tok.decode(tokens, skip_special_tokens=True)
         cut = min((text.find(s) for s in stop if s in text), default=-1)
         if cut >= 0:
@@ -111,15 +114,17 @@ class Assistant:
         (temperature > 0; `seed` makes the draw repeatable)."""
         encoded = [self.encode(messages, list(images)) for messages, images in chats]
         context = getattr(self.model.lm.config, "max_position_embeddings", None)
-        longest = max(ids.shape[1] for ids, _ in encoded)
+        longest = max(e[0].shape[1] for e in encoded)
         if context is not None and longest + max_new_tokens > context:
             raise PromptError(f"a prompt of {longest} tokens + {max_new_tokens} new ones exceeds the model's "
                               f"context of {context}; ask for fewer new tokens or shorten the prompt")
-        pixels = [p for _, p in encoded if p is not None]
+        pixels = [p for _, p, _ in encoded if p is not None]
+        sizes = [s for _, _, s in encoded if s is not None]
         with self.lock:
             generator = None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
-            new = generate(self.model, [ids[0].tolist() for ids, _ in encoded], torch.cat(pixels) if pixels else None,
-                           max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, generator=generator)
+            new = generate(self.model, [e[0][0].tolist() for e in encoded], torch.cat(pixels) if pixels else None,
+                           image_sizes=torch.cat(sizes) if sizes else None, max_new_tokens=max_new_tokens,
+                           temperature=temperature, top_p=top_p, generator=generator)
         return [self.model.tokenizer.decode(t, skip_special_tokens=True) for t in new]
 
 

@@ -21,6 +21,7 @@ def generate(
     prompts: list[list[int]],  # B rendered prompts, any lengths
     pixel_values: torch.Tensor | None = None,  # [N, 3, H, W], the prompts' images in order
     *,
+    image_sizes: torch.Tensor | None = None,  # [images, 2]: AnyRes, where pixel_values holds each image's tiles
     max_new_tokens: int = 256,
     temperature: float = 0.0,  # 0 = greedy
     top_p: float = 1.0,
@@ -36,8 +37,8 @@ def generate(
     ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model.lm(inputs_embeds=model.embed(ids, pixel_values), attention_mask=mask, position_ids=positions,
-                   use_cache=True, logits_to_keep=1)
+    embeds = model.embed(ids, pixel_values, image_sizes=image_sizes)
+    out = model.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     new: list[list[int]] = [[] for _ in prompts]
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):

@@ -42,6 +42,9 @@ def check_config(cfg) -> None:
         problems.append(f"vision.pixel_shuffle={vc.pixel_shuffle}: the llava graph feeds every patch")
     if vc.use_cls:
         problems.append("vision.use_cls=True: the llava graph drops the CLS token")
+    if vc.anyres is not None:
+        problems.append("vision.anyres: the GGUF writer has no tiles, pinpoints or image_newline yet; "
+                        "export AnyRes models to hf-llava (LlavaNextForConditionalGeneration)")
     if problems:
         raise FormatError("cannot export the vision side to GGUF: " + "; ".join(problems))
 

@@ -1,7 +1,7 @@
 """Import LLaVA checkpoints into llava-lite model directories (which layout a path holds is told by
 sources.detect; `sources.import_dir(path, out_dir)` picks the importer):
 
-    import_hf_llava(path, out_dir)        a llava-hf directory -> llava-lite directory
+    import_hf_llava(path, out_dir)        a llava-hf directory (Llava or LLaVA-NeXT) -> llava-lite directory
     import_llava_llama(path, out_dir)     a LLaVA `llava_llama` directory -> llava-lite directory
     load_llava_projector(model, path)     LLaVA-1.5 stage-1 `mm_projector.bin` -> model.projector
 
@@ -9,7 +9,8 @@ What cannot be represented is one UnsupportedCheckpoint (a ModelLoadError) namin
 
 llava-hf (LlavaForConditionalGeneration + processor): CLIPVisionModel is mapped back to an open_clip
 local-dir tower, linear_1/gelu/linear_2 to mlp2x_gelu (act "linear" folds to one `linear`),
-vision_feature_layer / select_strategy / LlavaImageProcessor.do_pad to layer / use_cls / pad_to_square.
+vision_feature_layer / select_strategy / LlavaImageProcessor.do_pad to layer / use_cls / pad_to_square;
+LLaVA-NeXT's image_grid_pinpoints and image_newline to vision.anyres and the AnyRes projector's newline.
 llava_llama (haotian-liu/LLaVA): the Llama weights are the LM, `model.mm_projector.*` the projector,
 `mm_vision_tower` names the open_clip tower (`vision_tower=` overrides it, e.g. a local dir offline;
 the checkpoint's own `model.vision_tower.*` copy of the frozen CLIP is not read),
@@ -165,11 +166,19 @@ def import_hf_llava(path: Path, out_dir: Path, base_cfg=None, chat_template: str
     """Write the llava-hf directory `path` as a llava-lite model directory `out_dir`; returns it.
     base_cfg (a ModelConfig) supplies dtype and attn_implementation; chat_template (a templates.py
     name or .jinja path) replaces the tokenizer's."""
-    from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoTokenizer,
+        LlavaForConditionalGeneration,
+        LlavaNextForConditionalGeneration,
+    )
 
-    from llava_lite.config import VisionConfig
+    from llava_lite.config import AnyresConfig, VisionConfig
 
-    hf = LlavaForConditionalGeneration.from_pretrained(path, dtype="auto").eval()
+    next_ = AutoConfig.from_pretrained(path).model_type == "llava_next"  # LLaVA-NeXT: AnyRes
+    hf = (LlavaNextForConditionalGeneration if next_ else LlavaForConditionalGeneration).from_pretrained(
+        path, dtype="auto").eval()
     cfg = hf.config
     if not isinstance(cfg.vision_feature_layer, int):
         raise UnsupportedCheckpoint(
@@ -189,6 +198,9 @@ def import_hf_llava(path: Path, out_dir: Path, base_cfg=None, chat_template: str
     else:
         raise UnsupportedCheckpoint(
             f"{path}: projector_hidden_act={cfg.projector_hidden_act!r}: llava-lite projectors use gelu or none")
+    anyres = AnyresConfig(grid_pinpoints=[list(p) for p in cfg.image_grid_pinpoints]) if next_ else None
+    if next_:  # the projector module holds the newline (model/projector.py AnyresProjector)
+        proj_state = {f"proj.{k}": v for k, v in proj_state.items()} | {"image_newline": base.image_newline}
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != cfg.image_token_index:
         raise UnsupportedCheckpoint(
@@ -212,7 +224,7 @@ def import_hf_llava(path: Path, out_dir: Path, base_cfg=None, chat_template: str
             tower = write_open_clip_dir(vision_state, cfg.vision_config, preprocess_from_hf(ip), staging / "vision")
         _write_lm(cfg.text_config, text_state, tokenizer, staging / "lm", path)
         # "full" keeps CLIP's CLS token; a SigLIP tower has none to keep
-        vision = VisionConfig(model=tower, pretrained=None, pad_to_square=_pads(ip),
+        vision = VisionConfig(model=tower, pretrained=None, pad_to_square=_pads(ip), anyres=anyres,
                               use_cls=cfg.vision_feature_select_strategy == "full" and not siglip)
         dtype = _dtype_name(cfg.text_config, base_cfg)
         return _assemble(staging, out_dir, base_cfg, vision, cfg.vision_feature_layer, projector, proj_state, dtype)

@@ -1,4 +1,5 @@
-"""A LlavaLite as a transformers llava-hf directory: LlavaConfig, weights and LlavaProcessor.
+"""A LlavaLite as a transformers llava-hf directory: LlavaConfig, weights and LlavaProcessor (an AnyRes
+model: LlavaNextConfig, LlavaNextForConditionalGeneration's weights and LlavaNextProcessor).
 
     write_hf_llava(model, out)   # then LlavaForConditionalGeneration / AutoProcessor.from_pretrained(out)
 
@@ -118,7 +119,7 @@ def tower_state(model) -> dict[str, torch.Tensor]:
 
 def projector_state(model) -> dict[str, torch.Tensor]:
     """llava-lite projector -> multi_modal_projector state (linear_1 / linear_2)."""
-    sd = model.projector.state_dict()
+    sd = getattr(model.projector, "proj", model.projector).state_dict()  # AnyRes: the projector inside
     if model.cfg.projector == "mlp2x_gelu":  # Sequential(Linear, GELU, Linear)
         return {"linear_1.weight": sd["0.weight"], "linear_1.bias": sd["0.bias"],
                 "linear_2.weight": sd["2.weight"], "linear_2.bias": sd["2.bias"]}
@@ -128,14 +129,18 @@ def projector_state(model) -> dict[str, torch.Tensor]:
 
 
 def llava_config(model):
-    from transformers import LlavaConfig
+    """LlavaConfig, or LlavaNextConfig for an AnyRes model (its pinpoints in image_grid_pinpoints)."""
+    from transformers import LlavaConfig, LlavaNextConfig
 
     vision, blocks, cls = tower(model)
     text = copy.deepcopy(model.lm.config)
     text.vocab_size = model.lm.get_input_embeddings().weight.shape[0]
-    return LlavaConfig(
-        vision_config=vision, text_config=text,
-        image_token_index=model.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), image_seq_length=model.image_seq_len,
+    anyres = model.vision.anyres
+    config, extra = (LlavaConfig, {}) if anyres is None else (
+        LlavaNextConfig, {"image_grid_pinpoints": [list(p) for p in anyres.pinpoints]})
+    return config(
+        **extra, vision_config=vision, text_config=text,
+        image_token_index=model.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), image_seq_length=model.vision.num_patches,
         projector_hidden_act=PROJECTORS[model.cfg.projector],
         # "default" drops the first token (CLS): a tower without one keeps every token ("full")
         vision_feature_select_strategy="full" if model.vision.cfg.use_cls or not cls else "default",
@@ -163,20 +168,30 @@ def _jinja_string(text: str) -> str:
 
 
 def build_processor(model):
-    from transformers import CLIPImageProcessor, LlavaImageProcessor, LlavaProcessor
+    """LlavaProcessor, or LlavaNextProcessor (tiles at the same pinpoints) for an AnyRes model."""
+    from transformers import (
+        CLIPImageProcessor,
+        LlavaImageProcessor,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+        LlavaProcessor,
+    )
 
-    visual = model.vision.visual
+    visual, anyres = model.vision.visual, model.vision.anyres
     _, _, cls = tower(model)
     kw = image_processor_kwargs(visual.preprocess_cfg, visual.image_size[0])
     patch = visual.image_size[0] // model.vision.grid_size[0]
-    if model.vision.cfg.pad_to_square:  # pads with int(mean * 255), centred, before resizing: expand_to_square
+    processor = LlavaProcessor if anyres is None else LlavaNextProcessor
+    if anyres is not None:  # black padding to the best pinpoint, tiles, the whole image squashed: model/anyres.py
+        image_processor = LlavaNextImageProcessor(image_grid_pinpoints=[list(p) for p in anyres.pinpoints], **kw)
+    elif model.vision.cfg.pad_to_square:  # pads with int(mean * 255), centred, before resizing: expand_to_square
         image_processor = LlavaImageProcessor(do_pad=True, **kw)
     else:
         image_processor = CLIPImageProcessor(**kw)
     tokenizer = copy.deepcopy(model.tokenizer)
     template = chat_template(model)
     tokenizer.chat_template = template
-    return LlavaProcessor(
+    return processor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
         vision_feature_select_strategy="full" if model.vision.cfg.use_cls or not cls else "default",
         num_additional_image_tokens=int(cls),  # CLIP's CLS token is always in the ViT sequence; SigLIP has none
@@ -195,10 +210,11 @@ def generation_config(model):
 def llava_state(model, config) -> dict[str, torch.Tensor]:
     """Every weight under the names LlavaForConditionalGeneration uses, checked against a meta-device
     instance of it (so a renamed module in another transformers version fails here, not at load)."""
-    from transformers import LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
+    anyres = model.vision.anyres is not None
     with torch.device("meta"):
-        ref = LlavaForConditionalGeneration(config)
+        ref = (LlavaNextForConditionalGeneration if anyres else LlavaForConditionalGeneration)(config)
     names = {id(m): n for n, m in ref.named_modules()}
     base = getattr(ref, "model", ref)
     vision_keys = base.vision_tower.state_dict().keys()
@@ -214,6 +230,9 @@ def llava_state(model, config) -> dict[str, torch.Tensor]:
     for module, sd in parts:
         prefix = names[id(module)]
         state |= {f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in sd.items()}  # no copy on CPU
+    if anyres:  # LLaVA-NeXT's learned row end
+        name = next(n for n, p in ref.named_parameters() if p is base.image_newline)
+        state[name] = model.projector.image_newline.detach().cpu().contiguous()
     expected = set(ref.state_dict())
     if config.tie_word_embeddings:
         expected -= {names[id(ref.get_output_embeddings())] + ".weight"}

@@ -82,7 +82,7 @@ def detect(path) -> str | None:
         raw = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
     except ValueError:
         raw = {}
-    if raw.get("model_type") == "llava":
+    if raw.get("model_type") in ("llava", "llava_next"):
         return "hf-llava"
     if str(raw.get("model_type", "")).startswith("llava_") or "mm_vision_tower" in raw:
         # LLaVA's stage-1 output (config.json + mm_projector.bin, no LM weights) is a projector

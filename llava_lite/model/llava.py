@@ -1,9 +1,9 @@
 """LlavaLite: frozen CLIP tower -> trainable projector -> causal LM, and its model directory.
 
-Image fusion is one masked scatter: each `<image>` placeholder token (expanded to P copies when the
-conversation was rendered) is replaced by one projected patch feature. Text-only batches carry no
-pixel_values and never touch the vision tower. The loss applies the LM head only at positions that
-carry a label, so no logits are computed for image or prompt positions.
+Image fusion is one masked scatter (fusion.py): each `<image>` placeholder token (expanded to the
+image's token count when the conversation was rendered) is replaced by one projected feature.
+Text-only batches carry no pixel_values and never touch the vision tower. The loss applies the LM
+head only at positions that carry a label, so no logits are computed for image or prompt positions.
 
 A model directory (`save_pretrained` / `from_pretrained`):
 
@@ -42,9 +42,10 @@ from torch import nn
 from llava_lite.config import ModelConfig, from_dict
 from llava_lite.constants import IGNORE_INDEX, IMAGE_TOKEN
 from llava_lite.data.render import end_of_turn_token
+from llava_lite.model.fusion import fill_slots, image_features
 from llava_lite.model.lm import DTYPES, is_peft, load_lm, load_tokenizer
 from llava_lite.model.packed_attention import decoder_kwargs
-from llava_lite.model.projector import build_projector
+from llava_lite.model.projector import AnyresProjector, build_projector
 from llava_lite.model.vision import VisionTower
 
 CONFIG_NAME = "llava_lite.json"
@@ -77,7 +78,14 @@ class LlavaLite(nn.Module):
 
     @property
     def image_seq_len(self) -> int:
-        return self.vision.num_patches
+        """Image tokens per image; with AnyRes the most an image can take (each takes `image_tokens(size)`)."""
+        anyres = self.vision.anyres
+        return self.vision.num_patches if anyres is None else anyres.max_tokens()
+
+    def image_tokens(self, size: tuple[int, int]) -> int:
+        """Image tokens for an image of `size` (height, width): the fixed count, or AnyRes's for that size."""
+        anyres = self.vision.anyres
+        return self.vision.num_patches if anyres is None else anyres.num_tokens(size)
 
     @property
     def device(self) -> torch.device:
@@ -86,36 +94,25 @@ class LlavaLite(nn.Module):
     def projector_device(self) -> torch.device:
         return next(self.projector.parameters()).device
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[N, 3, H, W] -> [N, P, hidden]"""
-        feats = self.vision(pixel_values)
-        proj_dtype = next(self.projector.parameters()).dtype
-        return self.projector(feats.to(proj_dtype))
+    def encode_images(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, 3, H, W] -> [S, hidden]: every image's tokens, one image after another (model/fusion.py)."""
+        return image_features(self.vision, self.projector, pixel_values, image_sizes)
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-              image_rows: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, T] ids (+ [N, 3, H, W] images) -> [B, T, hidden] embeddings with image features in place.
-        image_rows ([M] indices into the N images): the image each image slot group takes, in order,
-        so one encoded image can fill several rows (a preference pair's chosen and rejected)."""
+              image_rows: torch.Tensor | None = None, image_sizes: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T] ids (+ [N, 3, H, W] images; AnyRes: their tiles and [M, 2] image_sizes) -> [B, T, hidden]
+        embeddings with image features in place. image_rows: see fusion.image_features."""
         embeds = self.lm.get_input_embeddings()(input_ids)
-        slots = input_ids == self.image_token_id  # [B, T]
-        n_slots = int(slots.sum())
         if pixel_values is None or pixel_values.shape[0] == 0:
+            n_slots = int((input_ids == self.image_token_id).sum())
             if n_slots:
                 raise ValueError(f"batch has {n_slots} image placeholder tokens but no pixel_values")
             if pixel_values is None:
                 return embeds
-            # zero images (distributed.run_vision_every_step): tower and projector still run, at
-            # the same point as for images (ZeRO-3 / FSDP gathers stay in step), with no compute
-            return embeds + self.encode_images(pixel_values).sum().to(embeds.dtype) * 0
-        feats = self.encode_images(pixel_values)  # [N, P, hidden]
-        if image_rows is not None:
-            feats = feats[image_rows]
-        if n_slots != feats.shape[0] * feats.shape[1]:
-            raise ValueError(
-                f"{feats.shape[0]} image(s) x {feats.shape[1]} features do not fill {n_slots} placeholder tokens"
-            )
-        return embeds.masked_scatter(slots.unsqueeze(-1), feats.to(embeds.dtype))
+            # zero images (distributed.run_vision_every_step): tower and projector run where images would, no compute
+            return embeds + self.encode_images(pixel_values, image_sizes).sum().to(embeds.dtype) * 0
+        feats = image_features(self.vision, self.projector, pixel_values, image_sizes, image_rows)
+        return fill_slots(embeds, input_ids, self.image_token_id, feats)
 
     def forward(
         self,
@@ -126,11 +123,12 @@ class LlavaLite(nn.Module):
         position_ids: torch.Tensor | None = None,  # [B, T], packed rows only: restart at 0 for each sample
         segment_ids: torch.Tensor | None = None,  # [B, T], isolated turns only (data/isolate.py)
         image_rows: torch.Tensor | None = None,  # [M], which image fills each image slot group (see embed)
+        image_sizes: torch.Tensor | None = None,  # [N, 2] (height, width) of each image, AnyRes only
     ) -> LlavaOutput:
         """Padded rows (attention_mask), packed rows (position_ids) or isolated turns (segment_ids);
         packed_attention.py `decoder_kwargs` turns them into the LM's layout, attention never
         crossing samples (packed) and each turn seeing the shared prefix and itself (isolated)."""
-        embeds = self.embed(input_ids, pixel_values, image_rows)
+        embeds = self.embed(input_ids, pixel_values, image_rows, image_sizes)
         layout = decoder_kwargs(self.lm, attention_mask, position_ids, segment_ids, embeds.dtype)
         hidden = self.lm.get_decoder()(inputs_embeds=embeds, use_cache=False, **layout)
         hidden = hidden.last_hidden_state  # [B, T, hidden]
@@ -244,6 +242,8 @@ def assemble(cfg: ModelConfig, tokenizer, lm: nn.Module, meta: bool = False) -> 
     vision = VisionTower(cfg.vision, device="meta" if meta else "cpu").to(DTYPES[cfg.dtype])
     with torch.device("meta") if meta else contextlib.nullcontext():
         projector = build_projector(cfg.projector, vision.width, lm.config.hidden_size)
+        if vision.anyres is not None:
+            projector = AnyresProjector(projector, lm.config.hidden_size, vision.anyres)
     return LlavaLite(vision, projector, lm, tokenizer, cfg)
 
 

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from llava_lite.config import ConfigError, VisionConfig
+from llava_lite.model.anyres import Anyres
 from llava_lite.model.hf_tower import PREFIX as HF_PREFIX
 from llava_lite.model.hf_tower import HFTower
 
@@ -55,6 +56,7 @@ class VisionTower(nn.Module):
         self.visual.requires_grad_(False)
         self.visual.eval()
         self._check_pixel_shuffle()
+        self.anyres = self._anyres_layout(pp.get("interpolation", "bicubic"))
 
     def _check_quickgelu(self) -> None:
         # OpenAI weights were trained with QuickGELU; open_clip only warns on a mismatch.
@@ -120,6 +122,19 @@ class VisionTower(nn.Module):
             raise ConfigError(f"model.vision.use_cls: the tower {self.cfg.model!r} has no single CLS token "
                               "(SigLIP pools with attention): set use_cls false")
 
+    def _anyres_layout(self, interpolation: str) -> Anyres | None:
+        if self.cfg.anyres is None:
+            return None
+        if self.cfg.use_cls or self.cfg.pad_to_square:
+            raise ConfigError("model.vision.anyres lays tiles out as a grid of patch tokens: it cannot keep the CLS "
+                              "token (use_cls) and replaces pad_to_square; set both false")
+        size = self.visual.image_size
+        h, w = size if isinstance(size, (tuple, list)) else (size, size)
+        if h != w:
+            raise ConfigError(f"model.vision.anyres needs a square tower input, not {h}x{w}")
+        r, (gh, gw) = self.cfg.pixel_shuffle, self.grid_size
+        return Anyres(self.cfg.anyres, h, (gh // r, gw // r), interpolation)
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.visual.parameters()).dtype
@@ -131,6 +146,12 @@ class VisionTower(nn.Module):
 
             image = expand_to_square(image, tuple(int(m * 255) for m in self.mean))
         return self.preprocess(image)
+
+    def image_to_pixels(self, image: Image.Image) -> torch.Tensor:
+        """PIL RGB image -> [k, 3, H, W]: its one crop, or with AnyRes the whole image then its tiles."""
+        if self.anyres is None:
+            return self.image_to_tensor(image)[None]
+        return self.anyres.tiles(image, self.preprocess)
 
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -77,7 +77,7 @@ class Worker:
         """max_new_tokens for this job: what was asked for (or the default), if the context has room.
         Counting the prompt encodes it once more than `reply` does: cheap next to generating."""
         try:
-            ids, _ = self.assistant.encode(job.prompt.messages, job.prompt.images)
+            ids = self.assistant.encode(job.prompt.messages, job.prompt.images)[0]
         except ValueError as e:
             raise APIError(400, str(e), "messages") from None
         if self.context is None:

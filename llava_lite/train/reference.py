@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from llava_lite.constants import IGNORE_INDEX
+from llava_lite.model.fusion import fill_slots, image_features
 from llava_lite.model.lm import DTYPES, is_peft
 from llava_lite.model.packed_attention import decoder_kwargs
 
@@ -32,7 +33,7 @@ class Reference:
 
     @torch.no_grad()
     def logits(self, input_ids, labels, attention_mask=None, pixel_values=None, position_ids=None,
-               segment_ids=None, image_rows=None, **_) -> torch.Tensor:
+               segment_ids=None, image_rows=None, image_sizes=None, **_) -> torch.Tensor:
         """The starting model's logits at the supervised positions: [S, V]."""
         m = self.model
         lm = self.lm if self.lm is not None else m.lm
@@ -40,12 +41,8 @@ class Reference:
         with adapters_off:
             embeds = lm.get_input_embeddings()(input_ids)
             if pixel_values is not None and pixel_values.shape[0]:
-                dtype = next(self.projector.parameters()).dtype
-                feats = self.projector(m.vision(pixel_values).to(dtype))
-                if image_rows is not None:
-                    feats = feats[image_rows]
-                slots = (input_ids == m.image_token_id).unsqueeze(-1)
-                embeds = embeds.masked_scatter(slots, feats.to(embeds.dtype))
+                feats = image_features(m.vision, self.projector, pixel_values, image_sizes, image_rows)
+                embeds = fill_slots(embeds, input_ids, m.image_token_id, feats)
             layout = decoder_kwargs(lm, attention_mask, position_ids, segment_ids, embeds.dtype)
             hidden = lm.get_decoder()(inputs_embeds=embeds, use_cache=False, **layout).last_hidden_state
             keep = labels[:, 1:] != IGNORE_INDEX

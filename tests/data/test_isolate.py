@@ -41,7 +41,7 @@ def record(qa=QA, first="<image>\n{q}", isolate=True, image=None):
 
 
 def dataset(model, convs, max_length=512, system_prompt=None):
-    return ConversationDataset(convs, model.tokenizer, model.vision.image_to_tensor,
+    return ConversationDataset(convs, model.tokenizer, model.vision.image_to_pixels,
                                image_token_id=model.image_token_id, image_seq_len=model.image_seq_len,
                                max_length=max_length, system_prompt=system_prompt)
 

@@ -27,7 +27,7 @@ def model(tiny_lm):
 
 
 def samples(model, convs):
-    ds = ConversationDataset(convs, model.tokenizer, model.vision.image_to_tensor, image_token_id=model.image_token_id,
+    ds = ConversationDataset(convs, model.tokenizer, model.vision.image_to_pixels, image_token_id=model.image_token_id,
                              image_seq_len=model.image_seq_len, max_length=256)
     return [ds[i] for i in range(len(ds))]
 

@@ -63,7 +63,7 @@ def test_stream_renders_the_same_samples_as_the_json_path(data, tiny_lm):
     model = LlavaLite.build(ModelConfig(vision=VisionConfig(model="tiny", pretrained=None), lm=str(tiny_lm)))
 
     def dataset(convs):
-        return ConversationDataset(convs, model.tokenizer, model.vision.image_to_tensor,
+        return ConversationDataset(convs, model.tokenizer, model.vision.image_to_pixels,
                                    image_token_id=model.image_token_id,
                                    image_seq_len=model.image_seq_len, max_length=128)
 

@@ -80,7 +80,7 @@ def answer(llm, messages: list[dict], max_tokens: int = 8) -> Answer:
 
 def ours(model, messages: list[Message], images, max_tokens: int = 8) -> tuple[list[int], list[int], torch.Tensor]:
     """llava-lite's prompt ids, greedy ids and, teacher-forced, the logits each token was chosen from [n, V]."""
-    ids, pixels = Assistant(model).encode(messages, list(images))
+    ids, pixels, _ = Assistant(model).encode(messages, list(images))
     new = generate(model, [ids[0].tolist()], pixels, max_new_tokens=max_tokens)[0]
     full = torch.tensor([ids[0].tolist() + new])
     with torch.no_grad():

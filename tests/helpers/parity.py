@@ -28,23 +28,28 @@ def hf_parity(model: LlavaLite, out, chats, backend: str | None = "pil", new_tok
               tol: float = TOL) -> float:
     """Exported dir vs llava-lite on each (typed messages, llava-lite messages, images): same ids and pixels,
     logits within `tol`, same greedy tokens. Returns the largest logit difference."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
     # fp32 whatever the directory's dtype (a bf16 model's config says bfloat16): the comparison is in fp32
-    hf, info = LlavaForConditionalGeneration.from_pretrained(out, output_loading_info=True, dtype=torch.float32)
+    cls = LlavaForConditionalGeneration if model.vision.anyres is None else LlavaNextForConditionalGeneration
+    hf, info = cls.from_pretrained(out, output_loading_info=True, dtype=torch.float32)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     processor = AutoProcessor.from_pretrained(out, **({"backend": backend} if backend else {}))
     assistant, worst = Assistant(model), 0.0
     for typed, ours, images in chats:
         text = processor.apply_chat_template(typed, add_generation_prompt=True)
         inputs = processor(images=images or None, text=text, return_tensors="pt")
-        ids, pixels = assistant.encode(ours, images)
+        ids, pixels, sizes = assistant.encode(ours, images)
         assert inputs["input_ids"].tolist() == ids.tolist()
         with torch.no_grad():
             theirs = hf(**inputs).logits
-            mine = model(ids, torch.ones_like(ids), pixels).logits
+            mine = model(ids, torch.ones_like(ids), pixels, image_sizes=sizes).logits
         if images:
-            torch.testing.assert_close(inputs["pixel_values"], pixels, atol=1e-6, rtol=0)
+            given = inputs["pixel_values"]
+            if sizes is not None:  # LLaVA-NeXT pads every image's tiles to the most tiles in the batch
+                assert inputs["image_sizes"].tolist() == sizes.tolist()
+                given = torch.cat([given[i, :model.vision.anyres.num_tiles(s)] for i, s in enumerate(sizes.tolist())])
+            torch.testing.assert_close(given, pixels, atol=1e-6, rtol=0)
         worst = max(worst, float((theirs - mine).abs().max()))
         assert worst < tol
         gen = hf.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)[0, ids.shape[1]:].tolist()

@@ -130,7 +130,7 @@ def test_lora_is_merged(tiny_lm, tmp_path):
     merged = LlavaLite.from_pretrained(tmp_path / "merged")
     assert merged.lm_weights == "full" and (tmp_path / "merged" / "lm").is_dir()
     assert not (tmp_path / "merged" / "lm_adapter").exists()
-    ids, pixels = Assistant(adapted).encode(*one_image_chat(noise(40, 30, 9))[1:])
+    ids, pixels, _ = Assistant(adapted).encode(*one_image_chat(noise(40, 30, 9))[1:])
     with torch.no_grad():
         diff = (merged(ids, None, pixels).logits - adapted(ids, None, pixels).logits).abs().max()
     assert diff < TOL

@@ -58,7 +58,7 @@ def test_other_feature_layers_and_normalised_features(tiny_lm, tmp_path, vision)
     try:
         image = noise(32, 32, 5)
         with torch.no_grad():
-            ours = model.encode_images(model.vision.image_to_tensor(image)[None])[0].numpy()
+            ours = model.encode_images(model.vision.image_to_tensor(image)[None]).numpy()
         worst = float(np.abs(image_features(llm, image) - ours).max())
     finally:
         llm.close()

@@ -49,7 +49,7 @@ def test_import_hf_llava(tmp_path, act, layer, strategy, pad, projector_act):
         plain = [{"role": m.role, "content": m.content} for m in ours]  # CHATML takes string content
         inputs = processor(images=images, text=processor.apply_chat_template(plain, add_generation_prompt=True),
                            return_tensors="pt")
-        ids, pixels = assistant.encode(ours, images)
+        ids, pixels, _ = assistant.encode(ours, images)
         assert inputs["input_ids"].tolist() == ids.tolist()
         torch.testing.assert_close(inputs["pixel_values"], pixels, atol=1e-6, rtol=0)
         with torch.no_grad():
@@ -90,7 +90,7 @@ def test_import_llava_llama(tmp_path, weights):
                                       lm=str(tmp_path / "ref_lm"), projector="mlp2x_gelu")).eval()
     ref.projector.load_state_dict(projector)
     assert ref.image_token_id == model.image_token_id
-    ids, pixels = Assistant(model).encode(*two_turn_chat(noise(40, 30), noise(30, 47, 1))[1:])
+    ids, pixels, _ = Assistant(model).encode(*two_turn_chat(noise(40, 30), noise(30, 47, 1))[1:])
     with torch.no_grad():
         diff = float((ref(ids, None, pixels).logits - model(ids, None, pixels).logits).abs().max())
     print(f"max |logit diff| import llava_llama ({weights}): {diff:.2e}")
@@ -126,8 +126,8 @@ def test_round_trip(tiny_lm, tmp_path, vision):
     assert back.vision.cfg.use_cls == model.vision.cfg.use_cls
     assert back.vision.cfg.pad_to_square == model.vision.cfg.pad_to_square
     chat = two_turn_chat(noise(40, 30), noise(30, 47, 1))[1:]
-    ids, pixels = Assistant(model).encode(*chat)
-    ids_back, pixels_back = Assistant(back).encode(*chat)  # the system prompt now lives in the template
+    ids, pixels, _ = Assistant(model).encode(*chat)
+    ids_back, pixels_back, _ = Assistant(back).encode(*chat)  # the system prompt now lives in the template
     assert ids.tolist() == ids_back.tolist() and torch.equal(pixels, pixels_back)
     with torch.no_grad():
         diff = float((back(ids, None, pixels).logits - model(ids, None, pixels).logits).abs().max())

@@ -16,10 +16,11 @@ from llava_lite.interop.sources import model_dir
 QUESTION = "What colour is it?"
 
 
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("hf_model")
-    make_hf_llava(out, "quick_gelu", -2, "default", pad=True)
+@pytest.fixture(scope="module", params=["llava", "llava_next"])
+def hf_dir(tmp_path_factory, request):
+    """A llava-hf Llava (padding to square) or LLaVA-NeXT (AnyRes tiles) directory."""
+    out = tmp_path_factory.mktemp(request.param)
+    make_hf_llava(out, "quick_gelu", -2, "default", pad=True, next_=request.param == "llava_next")
     return out
 
 
@@ -30,11 +31,11 @@ def cache(tmp_path, monkeypatch):
 
 
 def transformers_answer(hf_dir, image, new_tokens: int = 6) -> str:
-    """LlavaForConditionalGeneration.generate, greedy, on the processor's own rendering of the question."""
+    """transformers' own model class (Llava or LlavaNext) .generate, greedy, on the processor's own rendering."""
     import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model = LlavaForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    model = AutoModelForImageTextToText.from_pretrained(hf_dir, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(hf_dir, backend="pil")
     text = processor.apply_chat_template([{"role": "user", "content": "<image>\n" + QUESTION}],
                                          add_generation_prompt=True)
@@ -66,14 +67,14 @@ def test_eval_takes_the_directory(hf_dir, cache, tmp_path):
     images.mkdir()
     rows = []
     for i in range(3):
-        noise(32, 32, i).save(images / f"{i}.png")
+        noise(24 + 20 * i, 32, i).save(images / f"{i}.png")  # three aspect ratios
         rows.append({"question_id": i, "image": f"{i}.png", "text": QUESTION, "answer": "red"})
     (tmp_path / "vqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     main(["eval", "--model", str(hf_dir), "--vqa", str(tmp_path / "vqa.jsonl"), "--image-folder", str(images),
           "--out", str(tmp_path / "eval"), "--max-new-tokens", "6", "--no-suffix", "--device", "cpu"])
     answers = [json.loads(line) for line in next((tmp_path / "eval").glob("*answers*.jsonl")).read_text().splitlines()]
     assert [a["text"].strip() for a in answers] == [
-        transformers_answer(hf_dir, noise(32, 32, i)).strip() for i in range(3)]
+        transformers_answer(hf_dir, noise(24 + 20 * i, 32, i)).strip() for i in range(3)]
 
 
 def test_serve_takes_the_directory(hf_dir, cache):

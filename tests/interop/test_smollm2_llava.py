@@ -136,7 +136,7 @@ def test_export_parity(lora_run, tmp_path):
     worst = hf_parity(merged, tmp_path / "hf", chats, new_tokens=6, tol=DEEP_TOL)
     merge_diff = 0.0
     for _, ours, images in chats:
-        ids, pixels = Assistant(adapted).encode(ours, images)
+        ids, pixels, _ = Assistant(adapted).encode(ours, images)
         with torch.no_grad():
             diff = (adapted(ids, None, pixels).logits - merged(ids, None, pixels).logits).abs().max()
         merge_diff = max(merge_diff, float(diff))

@@ -52,7 +52,7 @@ def sample(tmp_path, config: str, lm: Path, record: dict):
     convs = read_conversations(tmp_path / "data.json", "auto", tmp_path)
     model = types.SimpleNamespace(  # the two things dataset_for takes from a model, besides its tokenizer
         tokenizer=tok, image_token_id=tok.convert_tokens_to_ids("<image>"), image_seq_len=P,
-        vision=types.SimpleNamespace(image_to_tensor=lambda image: torch.zeros(3, 336, 336)))
+        vision=types.SimpleNamespace(image_to_pixels=lambda image: torch.zeros(1, 3, 336, 336), anyres=None))
     s = dataset_for(model, convs, cfg.data.max_length, cfg.data.mode, cfg.data.system_prompt)[0]
     assert not s.skipped and s.pixel_values.shape == (1, 3, 336, 336)
     ids, labels = s.input_ids.tolist(), s.labels.tolist()
