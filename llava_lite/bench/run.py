@@ -3,6 +3,7 @@ trained the way TRL trains it, in one run, on the same data and the same initial
 
     llava-lite bench                      # the CPU shape: LM 256 x 6 layers, vocab 8192, ViT 256 x 6 @ 64 px
     llava-lite bench --ablate             # + each lever's share, one lever switched per row
+    llava-lite bench --anyres 4           # + images at 2x the tower's size: base resolution against AnyRes
     llava-lite bench --device cuda --shape 1b --dtype bfloat16
 
 Each side runs in a process of its own (bench/worker.py); the sides alternate for --rounds rounds
@@ -61,13 +62,13 @@ def run_worker(spec: dict) -> dict:
 
 def model_flops(spec: dict) -> tuple[float, float]:
     """(useful FLOPs per sample, per real token) of a training step on the bench's data."""
-    from llava_lite.bench.setup import SHAPES, DataMix, make_samples, step_flops
+    from llava_lite.bench.setup import SHAPES, DataMix, bench_images, make_samples, step_flops
 
     shape = dict(SHAPES[spec["shape"]], **spec.get("overrides", {}))
-    patches = (shape["image"] // shape["patch"]) ** 2
+    tokens, crops, size = bench_images(spec, shape)
     mix = DataMix(n=256, text_fraction=spec["text_fraction"], prompt_len=tuple(spec["prompt_len"]),
                   answer_len=tuple(spec["answer_len"]), images_per_sample=spec["images_per_sample"])
-    samples = make_samples(mix, patches, 1, shape["vocab"])  # 1-px images: only lengths matter here
+    samples = make_samples(mix, tokens, 1, shape["vocab"], crops, size)  # 1-px crops: only lengths matter here
     lengths = [len(s.input_ids) for s in samples]
     sup = sum(int((s.labels[1:] != IGNORE_INDEX).sum()) for s in samples)
     images = sum(0 if s.pixel_values is None else s.pixel_values.shape[0] for s in samples)
@@ -88,6 +89,12 @@ def bench(args: argparse.Namespace) -> dict:
             "batch": args.batch or shape["batch"], "vit_ref": write_vit_config(shape, tmp / "vit"),
             "overrides": {"vocab": args.vocab} if args.vocab else {}}
     sides = [(name, base | v) for name, v in MAIN]
+    if args.anyres:  # image samples twice the tower's size, tiled; the llava-lite row reads them as one crop
+        from llava_lite.bench.setup import bench_images
+
+        v = {"side": "lite", "anyres": args.anyres, "image_scale": 2}
+        tokens, crops, _ = bench_images(v, shape)
+        sides.append((f"+ AnyRes ({tokens} tokens, {crops} crops/image)", base | v))  # a lever against llava-lite
     if args.ablate:
         sides += [(name, base | {"side": "lite"} | v) for name, v in LEVERS]
         sides += [(name, base | {"side": "lite"} | CE_DATA | v) for name, v in CE_LEVERS]
@@ -185,6 +192,9 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="steps per side and round before timing")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--ablate", action="store_true", help="also measure each lever's share")
+    p.add_argument("--anyres", type=int, default=0, metavar="TILES",
+                   help="also train on images twice the tower's size at base resolution and with AnyRes "
+                        "(up to TILES tiles): tokens per image and samples/s, with and without")
     p.add_argument("--json", help="write the results to this file")
     return p
 

@@ -69,12 +69,12 @@ def make_tokenizer(vocab: int):
 
 
 def build_llava_lite(shape: dict, vit_ref: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                     seed: int = 0, attn: str = "auto"):
+                     seed: int = 0, attn: str = "auto", anyres: int = 0):
     """The bench's LlavaLite, random and seeded (model/random.py): identical in every process that builds
     it. attn "auto": flash_attention_2 on CUDA in bf16 when flash-attn is installed, else SDPA."""
     from transformers import LlamaConfig
 
-    from llava_lite.config import ModelConfig, VisionConfig
+    from llava_lite.config import AnyresConfig, ModelConfig, VisionConfig
     from llava_lite.model.lm import pick_attention
     from llava_lite.model.random import random_llava
 
@@ -85,16 +85,33 @@ def build_llava_lite(shape: dict, vit_ref: str, dtype: torch.dtype = torch.float
                          num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
                          num_key_value_heads=shape["kv_heads"], max_position_embeddings=4096,
                          bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
-    mcfg = ModelConfig(vision=VisionConfig(model=vit_ref, pretrained=None), lm="bench-random",
+    vision = VisionConfig(model=vit_ref, pretrained=None, anyres=AnyresConfig(max_tiles=anyres) if anyres else None)
+    mcfg = ModelConfig(vision=vision, lm="bench-random",
                        dtype=str(dtype).removeprefix("torch."), attn_implementation=attn)
     model = random_llava(mcfg, lm_cfg, tok, device=device, attn=attn)
     model.projector.to(dtype)
     return model
 
 
-def make_samples(mix: DataMix, image_seq_len: int, image_px: int, vocab: int) -> list[Sample]:
+def bench_images(spec: dict, shape: dict) -> tuple[int, int, tuple[int, int] | None]:
+    """(image tokens, crops, size) of one bench image: the tower's patches, one crop; with spec["anyres"]
+    (max tiles) a square image of spec["image_scale"] x the tower's size, tiled as AnyRes tiles it."""
+    px, grid = shape["image"], shape["image"] // shape["patch"]
+    if not spec.get("anyres"):
+        return grid * grid, 1, None
+    from llava_lite.config import AnyresConfig
+    from llava_lite.model.anyres import Anyres
+
+    layout = Anyres(AnyresConfig(max_tiles=spec["anyres"]), px, (grid, grid))
+    size = (spec["image_scale"] * px, spec["image_scale"] * px)
+    return layout.num_tokens(size), layout.num_tiles(size), size
+
+
+def make_samples(mix: DataMix, image_seq_len: int, image_px: int, vocab: int, crops: int = 1,
+                 image_size: tuple[int, int] | None = None) -> list[Sample]:
     """Random conversations already rendered: [<s>, images' placeholders, prompt] unsupervised, then
-    the answer and </s> supervised. The same list in every process (seeded)."""
+    the answer and </s> supervised. The same list in every process (seeded). AnyRes: `crops` tiles per
+    image of `image_size`."""
     rng = random.Random(mix.seed)
     gen = torch.Generator().manual_seed(mix.seed)
     out = []
@@ -106,8 +123,9 @@ def make_samples(mix: DataMix, image_seq_len: int, image_px: int, vocab: int) ->
         head = [1] + [3] * (image_seq_len * n_img) + prompt
         ids = torch.tensor(head + answer)
         labels = torch.tensor([IGNORE_INDEX] * len(head) + answer)
-        pixels = torch.randn(n_img, 3, image_px, image_px, generator=gen) if n_img else None
-        out.append(Sample(ids, labels, pixels, False))
+        pixels = torch.randn(n_img * crops, 3, image_px, image_px, generator=gen) if n_img else None
+        sizes = torch.tensor([image_size] * n_img) if n_img and image_size else None
+        out.append(Sample(ids, labels, pixels, False, image_sizes=sizes))
     return out
 
 

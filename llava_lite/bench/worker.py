@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from llava_lite.bench.setup import SHAPES, DataMix, build_llava_lite, make_samples
+from llava_lite.bench.setup import SHAPES, DataMix, bench_images, build_llava_lite, make_samples
 from llava_lite.constants import IGNORE_INDEX
 
 RESULT = "BENCH_RESULT "
@@ -239,11 +239,12 @@ def run(spec: dict) -> dict:
     shape = dict(SHAPES[spec["shape"]], **spec.get("overrides", {}))
     spec["batch"] = spec.get("batch") or shape["batch"]
     dtype = getattr(torch, spec["dtype"])
-    model = build_llava_lite(shape, spec["vit_ref"], dtype=dtype, device=spec["device"])
+    model = build_llava_lite(shape, spec["vit_ref"], dtype=dtype, device=spec["device"], anyres=spec.get("anyres", 0))
     n = spec["batch"] * (spec["warmup"] + spec["steps"])
     mix = DataMix(n=n, text_fraction=spec["text_fraction"], prompt_len=tuple(spec["prompt_len"]),
                   answer_len=tuple(spec["answer_len"]), images_per_sample=spec["images_per_sample"])
-    samples = make_samples(mix, model.image_seq_len, shape["image"], shape["vocab"])
+    tokens, crops, size = bench_images(spec, shape)
+    samples = make_samples(mix, tokens, shape["image"], shape["vocab"], crops, size)
     batches, step = (hf_side if spec["side"] == "hf" else lite_side)(model, samples, spec)
     sync = torch.cuda.synchronize if spec["device"] == "cuda" else (lambda: None)
     mem = Memory(spec["device"])

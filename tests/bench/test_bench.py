@@ -31,8 +31,12 @@ def micro(tmp_path_factory):
 @pytest.mark.slow  # each side's worker is a subprocess
 def test_bench_runs_two_steps_and_reports(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    result = main(["--shape", "micro", "--steps", "2", "--warmup", "1", "--rounds", "1", "--json", str(out)])
-    assert set(result["rows"]) == {BASELINE, "llava-lite", "llava-lite + packing"}
+    result = main(["--shape", "micro", "--steps", "2", "--warmup", "1", "--rounds", "1", "--json", str(out),
+                   "--anyres", "4"])
+    anyres = next(name for name in result["rows"] if "AnyRes" in name)
+    assert set(result["rows"]) == {BASELINE, "llava-lite", "llava-lite + packing", anyres}
+    # micro: a 32 px tower, 4 x 4 patches; a 64 px image is 2 x 2 tiles: 16 + 8 rows x (8 + 1) tokens, 5 crops
+    assert anyres == "+ AnyRes (88 tokens, 5 crops/image)", anyres
     for row in result["rows"].values():
         assert set(row) == {"samples_per_s", "samples_per_cpu_s", "tokens_per_s", "padding", "peak_mb", "warmup_s",
                             "step_s",
@@ -41,6 +45,7 @@ def test_bench_runs_two_steps_and_reports(tmp_path, capsys):
     rows = result["rows"]
     assert rows["llava-lite + packing"]["padding"] < rows["llava-lite"]["padding"] < rows[BASELINE]["padding"]
     assert set(result["ratios"]) == {"llava-lite", "llava-lite + packing"}
+    assert set(result["levers"]) == {anyres}  # against llava-lite reading each image as one crop
     assert result["gemm_flops"] > 0 and json.loads(out.read_text())["rows"].keys() == rows.keys()
     printed = capsys.readouterr().out
     assert "matmul limit" in printed and f"llava-lite / {BASELINE}: samples/s" in printed
