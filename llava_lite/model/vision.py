@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from llava_lite.config import ConfigError, VisionConfig
+from llava_lite.config import AnyresConfig, ConfigError, VisionConfig
 from llava_lite.model.anyres import Anyres
 from llava_lite.model.hf_tower import PREFIX as HF_PREFIX
 from llava_lite.model.hf_tower import HFTower
@@ -56,7 +56,7 @@ class VisionTower(nn.Module):
         self.visual.requires_grad_(False)
         self.visual.eval()
         self._check_pixel_shuffle()
-        self.anyres = self._anyres_layout(pp.get("interpolation", "bicubic"))
+        self.set_anyres(cfg.anyres)
 
     def _check_quickgelu(self) -> None:
         # OpenAI weights were trained with QuickGELU; open_clip only warns on a mismatch.
@@ -122,9 +122,11 @@ class VisionTower(nn.Module):
             raise ConfigError(f"model.vision.use_cls: the tower {self.cfg.model!r} has no single CLS token "
                               "(SigLIP pools with attention): set use_cls false")
 
-    def _anyres_layout(self, interpolation: str) -> Anyres | None:
-        if self.cfg.anyres is None:
-            return None
+    def set_anyres(self, anyres: AnyresConfig | None) -> None:
+        """Tile images as `anyres` says from now on (None: one crop); `self.anyres` is the layout."""
+        self.cfg.anyres, self.anyres = anyres, None
+        if anyres is None:
+            return
         if self.cfg.use_cls or self.cfg.pad_to_square:
             raise ConfigError("model.vision.anyres lays tiles out as a grid of patch tokens: it cannot keep the CLS "
                               "token (use_cls) and replaces pad_to_square; set both false")
@@ -133,7 +135,8 @@ class VisionTower(nn.Module):
         if h != w:
             raise ConfigError(f"model.vision.anyres needs a square tower input, not {h}x{w}")
         r, (gh, gw) = self.cfg.pixel_shuffle, self.grid_size
-        return Anyres(self.cfg.anyres, h, (gh // r, gw // r), interpolation)
+        interpolation = getattr(self.visual, "preprocess_cfg", {}).get("interpolation", "bicubic")
+        self.anyres = Anyres(anyres, h, (gh // r, gw // r), interpolation)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -12,18 +12,20 @@ and LM field of the run's config
 - equals the directory's (its run `config.json`, else `llava_lite.json`): fine;
 - is left at the schema default: it takes the directory's value, so the saved `config.json`
   records what was used;
-- is `vision.pad_to_square`: applied to the loaded tower (by prepare_for_stage);
+- is `vision.pad_to_square` or `vision.anyres`: applied to the loaded tower (by prepare_for_stage;
+  AnyRes on a model trained without it adds a new image_newline to its projector);
 - otherwise: one ConfigError naming every such field.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from llava_lite.config import Config, ConfigError, ModelConfig
+from llava_lite.config import AnyresConfig, Config, ConfigError, ModelConfig, from_dict
 from llava_lite.data.templates import set_chat_template
 from llava_lite.interop.sources import IMPORTED, Source, load, resolve
 from llava_lite.model.llava import LlavaLite
 from llava_lite.model.lm import apply_lora, is_peft, resize_embeddings
+from llava_lite.model.projector import AnyresProjector
 
 CHECKED = ("model", "pretrained", "layer", "use_cls", "pixel_shuffle", "normalize")  # vision fields that shape features
 APPLIED = ("pad_to_square",)  # preprocessing: safe to change on a trained model
@@ -47,10 +49,24 @@ def prepare_for_stage(model: LlavaLite, cfg: Config, source: Source, mode: str) 
         resize_embeddings(model.lm, len(model.tokenizer))  # chatml may have added its markers
     if source.kind == "llava-lite":  # preprocessing settled by reconcile_init_from
         model.cfg.vision.pad_to_square = cfg.model.vision.pad_to_square
+        use_anyres(model, cfg.model.vision.anyres)
     model.cfg.render_mode, model.cfg.system_prompt = mode, cfg.data.system_prompt
     if cfg.lora.enabled and cfg.train.stage != "align":
         model.lm = apply_lora(model.lm, cfg.lora, cfg.train.gradient_checkpointing)
     return model
+
+
+def use_anyres(model: LlavaLite, anyres: AnyresConfig | None) -> None:
+    """AnyRes on a model trained without it (as LLaVA-NeXT starts from LLaVA-1.5's projector): the same
+    tower and projector, tiles from now on, and a new learned image_newline; or other pinpoints."""
+    if anyres is None or anyres == model.vision.cfg.anyres:
+        return
+    model.vision.set_anyres(anyres)
+    if isinstance(model.projector, AnyresProjector):
+        model.projector.layout = model.vision.anyres
+    else:
+        device = next(model.projector.parameters()).device
+        model.projector = AnyresProjector(model.projector, model.lm.config.hidden_size, model.vision.anyres).to(device)
 
 
 def _same(a, b) -> bool:
@@ -81,6 +97,9 @@ def reconcile_init_from(cfg: Config, source: Source) -> list[str]:
         dflt = getattr(default.vision, name)
         mine, theirs = getattr(model.vision, name), saved["vision"].get(name, dflt)
         setattr(model.vision, name, settle(f"vision.{name}", mine, theirs, dflt, name in APPLIED))
+    theirs = saved["vision"].get("anyres")  # tiling is preprocessing: AnyRes can be turned on, or re-pinned
+    theirs = from_dict(AnyresConfig, theirs) if isinstance(theirs, dict) else theirs
+    model.vision.anyres = settle("vision.anyres", model.vision.anyres, theirs, None, apply=True)
     model.projector = settle("projector", model.projector, saved["projector"], default.projector)
     model.lm = settle("lm", model.lm, saved["lm"], default.lm)
     if conflicts:

@@ -101,3 +101,23 @@ def test_packed_anyres_run_learns_and_resumes_exactly(tiny_lm, data, tmp_path, m
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert len(a) == 6 and a == pytest.approx(b, rel=1e-5)
     assert a[-1] < a[0]
+
+
+def test_anyres_turns_on_over_a_model_trained_without_it(tiny_lm, data, tmp_path):
+    """As LLaVA-NeXT starts from LLaVA-1.5: init_from a base-resolution model with vision.anyres set keeps its
+    tower and projector, adds a new image_newline, and trains and saves an AnyRes model."""
+    from llava_lite.model.llava import LlavaLite
+
+    first = tmp_path / "base"
+    Trainer(load_config(CONFIGS / "stage2.yaml", base(tiny_lm, first, source(data["conversations"]),
+                                                       "train.max_steps=1"))).run()
+    t = trainer(tiny_lm, tmp_path / "next", "stage2.yaml", data["conversations"], f"model.init_from={first}",
+                "train.max_steps=2")
+    start = LlavaLite.from_pretrained(first).projector.state_dict()
+    model = t.acc.unwrap_model(t.model)
+    assert {k: torch.equal(v, start[k.removeprefix("proj.")]) for k, v in model.projector.state_dict().items()
+            if k != "image_newline"} == {"proj." + k: True for k in start}
+    t.run()
+    saved = LlavaLite.from_pretrained(tmp_path / "next")
+    assert saved.cfg.vision.anyres.max_tiles == 4
+    assert saved.projector.image_newline.shape == (model.lm.config.hidden_size,)
