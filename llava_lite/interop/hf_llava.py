@@ -183,7 +183,9 @@ def build_processor(model):
     patch = visual.image_size[0] // model.vision.grid_size[0]
     processor = LlavaProcessor if anyres is None else LlavaNextProcessor
     if anyres is not None:  # black padding to the best pinpoint, tiles, the whole image squashed: model/anyres.py
-        image_processor = LlavaNextImageProcessor(image_grid_pinpoints=[list(p) for p in anyres.pinpoints], **kw)
+        tile = {"height": anyres.base, "width": anyres.base}  # its tile size is crop_size's, cropping or not
+        image_processor = LlavaNextImageProcessor(image_grid_pinpoints=[list(p) for p in anyres.pinpoints],
+                                                  **kw | {"crop_size": tile})
     elif model.vision.cfg.pad_to_square:  # pads with int(mean * 255), centred, before resizing: expand_to_square
         image_processor = LlavaImageProcessor(do_pad=True, **kw)
     else:

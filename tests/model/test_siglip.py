@@ -11,7 +11,7 @@ from helpers.siglip import tiny_siglip_dir
 from helpers.tiny import make_llava_data
 
 from llava_lite.cli import main
-from llava_lite.config import ConfigError, ModelConfig, VisionConfig
+from llava_lite.config import AnyresConfig, ConfigError, ModelConfig, VisionConfig
 from llava_lite.infer.chat import Assistant
 from llava_lite.model.llava import LlavaLite
 from llava_lite.model.vision import VisionTower
@@ -73,11 +73,12 @@ def test_stage2_trains_with_a_siglip_tower(tiny_lm, tower_ref, tmp_path):
     assert LlavaLite.from_pretrained(out).vision.trunk is not None
 
 
-@pytest.mark.parametrize("vision", [dict(layer=-2), dict(layer=0, pad_to_square=True)])
+@pytest.mark.parametrize("vision", [dict(layer=-2), dict(layer=0, pad_to_square=True),
+                                    dict(layer=-2, anyres=AnyresConfig(max_tiles=4))])
 def test_hf_llava_export_holds_it_as_siglip_vision_model(tiny_lm, tower_ref, tmp_path, vision):
     """The export writes a `siglip_vision_model` vision config (no head, every token kept: "full") and
-    transformers' LlavaForConditionalGeneration reproduces llava-lite: same ids and pixels, logits within 1e-4,
-    the same greedy tokens."""
+    transformers' LlavaForConditionalGeneration (AnyRes: LlavaNextForConditionalGeneration) reproduces
+    llava-lite: same ids and pixels, logits within 1e-4, the same greedy tokens."""
     import json
 
     from helpers.parity import TEXT_ONLY, build, hf_parity, one_image_chat, two_turn_chat
