@@ -121,3 +121,20 @@ def test_anyres_turns_on_over_a_model_trained_without_it(tiny_lm, data, tmp_path
     saved = LlavaLite.from_pretrained(tmp_path / "next")
     assert saved.cfg.vision.anyres.max_tiles == 4
     assert saved.projector.image_newline.shape == (model.lm.config.hidden_size,)
+
+
+def test_an_unreadable_image_is_a_reject_before_rendering(tiny_lm, data, tmp_path):
+    """AnyRes reads each image's size before it renders: a file that is not an image costs its record only."""
+    import json
+
+    t = trainer(tiny_lm, tmp_path, "stage2.yaml", data["conversations"])
+    model = t.acc.unwrap_model(t.model)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "bad.png").write_bytes(b"not a png")
+    records = [{"id": "bad", "image": "bad.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "Red."}]}]
+    (tmp_path / "bad.json").write_text(json.dumps(records))
+    ds = dataset_for(model, read_conversations(tmp_path / "bad.json", "auto", folder), 256, "chat", None)
+    sample = ds[0]
+    assert sample.skipped and sample.reject.reason == "unreadable image" and sample.reject.id == "bad"
