@@ -29,13 +29,13 @@ class Sample:
     reject: Reject | None = None  # why it was skipped
     segment_ids: torch.Tensor | None = None  # [T] isolated turns (data/isolate.py): 0 = shared prefix, k = turn k
     image_sizes: torch.Tensor | None = None  # [n_images, 2] (height, width): AnyRes, whose pixel_values are tiles
+    rejected: Sample | None = None  # a preference pair: the same prompt with the rejected answer (no pixels)
 
     @property
     def num_images(self) -> int:
         if self.image_sizes is not None:
             return len(self.image_sizes)
         return 0 if self.pixel_values is None else len(self.pixel_values)
-    rejected: Sample | None = None  # a preference pair: the same prompt with the rejected answer (no pixels)
 
 
 class ConversationDataset(Dataset):

@@ -61,9 +61,10 @@ def best_resolution(size: tuple[int, int], points: list[tuple[int, int]]) -> tup
 def fitted_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
     """(height, width) of an image of `size` resized into `target`, keeping its aspect ratio."""
     (h, w), (th, tw) = size, target
-    if tw / w < th / h:
-        return min(math.ceil(h * tw / w), th), tw
-    return th, min(math.ceil(w * th / h), tw)
+    scale_w, scale_h = tw / w, th / h  # rounded as transformers rounds them: h * (tw / w) may not be h * tw / w
+    if scale_w < scale_h:
+        return min(math.ceil(h * scale_w), th), tw
+    return th, min(math.ceil(w * scale_h), tw)
 
 
 def unpadded(size: tuple[int, int], grid: tuple[int, int]) -> tuple[slice, slice]:

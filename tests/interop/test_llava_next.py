@@ -2,6 +2,7 @@
 LlavaNextForConditionalGeneration + LlavaNextProcessor (and imported back) with parity on several aspect ratios."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from helpers.parity import TEXT_ONLY, build, hf_parity, noise, one_image_chat, two_turn_chat
@@ -10,10 +11,12 @@ from llava_lite.config import AnyresConfig, ConfigError
 from llava_lite.infer.chat import Assistant
 from llava_lite.interop.hf_import import import_hf_llava
 from llava_lite.interop.hf_llava import write_hf_llava
-from llava_lite.model.anyres import Anyres
+from llava_lite.model.anyres import Anyres, fitted_size
 from llava_lite.model.llava import LlavaLite
 
-SIZES = [(30, 100), (100, 30), (64, 64), (33, 47), (200, 61), (20, 20), (97, 96)]  # (height, width)
+# (height, width); (85, 272) fitted into 32 x 96: 85 * (96 / 272) is 30.000000000000004, 85 * 96 / 272 is 30,
+# so the resized height is 31 as transformers computes it (and 30 the other way); (25, 200) likewise at 9 tiles
+SIZES = [(30, 100), (100, 30), (64, 64), (33, 47), (200, 61), (20, 20), (97, 96), (85, 272), (272, 85), (25, 200)]
 
 
 @pytest.mark.parametrize("cfg", [AnyresConfig(max_tiles=4), AnyresConfig(max_tiles=9),
@@ -22,7 +25,8 @@ def test_geometry_is_transformers(cfg):
     """Best resolution, tiles per image, tokens per image (the processor's count) and the packed features
     (LlavaNextModel.pack_image_features) are transformers' own, for every size."""
     from transformers import LlavaNextConfig, LlavaNextModel, LlavaNextProcessor
-    from transformers.image_processing_utils import select_best_resolution
+    from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
+    from transformers.image_utils import ChannelDimension
     from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
     layout = Anyres(cfg, base=32, grid=(4, 4))
@@ -34,6 +38,8 @@ def test_geometry_is_transformers(cfg):
                                                                          "model_type": "clip_vision_model"})
     for size in SIZES:
         assert [p * 32 for p in layout.tile_grid(size)] == list(select_best_resolution(size, points))
+        target = select_best_resolution(size, points)
+        assert fitted_size(size, target) == get_patch_output_size(np.zeros((3, *size)), target, ChannelDimension.FIRST)
         assert layout.num_tiles(size) == image_size_to_num_patches(size, points, 32)
         assert layout.num_tokens(size) == processor._get_number_of_features(*size, 32, 32)
         feats, newline = torch.randn(layout.num_tiles(size), 16, 6), torch.randn(6)
