@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from llava_lite.config import ConfigError
 from llava_lite.demo.corpus import assert_no_heldout, assert_train_clean
-from llava_lite.demo.presets import finished, mark_finished, resolve, world_fingerprint
+from llava_lite.demo.presets import demo_dtype, finished, mark_finished, resolve, world_fingerprint
 from llava_lite.demo.probe import patch_labels, patch_tokens, probe_patch_features, retrieval_and_zero_shot
 from llava_lite.demo.world import COLORS, SHAPES, load_objects
 from llava_lite.log import logger
@@ -100,7 +100,8 @@ def pretrain_clip(world_dir: str | Path, out_dir: str | Path, preset: str | dict
     """Train, save (local-dir layout), evaluate; returns the metrics. Skipped when already done."""
     world_dir, out_dir = Path(world_dir), Path(out_dir)
     p = resolve(preset)
-    cfg = {"clip": p["clip"], "seed": p["seed"], "world": world_fingerprint(world_dir)}
+    bf16 = demo_dtype() == "bfloat16"
+    cfg = {"clip": p["clip"], "seed": p["seed"], "world": world_fingerprint(world_dir), "bf16": bf16}
     if (done := finished(out_dir, cfg)) is not None:
         logger.info(f"[clip] reusing {out_dir}")
         return done
@@ -138,7 +139,7 @@ def pretrain_clip(world_dir: str | Path, out_dir: str | Path, preset: str | dict
         idx = order[s * c["batch_size"]:(s + 1) * c["batch_size"]]
         caps = [cap_ids[images[i]["id"]] for i in idx.tolist()]
         text = torch.stack([cap[torch.randint(len(cap), (1,), generator=gen)][0] for cap in caps])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             r = model.visual.forward_intermediates(normalize(u8[idx]), indices=[-2], output_fmt="NLC")
             img_f = F.normalize(r["image_features"].float(), dim=-1)
             txt_f = model.encode_text(text, normalize=True).float()

@@ -27,7 +27,7 @@ from llava_lite.demo.corpus import (
     text_task_documents,
     world_documents,
 )
-from llava_lite.demo.presets import finished, mark_finished, resolve, world_fingerprint
+from llava_lite.demo.presets import demo_dtype, finished, mark_finished, resolve, world_fingerprint
 from llava_lite.demo.world import load_objects
 from llava_lite.log import logger
 from llava_lite.model.random import random_lm
@@ -57,7 +57,7 @@ def mean_loss(model, rows: torch.Tensor, batch: int = 8) -> float:
     total, count = 0.0, 0
     for i in range(0, len(rows), batch):
         x = rows[i:i + batch]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=demo_dtype() == "bfloat16"):
             loss = model(input_ids=x, labels=x).loss.float()
         n = x.numel() - len(x)
         total, count = total + loss.item() * n, count + n
@@ -79,7 +79,7 @@ def qa_exact_match(model, tokenizer, world_dir: Path, n: int = 200, seed: int = 
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         a_ids = tokenizer(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
         x = torch.tensor([p_ids + a_ids])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=demo_dtype() == "bfloat16"):
             pred = model(input_ids=x).logits[0, len(p_ids) - 1:-1].argmax(-1)
         right += int(pred.tolist() == a_ids)
     return right / min(n, len(images))
@@ -94,7 +94,7 @@ def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str |
     c = p["lm"]
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     cfg = {"lm": c, "seed": p["seed"], "world": world_fingerprint(world_dir), "vocab": len(tokenizer),
-           "corpus": CORPUS_VERSION}
+           "corpus": CORPUS_VERSION, "bf16": demo_dtype() == "bfloat16"}
     if (done := finished(out_dir, cfg)) is not None:
         logger.info(f"[lm] reusing {out_dir}")
         return done
@@ -123,7 +123,7 @@ def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str |
         if start + c["batch_size"] > len(rows):  # next epoch
             order, start = torch.randperm(len(rows), generator=gen), 0
         x = rows[order[start:start + c["batch_size"]]]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=demo_dtype() == "bfloat16"):
             loss = model(input_ids=x, labels=x).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -90,7 +90,7 @@ def _train(config: str, overrides: list[str]) -> Path:
 
 def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
     from llava_lite.demo.eval_sets import write_sets
-    from llava_lite.demo.presets import resolve
+    from llava_lite.demo.presets import demo_dtype, resolve
     from llava_lite.demo.pretrain import build_base
     from llava_lite.eval.evaluate import evaluate
 
@@ -103,12 +103,13 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
     data = _data(out, preset, world)
     images = world_dir / "images"
     t_train = time.time()
+    dtype = demo_dtype()  # bf16 where the CPU has it natively (presets.py)
     s1 = _train(f"{preset_name}_stage1.yaml", [
-        f"model.lm={out / 'lm'}", f"model.vision.model=local-dir:{out / 'clip'}",
+        f"model.lm={out / 'lm'}", f"model.vision.model=local-dir:{out / 'clip'}", f"model.dtype={dtype}",
         f"data.sources=[{{path: {world_dir / 'captions_train.json'}, image_folder: {images}}}]",
         f"train.output_dir={out / 'stage1'}"])
     s2 = _train(f"{preset_name}_stage2.yaml", [
-        f"model.init_from={s1}",
+        f"model.init_from={s1}", f"model.dtype={dtype}",
         f"data.sources=[{{path: {data['instruct_train']}, image_folder: {images}, weight: {LONG_WEIGHT}}}, "
         f"{{path: {data['short_train']}, image_folder: {images}, weight: {SHORT_WEIGHT}, isolate_turns: true}}, "
         f"{{path: {data['text_train']}, format: alpaca, weight: {TEXT_WEIGHT}}}]",
@@ -135,7 +136,7 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
               "stage1_vqa_accuracy_by_type": report1["vqa_accuracy_by_type"],
               "other_image_vqa_accuracy": other["vqa_accuracy"],
               "other_image_vqa_accuracy_by_type": other["vqa_accuracy_by_type"],
-              "text_task_ppl": None, "preset": preset_name,
+              "text_task_ppl": None, "preset": preset_name, "dtype": dtype,
               "base_models": {"clip": base["clip"], "lm": base["lm"], "seconds": base["seconds"]},
               "seconds": {"data_and_base_models": round(t_train - t0, 1), "training": round(t_eval - t_train, 1),
                           "evaluation": round(time.time() - t_eval, 1)}}

@@ -37,6 +37,7 @@ from llava_lite.data.templates import template_text
 from llava_lite.errors import check_model_refs
 from llava_lite.interop.sources import resolve
 from llava_lite.log import logger
+from llava_lite.model.lm import BF16_EMULATED, cpu_bf16_native
 from llava_lite.train.build import build_model, reconcile_init_from
 from llava_lite.train.checkpoints import clear_previous_run, latest_checkpoint, load_checkpoint, save_checkpoint
 from llava_lite.train.distributed import (
@@ -71,6 +72,8 @@ class Trainer:
                                log_with=cfg.train.report_to or None, project_dir=str(self.out))
         check_launch(self.acc)
         cpu_bf16 = not torch.cuda.is_available() and mixed == "bf16"
+        if cpu_bf16 and not cpu_bf16_native():
+            logger.warning(f"model.dtype=bfloat16: {BF16_EMULATED}")
         self.autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cpu_bf16 else self.acc.autocast
 
     # ---- setup -----------------------------------------------------------------------------

@@ -104,6 +104,18 @@ def test_bfloat16_trains_under_cpu_autocast(tiny_lm, data, tmp_path, monkeypatch
     assert seen and not any(seen)
 
 
+def test_bfloat16_on_a_cpu_without_native_bf16_says_so(tiny_lm, data, tmp_path, monkeypatch, caplog):
+    """Emulated bf16 is about 20x slower than float32 (an AVX2-only CPU): one warning naming the fix."""
+    import llava_lite.train.recipe as recipe
+
+    for native, warned in ((False, True), (True, False)):
+        monkeypatch.setattr(recipe, "cpu_bf16_native", lambda native=native: native)
+        caplog.clear()
+        Trainer(load_config(CONFIGS / "stage2.yaml", base(tiny_lm, tmp_path, source(data["conversations"]),
+                                                          "model.dtype=bfloat16")))
+        assert ("set model.dtype=float32" in caplog.text) == warned
+
+
 def test_accumulation_is_weighted_by_supervised_tokens(tiny_lm, tmp_path):
     """One batch of 2 == two micro-batches of 1, although the answers differ in length."""
     recs = [{"instruction": "Say one word.", "output": "Yes."},
