@@ -119,7 +119,7 @@ def test_corrupt_image_in_a_shard_is_skipped_not_fatal(tmp_path):
     ds = ConversationDataset(
         [],
         tok,
-        lambda im: torch.zeros(3, 4, 4),
+        lambda im: torch.zeros(1, 3, 4, 4),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         image_seq_len=2,
         max_length=64,

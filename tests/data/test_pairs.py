@@ -72,8 +72,9 @@ def test_pair_batch_is_chosen_then_rejected_over_each_image_once(tmp_path):
     paths = make_pair_data(tmp_path, n=3, text=1)
     convs = read_conversations(paths["pairs"], image_folder=tmp_path / "images")
     tok = saved_tokenizer("chatml", tmp_path)
-    ds = ConversationDataset(convs, tok, lambda im: torch.zeros(3, 4, 4), image_token_id=tok.convert_tokens_to_ids(
-        IMAGE_TOKEN), image_seq_len=2, max_length=64, pairs=True)
+    ds = ConversationDataset(convs, tok, lambda im: torch.zeros(1, 3, 4, 4),
+                             image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), image_seq_len=2, max_length=64,
+                             pairs=True)
     batch = Collator(tok.pad_token_id)([ds[0], ds[1], ds[3]])  # two image pairs and the text pair
     assert batch["input_ids"].shape[0] == 6 and batch["pixel_values"].shape[0] == 2
     assert batch["image_rows"].tolist() == [0, 1, 0, 1]
@@ -87,8 +88,8 @@ def test_pair_batch_is_chosen_then_rejected_over_each_image_once(tmp_path):
         first = int((batch["labels"][i] != IGNORE_INDEX).nonzero()[0])
         assert torch.equal(a[:first], b[:first])
     # an SFT dataset trains on the chosen answer alone
-    plain = ConversationDataset(convs, tok, lambda im: torch.zeros(3, 4, 4), image_token_id=tok.convert_tokens_to_ids(
-        IMAGE_TOKEN), image_seq_len=2, max_length=64)
+    plain = ConversationDataset(convs, tok, lambda im: torch.zeros(1, 3, 4, 4),
+                                image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN), image_seq_len=2, max_length=64)
     assert plain[0].rejected is None and "image_rows" not in Collator(tok.pad_token_id)([plain[0]])
 
 
