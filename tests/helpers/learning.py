@@ -31,9 +31,11 @@ JITTER = 15
 class ColourTask:
     root: Path
     captions: Path  # stage 1: image -> the colour name
-    conversations: Path  # stage 2: image + QUESTION -> the colour name
+    conversations: Path  # stage 2: image + question -> the colour name
     test: list[tuple[Path, str]]  # held-out (image, colour)
     other: list[Path]  # per held-out question, a held-out image of ANOTHER colour (the control)
+    question: str = QUESTION
+    classes: int = len(PALETTE)
 
     @property
     def colour_of(self) -> dict[Path, str]:
@@ -41,7 +43,7 @@ class ColourTask:
 
     @property
     def chance(self) -> float:
-        return 1 / len(PALETTE)
+        return 1 / self.classes
 
 
 def _images(folder: Path, prefix: str, per_colour: int, rng: random.Random) -> list[tuple[Path, str]]:
@@ -56,18 +58,23 @@ def _images(folder: Path, prefix: str, per_colour: int, rng: random.Random) -> l
     return out
 
 
-def make_colour_task(root: Path, train_per_colour: int = 8, test_per_colour: int = 8, seed: int = 0) -> ColourTask:
+def make_colour_task(root: Path, train_per_colour: int = 8, test_per_colour: int = 8, seed: int = 0,
+                     draw=None, question: str = QUESTION) -> ColourTask:
+    """`draw(folder, prefix, per_class, rng)` -> [(image path, answer)] makes another such task (the default:
+    solid colours)."""
+    draw = draw or _images
     images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
-    train = _images(images, "train", train_per_colour, random.Random(seed))
-    test = _images(images, "test", test_per_colour, random.Random(seed + 1000))
+    train = draw(images, "train", train_per_colour, random.Random(seed))
+    test = draw(images, "test", test_per_colour, random.Random(seed + 1000))
     captions = [{"id": f"cap{i}", "image": p.name, "conversations": [
         {"from": "human", "value": "<image>"}, {"from": "gpt", "value": colour}]}
         for i, (p, colour) in enumerate(train)]
     convs = [{"id": f"qa{i}", "image": p.name, "conversations": [
-        {"from": "human", "value": f"<image>\n{QUESTION}"}, {"from": "gpt", "value": colour}]}
+        {"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": colour}]}
         for i, (p, colour) in enumerate(train)]
-    task = ColourTask(root, root / "captions.json", root / "conversations.json", test, [])
+    task = ColourTask(root, root / "captions.json", root / "conversations.json", test, [], question,
+                      len({c for _, c in train}))
     task.captions.write_text(json.dumps(captions))
     task.conversations.write_text(json.dumps(convs))
     rng = random.Random(seed + 2000)
@@ -75,7 +82,7 @@ def make_colour_task(root: Path, train_per_colour: int = 8, test_per_colour: int
     for p, colour in test:
         by_colour.setdefault(colour, []).append(p)
     for _, colour in test:
-        task.other.append(rng.choice(by_colour[rng.choice([c for c in PALETTE if c != colour])]))
+        task.other.append(rng.choice(by_colour[rng.choice([c for c in by_colour if c != colour])]))
     return task
 
 
@@ -106,10 +113,10 @@ def train_two_stages(tiny_lm: Path, task: ColourTask, out: Path, stage1: list[st
     return s2
 
 
-def answers(model_dir: Path, images: list[Path]) -> list[str]:
-    """Greedy replies to QUESTION about each image, through the Assistant that chat, serve and eval use."""
+def answers(model_dir: Path, images: list[Path], question: str = QUESTION) -> list[str]:
+    """Greedy replies to `question` about each image, through the Assistant that chat, serve and eval use."""
     assistant = Assistant(LlavaLite.from_pretrained(model_dir))
-    chats = [([Message("user", f"<image>\n{QUESTION}")], [p]) for p in images]
+    chats = [([Message("user", f"<image>\n{question}")], [p]) for p in images]
     return [r.strip() for r in assistant.reply_batch(chats, max_new_tokens=8)]
 
 
@@ -118,7 +125,7 @@ def score(model_dir: Path, task: ColourTask) -> dict:
     image of a different colour, scored against the colour of the question's own image (a reader gets ~0,
     a model answering from priors ~chance, one that leaks the answer some other way ~1)."""
     truth = [colour for _, colour in task.test]
-    own = answers(model_dir, [p for p, _ in task.test] + task.other)
+    own = answers(model_dir, [p for p, _ in task.test] + task.other, task.question)
     held_out, other = own[:len(truth)], own[len(truth):]
     shown = [task.colour_of[p] for p in task.other]
     return {"held_out": sum(a == t for a, t in zip(held_out, truth)) / len(truth),
