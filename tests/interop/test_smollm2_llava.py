@@ -149,8 +149,9 @@ def test_export_parity(lora_run, tmp_path):
 
 def test_gguf_through_llama_cpp(lora_run, data, tmp_path):
     """`export --format gguf` (LoRA merged) read by llama.cpp itself: SmolLM2's prompts tokenise token for token as
-    ours, and its greedy answers through llama-cpp-python's multimodal chat path are ours, at f32 and q8_0, on
-    square images (logits compared) and on the data's non-square ones (padded in another order by llama.cpp)."""
+    ours, and its greedy answers through llama-cpp-python's multimodal chat path are ours (at f32 all of them, at
+    q8_0 all but at most one), on square images (logits compared) and on the data's non-square ones (padded in
+    another order by llama.cpp)."""
     from helpers.llama_cpp import compare, data_uri, load
     from PIL import Image
 
@@ -179,11 +180,14 @@ def test_gguf_through_llama_cpp(lora_run, data, tmp_path):
                     assert llm.tokenize(text.encode(), add_bos=False, special=True) == merged.tokenizer(
                         text, add_special_tokens=False)["input_ids"], text
             results = [ask(llm, im) for im in square + oblong]
-            assert all(same for same, _ in results), (outtype, results)
+            # q8_0 is lossy and its kernels round differently per CPU: all six agreed on AVX-512 machines, five
+            # on an AVX2-only EPYC (one answer took another token, its logits 0.83 apart); f32 agrees everywhere
+            agree = sum(same for same, _ in results)
+            assert agree == len(results) if outtype == "f32" else agree >= len(results) - 1, (outtype, results)
             worst[outtype] = (max(d for _, d in results[:len(square)]), max(d for _, d in results[len(square):]))
         finally:
             llm.close()
-    print(f"\nSmolLM2 LoRA llava -> GGUF through llama.cpp: same greedy tokens on {len(square + oblong)} images; "
+    print(f"\nSmolLM2 LoRA llava -> GGUF through llama.cpp: greedy tokens compared on {len(square + oblong)} images; "
           "max |logit diff| square / non-square: " + ", ".join(f"{k} {a:.3f} / {b:.3f}" for k, (a, b) in worst.items()))
     assert worst["f32"][0] < 0.1 and worst["q8_0"][0] < 2.0  # measured 0.007 and 1.09 (logits of magnitude ~40)
 
