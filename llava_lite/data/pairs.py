@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llava_lite.constants import IMAGE_TOKEN
-from llava_lite.data.conversation import ROLES, Conversation, Message
+from llava_lite.data.conversation import Conversation, Message
 
 PAIR_KEYS = ("prompt", "chosen", "rejected")
 
@@ -65,7 +65,7 @@ def _fill_bare_images(turns: list, refs: list, r) -> None:
         raise r.fail("images", f"has {len(pending)} image(s) no image part takes", "placeholder count mismatch")
 
 
-def _prompt(rec: dict, r, content: Callable) -> tuple[list[Message], list]:
+def _prompt(rec: dict, r, turns: Callable) -> tuple[list[Message], list]:
     prompt, refs = rec.get("prompt"), _image_list(rec)
     if isinstance(prompt, str):
         images = [r.image(ref, "image") for ref in refs]
@@ -75,16 +75,8 @@ def _prompt(rec: dict, r, content: Callable) -> tuple[list[Message], list]:
     if not isinstance(prompt, list) or not prompt:
         raise r.fail("prompt", "must be a string or a non-empty list of {role, content} messages", "not a pair")
     _fill_bare_images(prompt, refs, r)
-    messages: list[Message] = []
     images: list = []
-    for i, turn in enumerate(prompt):
-        field = f"prompt[{i}]"
-        if not isinstance(turn, dict):
-            raise r.fail(field, f"must be an object, got {type(turn).__name__}")
-        role = r.text(turn, "role", f"{field}.role")
-        if role not in ROLES:
-            raise r.fail(f"{field}.role", f"has unknown role {role!r} (expected one of {list(ROLES)})", "unknown role")
-        messages.append(r.answer(role, content(turn.get("content"), f"{field}.content", r, images), f"{field}.content"))
+    messages = turns(prompt, "prompt", r, images)
     if refs and not images:  # TRL records whose text has no image part: the images go first
         images = [r.image(ref, "images") for ref in refs]
         first = next(i for i, m in enumerate(messages) if m.role == "user")
@@ -92,14 +84,16 @@ def _prompt(rec: dict, r, content: Callable) -> tuple[list[Message], list]:
     return messages, images
 
 
-def parse_pair(rec: dict, r, content: Callable[[Any, str, Any, list], str]) -> Conversation:
+def parse_pair(rec: dict, r, content: Callable[[Any, str, Any, list], str],
+               turns: Callable[[list, str, Any, list], list[Message]]) -> Conversation:
     """One pair record -> Conversation(prompt + chosen, rejected=...). `r` is the reader's record
-    context (readers._Record); `content` reads an OpenAI-style content value (string or parts)."""
+    context (readers._Record); `content` reads an OpenAI-style content value (string or parts), `turns`
+    a list of {role, content} messages (readers._openai_turns)."""
     missing = [k for k in PAIR_KEYS if k not in rec]
     if missing:
         raise r.fail(missing[0], "is missing (a preference pair needs 'prompt', 'chosen' and 'rejected')",
                      "not a pair")
-    messages, images = _prompt(rec, r, content)
+    messages, images = _prompt(rec, r, turns)
     if messages[-1].role != "user":
         raise r.fail("prompt", "must end with a user message (the question both answers reply to)", "not a pair")
     chosen = _answer(rec, "chosen", r, content)

@@ -139,14 +139,12 @@ def _openai_content(content: Any, field: str, r: _Record, images: list[ImageRef]
     return "\n".join(pieces)
 
 
-def _openai(rec: dict, r: _Record) -> Conversation:
-    turns = rec.get("messages")
-    if not isinstance(turns, list) or not turns:
-        raise r.fail("messages", "must be a non-empty list of {role, content} messages", "no conversations")
+def _openai_turns(turns: list, key: str, r: _Record, images: list[ImageRef]) -> list[Message]:
+    """OpenAI-style {role, content} turns (field `key`) -> Messages; their image parts are appended to `images`.
+    Shared by the OpenAI format and preference pairs' TRL-style prompts (data/pairs.py)."""
     messages: list[Message] = []
-    images: list[ImageRef] = []
     for i, turn in enumerate(turns):
-        field = f"messages[{i}]"
+        field = f"{key}[{i}]"
         if not isinstance(turn, dict):
             raise r.fail(field, f"must be an object, got {type(turn).__name__}")
         role = r.text(turn, "role", f"{field}.role")
@@ -154,7 +152,15 @@ def _openai(rec: dict, r: _Record) -> Conversation:
             raise r.fail(f"{field}.role", f"has unknown role {role!r} (expected one of {list(ROLES)})", "unknown role")
         content = _openai_content(turn.get("content"), f"{field}.content", r, images)
         messages.append(r.answer(role, content, f"{field}.content"))
-    return Conversation(messages, images)
+    return messages
+
+
+def _openai(rec: dict, r: _Record) -> Conversation:
+    turns = rec.get("messages")
+    if not isinstance(turns, list) or not turns:
+        raise r.fail("messages", "must be a non-empty list of {role, content} messages", "no conversations")
+    images: list[ImageRef] = []
+    return Conversation(_openai_turns(turns, "messages", r, images), images)
 
 
 _PARSERS: dict[str, Callable[[dict, _Record], Conversation]] = {
@@ -162,7 +168,7 @@ _PARSERS: dict[str, Callable[[dict, _Record], Conversation]] = {
     "sharegpt": lambda rec, r: _turns(rec, r, _SHAREGPT_ROLES),
     "alpaca": _alpaca,
     "openai": _openai,
-    "pairs": lambda rec, r: parse_pair(rec, r, _openai_content),
+    "pairs": lambda rec, r: parse_pair(rec, r, _openai_content, _openai_turns),
 }
 
 
