@@ -7,6 +7,8 @@ The vision tower's class lives in `vision.py`; the projector's in `projector.py`
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -20,6 +22,7 @@ BF16_EMULATED = ("this CPU has no native bf16 (AVX-512 BF16 or AMX): bf16 matmul
                  "than float32 (measured on an AVX2-only EPYC); set model.dtype=float32")
 
 
+@functools.cache  # asked per autocast by the demo's pre-training loops; the CPU does not change
 def cpu_bf16_native() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX), so bf16 autocast pays on it."""
     return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
