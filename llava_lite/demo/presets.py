@@ -1,8 +1,10 @@
 """The demo presets (sizes and steps of every base-model step) and the "finished" marker.
 
 One place for every number: `PRESETS["fast"]` is a smoke run, `PRESETS["full"]` is what
-`make demo` uses (CLIP ~50 s, LM ~200 s on a quiet 2-core CPU: a CLIP step of 128 images takes
-~0.3 s, an LM step of 4 x 256 tokens ~0.08 s).
+`make demo` uses (CLIP ~50 s, LM ~200 s on a quiet 2-core CPU with native bf16: a CLIP step of 128
+images takes ~0.3 s, an LM step of 4 x 256 tokens ~0.08 s), `PRESETS["smol"]` takes the full
+preset's world and CLIP and a real pretrained LM (SmolLM2-135M-Instruct, demo/smol.py) instead of
+the tokenizer and LM built here.
 
 The LM is what limits stage 2: the image is read through the lookup skills the LM learned on
 text (answer a question from a caption in its context), and those are slow to appear in a tiny
@@ -33,6 +35,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         # questions of each type in an image's short-answer record (stage-2 data); 3 did not lift this
         # preset's 2-layer LM (46.2% against 40.9% with another image; 1: 45.7%) and costs stage 2 ~2x
         "short_per_type": 1,
+        # the short-answer records only: with descriptions and text tasks beside them (0.1 / 0.25, as the full
+        # preset) the 2-layer LM read little beyond colour (48.2% VQA against 41.9% with another image, 400
+        # stage-2 steps); even at 0.02 / 0.05 existence fell to chance (48.5% against 40.3%); alone: 55.1%
+        # against 40.9%, and 59.1% against 40.7% at 600 steps (README, "What moves the demo's number")
+        "mixture": {"long": 0.0, "short": 1.0, "text": 0.0},
         "world": {"n_train": 1500, "n_test": 200, "image_size": 64},
         "text_tasks": {"n_train": 1000, "n_test": 200},
         "tokenizer": {"vocab_size": 2048},
@@ -51,6 +58,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": {
         "seed": 0,
         "short_per_type": 3,  # isolated (demo/run.py): 82.5% VQA against 70.6% with 1 (README levers table)
+        # stage 2's sources as repeat factors per epoch (demo/run.py): descriptions and reasoning answers are
+        # long, and the loss is a mean over response tokens, so at weight 1 they would drown the one-word VQA
+        # answers that every image's short-answer record teaches; text-only instructions keep text skills
+        "mixture": {"long": 0.1, "short": 1.0, "text": 0.25},
         "world": {"n_train": 8000, "n_test": 500, "image_size": 64},
         "text_tasks": {"n_train": 4000, "n_test": 400},
         "tokenizer": {"vocab_size": 3072},
@@ -67,6 +78,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
 }
+# The path GPU users take: a pretrained instruct LM taught to see with LoRA, its text skills kept. No tokenizer or
+# LM is built: "lm" names the checkpoint (demo/smol.py); one question of each type per record keeps stage 2's
+# sequences short (each step runs a 135M-parameter LM, 30 layers, on 16 of them).
+# The world's text tasks are synthetic (arithmetic and lookups in the world's phrasing): a real LM's text skills
+# are its own, kept by LoRA and checked on English (demo/smol.py), so stage 2 does not train on them.
+PRESETS["smol"] = {**copy.deepcopy({k: v for k, v in PRESETS["full"].items() if k not in ("tokenizer", "lm")}),
+                   "short_per_type": 1, "mixture": {"long": 0.1, "short": 1.0, "text": 0.0},
+                   # the full world's first 100 test images (an image depends on the seed and its index only):
+                   # a 135M-parameter LM answering the full 500 images' 8,000 questions would double the run
+                   "world": {**PRESETS["full"]["world"], "n_test": 100},
+                   "lm": {"pretrained": "smollm2"}}
 
 MARKER = "DONE.json"
 
@@ -78,6 +100,11 @@ def demo_dtype() -> str:
     from llava_lite.model.lm import cpu_bf16_native
 
     return "bfloat16" if cpu_bf16_native() else "float32"
+
+
+def pretrained_lm(preset: dict) -> str | None:
+    """The name of the pretrained LM a preset uses instead of building one, else None."""
+    return preset["lm"].get("pretrained")
 
 
 def resolve(preset: str | dict) -> dict[str, Any]:

@@ -11,6 +11,7 @@ second `make demo` reuses them. Layout under `out`:
   clip/       open_clip local-dir: open_clip_config.json + open_clip_model.safetensors
   lm/         LlamaForCausalLM + tokenizer (save_pretrained)
   base.json   paths, metrics and wall times of each step
+A preset with a pretrained LM (`smol`) builds no tokenizer or LM: "lm" is that checkpoint's directory.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import torch
 
 from llava_lite.demo.clip_pretrain import pretrain_clip
 from llava_lite.demo.lm_pretrain import pretrain_lm
-from llava_lite.demo.presets import resolve
+from llava_lite.demo.presets import PRESETS, pretrained_lm, resolve
 from llava_lite.demo.text_tasks import write_text_tasks
 from llava_lite.demo.tokenizer import train_tokenizer
 from llava_lite.demo.world import make_world
@@ -65,6 +66,12 @@ def build_base(out_dir: str | Path, preset: str | dict = "full", threads: int = 
         ("clip", lambda: pretrain_clip(paths["world"], paths["clip"], preset)),
         ("lm", lambda: pretrain_lm(paths["world"], paths["tokenizer"], paths["lm"], preset)),
     ]
+    if pretrained_lm(resolve(preset)):  # its own tokenizer; converted once, cached outside `out`
+        from llava_lite.demo.smol import smollm2_dir
+
+        paths["lm"] = paths["tokenizer"] = smollm2_dir()
+        steps = steps[:1] + steps[2:3]
+        results |= {"tokenizer": {}, "lm": {}}
     for name, run in steps:
         t0 = time.time()
         results[name] = run()
@@ -85,7 +92,7 @@ def build_base(out_dir: str | Path, preset: str | dict = "full", threads: int = 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Build the demo's world and pre-train its base models.")
-    ap.add_argument("--preset", default="full", choices=["fast", "full"])
+    ap.add_argument("--preset", default="full", choices=sorted(PRESETS))
     ap.add_argument("--out", default="runs/demo")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)

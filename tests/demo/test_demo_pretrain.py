@@ -24,6 +24,7 @@ from llava_lite.demo.world import HELDOUT_PAIRS
 TINY = {
     "seed": 0,
     "short_per_type": 2,
+    "mixture": {"long": 0.1, "short": 1.0, "text": 0.25},
     "world": {"n_train": 16, "n_test": 8, "image_size": 64},
     "text_tasks": {"n_train": 24, "n_test": 8},
     "tokenizer": {"vocab_size": 400},
@@ -49,8 +50,12 @@ def test_presets_resolve_and_are_complete():
     for name in ("fast", "full"):
         p = resolve(name)
         assert set(p) == set(TINY) and set(p["clip"]) == set(TINY["clip"]) and set(p["lm"]) == set(TINY["lm"])
+        assert set(p["mixture"]) == {"long", "short", "text"} and p["mixture"]["short"] > 0
         p["lm"]["steps"] = -1  # a private copy
         assert PRESETS[name]["lm"]["steps"] > 0
+    smol = resolve("smol")  # the full preset's world and CLIP, a pretrained LM instead of tokenizer and LM
+    assert set(smol) == set(TINY) - {"tokenizer"} and smol["clip"] == PRESETS["full"]["clip"]
+    assert smol["lm"] == {"pretrained": "smollm2"} and smol["world"]["n_test"] < PRESETS["full"]["world"]["n_test"]
     with pytest.raises(ValueError):
         resolve("huge")
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.parity import TEXT_ONLY, hf_parity, noise, one_image_chat
-from helpers.smollm2 import GENERAL_TEXT
 from helpers.tiny import make_llava_data
 from helpers.tokenizers import supervised_runs as runs
 
@@ -20,6 +19,7 @@ from llava_lite.config import ModelConfig, VisionConfig
 from llava_lite.constants import IGNORE_INDEX, IMAGE_TOKEN
 from llava_lite.data.conversation import Conversation, Message
 from llava_lite.data.render import render, render_prompt
+from llava_lite.demo.smol import ENGLISH_TEXT
 from llava_lite.eval.evaluate import response_perplexity, text_perplexity
 from llava_lite.infer.chat import Assistant
 from llava_lite.interop.export import merge_adapters
@@ -199,7 +199,7 @@ def test_text_sft_lowers_training_perplexity_and_keeps_general_text(smollm2_dir,
     model's (the steps did not wreck the LM; measured 59.6 -> 59.2). The numbers are printed for the evaluation
     issue."""
     general = tmp_path / "general.txt"
-    general.write_text("\n".join(s.strip() + "." for s in GENERAL_TEXT.split(".") if s.strip()))
+    general.write_text("\n".join(s.strip() + "." for s in ENGLISH_TEXT.split(".") if s.strip()))
     base = LlavaLite.build(ModelConfig(lm=str(smollm2_dir), vision=VisionConfig(model="tiny", pretrained=None))).eval()
     before = text_perplexity(base, str(general))
     train_before = response_perplexity(base, data["alpaca"], fmt="alpaca")

@@ -9,13 +9,14 @@ import time
 
 import pytest
 import torch
-from helpers.smollm2 import GENERAL_TEXT, require_smollm2
+from helpers.smollm2 import require_smollm2
 from helpers.tokenizers import supervised_runs
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.data.conversation import Conversation, Message
 from llava_lite.data.render import render
+from llava_lite.demo.smol import ENGLISH_TEXT
 from llava_lite.model.gguf import cache_key, convert_gguf, quant_summary
 
 
@@ -102,7 +103,7 @@ def test_greedy_answer_knows_paris(smol):
 
 def test_general_text_perplexity(smol):
     tok, model = smol
-    ids = tok(GENERAL_TEXT, return_tensors="pt").input_ids
+    ids = tok(ENGLISH_TEXT, return_tensors="pt").input_ids
     with torch.no_grad():
         loss = model(ids, labels=ids).loss.item()
     ppl = math.exp(loss)
