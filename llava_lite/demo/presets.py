@@ -80,7 +80,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # The path GPU users take: a pretrained instruct LM taught to see with LoRA, its text skills kept. No tokenizer or
 # LM is built: "lm" names the checkpoint (demo/smol.py); one question of each type per record keeps stage 2's
-# sequences short (each step runs a 135M-parameter LM, 30 layers, on 16 of them).
+# sequences short (each step runs a 135M-parameter LM, 30 layers, on 8 of them).
 # The world's text tasks are synthetic (arithmetic and lookups in the world's phrasing): a real LM's text skills
 # are its own, kept by LoRA and checked on English (demo/smol.py), so stage 2 does not train on them.
 PRESETS["smol"] = {**copy.deepcopy({k: v for k, v in PRESETS["full"].items() if k not in ("tokenizer", "lm")}),
