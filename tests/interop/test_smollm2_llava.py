@@ -19,7 +19,7 @@ from llava_lite.config import ModelConfig, VisionConfig
 from llava_lite.constants import IGNORE_INDEX, IMAGE_TOKEN
 from llava_lite.data.conversation import Conversation, Message
 from llava_lite.data.render import render, render_prompt
-from llava_lite.demo.smol import ENGLISH_TEXT
+from llava_lite.demo.smol import write_english
 from llava_lite.eval.evaluate import response_perplexity, text_perplexity
 from llava_lite.infer.chat import Assistant
 from llava_lite.interop.export import merge_adapters
@@ -198,8 +198,7 @@ def test_text_sft_lowers_training_perplexity_and_keeps_general_text(smollm2_dir,
     learned its data; measured 49.5 -> 5.0), and general-English perplexity stays within 1.2x of the untrained
     model's (the steps did not wreck the LM; measured 59.6 -> 59.2). The numbers are printed for the evaluation
     issue."""
-    general = tmp_path / "general.txt"
-    general.write_text("\n".join(s.strip() + "." for s in ENGLISH_TEXT.split(".") if s.strip()))
+    general = write_english(tmp_path / "general.txt")
     base = LlavaLite.build(ModelConfig(lm=str(smollm2_dir), vision=VisionConfig(model="tiny", pretrained=None))).eval()
     before = text_perplexity(base, str(general))
     train_before = response_perplexity(base, data["alpaca"], fmt="alpaca")
