@@ -50,7 +50,7 @@ def test_beats_chance_majority_and_stage1(demo):
 
 def test_reads_its_images(demo):
     """Issue 22: the smoke run's answers come from its images, not from answer priors: VQA well above the same
-    questions each asked about another image (measured in float32: +18.4, +17.5 and +16.4 points over stage
+    questions each asked about another image (measured in float32: +18.4, +17.5 and +16.4 points over stage-2
     seeds 0, 1, 2; the floor sits below them by more than that spread). Colour, the type a model reads first,
     must be read outright."""
     r = json.loads((demo / "report.json").read_text())
