@@ -70,7 +70,7 @@ def build_base(out_dir: str | Path, preset: str | dict = "full", threads: int = 
         from llava_lite.demo.smol import smollm2_dir
 
         paths["lm"] = paths["tokenizer"] = smollm2_dir()
-        steps = steps[:1] + steps[2:3]
+        steps = [(name, run) for name, run in steps if name not in ("tokenizer", "lm")]
         results |= {"tokenizer": {}, "lm": {}}
     for name, run in steps:
         t0 = time.time()

@@ -37,6 +37,7 @@ def smollm2_dir() -> Path:
 
     return convert_gguf(str(path))
 
+
 # ~30 sentences of plain general English, for a perplexity number on text the model should know.
 ENGLISH_TEXT = (
     "The sun rises in the east and sets in the west. Most people sleep at night and work during the day. "
@@ -80,10 +81,11 @@ def general_answers(tuned, base, max_new_tokens: int = 24) -> list[dict]:
     from llava_lite.data.conversation import Message
     from llava_lite.infer.chat import Assistant
 
+    assistants = Assistant(tuned), Assistant(base)
     rows = []
     for q, right in GENERAL_QUESTIONS:
         ask = [Message("user", q)]
-        a, b = (Assistant(m).reply(ask, [], max_new_tokens=max_new_tokens).text.strip() for m in (tuned, base))
+        a, b = (x.reply(ask, [], max_new_tokens=max_new_tokens).text.strip() for x in assistants)
         ok = [bool(re.search(rf"\b({right})\b", x.lower())) for x in (b, a)]
         rows.append({"question": q, "base": b, "tuned": a, "base_right": ok[0], "tuned_right": ok[1], "same": a == b})
     return rows
