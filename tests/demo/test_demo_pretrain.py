@@ -4,6 +4,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+from importlib.resources import as_file, files
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -13,12 +15,13 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from llava_lite.config import load_config
 from llava_lite.demo.clip_pretrain import evaluate_clip, normalize, pretrain_clip
 from llava_lite.demo.corpus import world_documents
 from llava_lite.demo.lm_pretrain import mean_loss, pack
 from llava_lite.demo.presets import MARKER, PRESETS, resolve
 from llava_lite.demo.pretrain import build_world, pretrain_lm, train_tokenizer
-from llava_lite.demo.run import _data
+from llava_lite.demo.run import _data, _mixture
 from llava_lite.demo.world import HELDOUT_PAIRS
 
 TINY = {
@@ -58,6 +61,19 @@ def test_presets_resolve_and_are_complete():
     assert smol["lm"] == {"pretrained": "smollm2"} and smol["world"]["n_test"] < PRESETS["full"]["world"]["n_test"]
     with pytest.raises(ValueError):
         resolve("huge")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_stage2_yaml_holds_the_presets_mixture(name):
+    """`llava-lite train <preset>_stage2.yaml` after a demo in runs/demo trains on what the demo trained on: the
+    sources the YAML ships equal those the demo builds from the preset's mixture (they are written twice)."""
+    demo = Path("runs/demo")
+    data = {"instruct_train": demo / "data/instruct_train.json", "short_train": demo / "data/short_train.json",
+            "text_train": demo / "world/text_tasks/train.json"}
+    with as_file(files("llava_lite.demo") / "configs" / f"{name}_stage2.yaml") as path:
+        shipped = load_config(path).data.sources
+        built = load_config(path, [f"data.sources={_mixture(data, demo / 'world/images', PRESETS[name]['mixture'])}"])
+    assert built.data.sources == shipped
 
 
 def test_clip_local_dir_round_trip_and_marker(base):
