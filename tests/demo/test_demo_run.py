@@ -51,8 +51,9 @@ def test_beats_chance_majority_and_stage1(demo):
 def test_reads_its_images(demo):
     """Issue 22: the smoke run's answers come from its images, not from answer priors: VQA well above the same
     questions each asked about another image (measured in float32 over 3 x 3 seeds, base-LM initialisation and
-    stage 2: +14.5 to +20.2 points, mean +17.4; the floor sits below them by more than that spread, since another
-    CPU's rounding moves the base LM as a new seed does). Colour, the type a model reads first, must be read
+    stage 2: +14.5 to +20.2 points, mean +17.4; the floor of +10 sits 7.4 points below the mean, more than the
+    5.7-point spread, and 4.5 below the lowest run, since another CPU's rounding moves the base LM as a new seed
+    does). Colour, the type a model reads first, must be read
     outright (the smallest colour gap measured: +43.6 points)."""
     r = json.loads((demo / "report.json").read_text())
     assert r["vqa_accuracy"] >= r["other_image_vqa_accuracy"] + 0.10, r
