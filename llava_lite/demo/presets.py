@@ -46,11 +46,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "clip": {
             "vision": {"width": 128, "layers": 3, "heads": 4, "patch_size": 8},
             "text": {"width": 128, "layers": 1, "heads": 4, "context_length": 64},
-            "embed_dim": 128, "batch_size": 64, "steps": 50, "lr": 3e-3, "weight_decay": 0.1, "warmup": 0.1,
-            "patch_loss_weight": 1.0,
+            # 100 steps at patch-loss weight 3 (before: 50 at 1; about 70 s here against 36 s): the shape under each
+            # object patch is read 72% right instead of 52%, and stage 2 reads shape only through the patches
+            "embed_dim": 128, "batch_size": 64, "steps": 100, "lr": 3e-3, "weight_decay": 0.1, "warmup": 0.1,
+            "patch_loss_weight": 3.0,
         },
         "lm": {
-            "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            # 8 heads of 16 (4 key-value heads: the same weights and cost as 4 of 32): with the CLIP above, 4
+            # heads read shape or existence depending on the seeds, 8 read both (README, the fast preset's table)
+            "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 4,
             "intermediate_size": 344, "max_position_embeddings": 1024,
             "seq_len": 256, "batch_size": 4, "steps": 600, "lr": 1e-3, "weight_decay": 0.01, "warmup": 0.05,
         },
