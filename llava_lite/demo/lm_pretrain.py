@@ -2,9 +2,9 @@
 
 Documents (captions, caption + Q&A, ChatML dialogues, ChatML text tasks) are tokenised, joined
 with `</s>` and packed into fixed-length rows; the loss is plain next-token prediction on every
-token. Held-out report: loss/perplexity on test-split world text and test text tasks, and
-reading-comprehension exact match (caption + question -> greedy answer, scored by teacher forcing:
-every answer token is the argmax, which is what greedy decoding would produce).
+token. Held-out report: loss/perplexity on test-split world text and test text tasks, and what the
+LM reads from a caption (`caption_reading`: stage 2's test questions with the image's captions in
+place of its tokens, per question type, against another image's captions).
 """
 from __future__ import annotations
 
@@ -23,12 +23,10 @@ from llava_lite.demo.corpus import (
     CORPUS_VERSION,
     assert_no_heldout,
     chatml,
-    qa_pairs,
     text_task_documents,
     world_documents,
 )
 from llava_lite.demo.presets import demo_dtype, finished, mark_finished, resolve, world_fingerprint
-from llava_lite.demo.world import load_objects
 from llava_lite.log import logger
 from llava_lite.model.random import random_lm
 from llava_lite.train.optim import cosine_with_warmup
@@ -64,25 +62,63 @@ def mean_loss(model, rows: torch.Tensor, batch: int = 8) -> float:
     return total / max(count, 1)
 
 
+def reading_questions(world_dir: Path, n: int = 100, seed: int = 0) -> list[dict]:
+    """Stage 2's test questions (the rule teacher's short-answer VQA, as `demo/run.py` writes them) about the first
+    `n` test images, each with that image's captions ("own") and with the next image's ("other"): the image tokens'
+    place taken by text. # -> [{type, own, other, answer}]"""
+    from data_tools.annotations import load_coco
+    from data_tools.teachers.rule import grounded_qa
+
+    notes, world = world_dir / "annotations", json.loads((world_dir / "world.json").read_text())
+    scenes = load_coco(notes / "instances_test.json", notes / "captions_test.json")[:n]
+    rng, rows = random.Random(seed), []
+    for i, s in enumerate(scenes):
+        for qa in grounded_qa(s.objects, rng, short=True, shapes=world["shapes"], colors=list(world["colors"])):
+            prompt = [{"role": "user", "content": " ".join(c.captions) + "\n" + qa["question"]}
+                      for c in (s, scenes[(i + 1) % len(scenes)])]
+            rows.append({"type": qa["type"], "answer": qa["answer"],
+                         **{k: chatml([m]) + "<|im_start|>assistant\n" for k, m in zip(("own", "other"), prompt)}})
+    return rows
+
+
 @torch.no_grad()
-def qa_exact_match(model, tokenizer, world_dir: Path, n: int = 200, seed: int = 0) -> float:
-    """Caption + one question about a test image -> is the greedy answer exactly right?"""
-    images, objects = load_objects(world_dir, "test")
-    caps: dict[int, list[str]] = {}
-    for a in json.loads((world_dir / "annotations" / "captions_test.json").read_text())["annotations"]:
-        caps.setdefault(a["image_id"], []).append(a["caption"])
-    rng, model = random.Random(seed), model.eval()
-    right = 0
-    for im in images[:n]:
-        q, a = qa_pairs(objects[im["id"]], rng)[0]
-        prompt = chatml([{"role": "user", "content": f"{rng.choice(caps[im['id']])}\n{q}"}]) + "<|im_start|>assistant\n"
-        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        a_ids = tokenizer(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
-        x = torch.tensor([p_ids + a_ids])
+def answer_argmax(model, tokenizer, prompts: list[str], answers: list[str], batch: int = 32) -> list[list[int]]:
+    """Per row, the LM's argmax token at each position of `answer` + <|im_end|>, the answer teacher-forced: equal
+    to the answer's ids exactly when greedy decoding would produce it. Rows are padded on the right: a causal LM's
+    outputs at a row's own positions do not depend on what follows them, so a batch gives the one-by-one result."""
+    model.eval()
+    rows = [(tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(a + "<|im_end|>", add_special_tokens=False)
+             ["input_ids"]) for p, a in zip(prompts, answers)]
+    out = []
+    for i in range(0, len(rows), batch):
+        chunk = rows[i:i + batch]
+        width = max(len(p) + len(a) for p, a in chunk)
+        x = torch.tensor([p + a + [tokenizer.pad_token_id] * (width - len(p) - len(a)) for p, a in chunk])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=demo_dtype() == "bfloat16"):
-            pred = model(input_ids=x).logits[0, len(p_ids) - 1:-1].argmax(-1)
-        right += int(pred.tolist() == a_ids)
-    return right / min(n, len(images))
+            hidden = model.get_decoder()(input_ids=x).last_hidden_state  # the vocabulary head on answers only
+            out += [model.get_output_embeddings()(hidden[j, len(p) - 1:len(p) + len(a) - 1]).argmax(-1).tolist()
+                    for j, (p, a) in enumerate(chunk)]
+    return out
+
+
+def answers_right(model, tokenizer, prompts: list[str], answers: list[str]) -> list[bool]:
+    ids = [tokenizer(a + "<|im_end|>", add_special_tokens=False)["input_ids"] for a in answers]
+    return [pred == a for pred, a in zip(answer_argmax(model, tokenizer, prompts, answers), ids)]
+
+
+def caption_reading(model, tokenizer, world_dir: Path, n: int = 100, seed: int = 0) -> dict:
+    """What the LM reads from text in stage 2's question format: each question's exact match with the image's
+    own captions in context, per question type, against the same questions with another image's captions
+    (answer priors alone). A gap near 0 means stage 2 must build the lookup on image tokens from nothing."""
+    rows = reading_questions(Path(world_dir), n, seed)
+    answers = [r["answer"] for r in rows]
+    own = answers_right(model, tokenizer, [r["own"] for r in rows], answers)
+    other = answers_right(model, tokenizer, [r["other"] for r in rows], answers)
+    types = sorted({r["type"] for r in rows})
+    by_type = lambda hits: {t: round(sum(h for h, r in zip(hits, rows) if r["type"] == t) /
+                                     sum(r["type"] == t for r in rows), 3) for t in types}
+    return {"reading": round(sum(own) / len(rows), 3), "reading_other_captions": round(sum(other) / len(rows), 3),
+            "reading_by_type": by_type(own), "reading_other_captions_by_type": by_type(other)}
 
 
 def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path,
@@ -142,7 +178,7 @@ def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str |
     metrics = {"train_loss": round(loss.item(), 4), "heldout_world_loss": round(lw, 4),
                "heldout_world_ppl": round(math.exp(lw), 3),
                "heldout_text_tasks_loss": round(lt, 4), "heldout_text_tasks_ppl": round(math.exp(lt), 3),
-               "reading_qa_exact_match": round(qa_exact_match(model, tokenizer, world_dir), 3)}
+               **caption_reading(model, tokenizer, world_dir, seed=p["seed"])}
     info = {"params_millions": round(sum(q.numel() for q in model.parameters()) / 1e6, 2), "steps": c["steps"],
             "train_tokens": c["steps"] * c["batch_size"] * c["seq_len"], "corpus_tokens": rows.numel(),
             "train_seconds": round(train_s, 1), "seconds": round(time.time() - t0, 1), "metrics": metrics}

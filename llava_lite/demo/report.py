@@ -65,13 +65,14 @@ def write_summary(out: Path, report: dict) -> None:
 
 
 def _base_lines(base: dict) -> list[str]:
-    """What the base models bring: the CLIP's linear probes and the LM's reading comprehension
-    (caption + question, no image). A weak LM here caps what stage 2 can learn."""
+    """What the base models bring: the CLIP's linear probes and what the LM reads from a caption (no image):
+    with no gap to another image's captions, stage 2 builds the lookup on image tokens from nothing."""
     clip, lm = base.get("clip") or {}, base.get("lm") or {}
     rows = [("CLIP probe: object colour", clip.get("object_color")),
             ("CLIP probe: object shape", clip.get("object_shape")),
             ("CLIP probe: patch position", clip.get("patch_position")),
-            ("LM reading QA (caption + question, exact match)", lm.get("reading_qa_exact_match"))]
+            ("LM reading: stage 2's questions, the image's captions in place of the image", lm.get("reading")),
+            ("the same questions with another image's captions (answer priors)", lm.get("reading_other_captions"))]
     rows = [(k, v) for k, v in rows if v is not None]
     if not rows:
         return []

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llava_lite.config import load_config
 from llava_lite.demo.clip_pretrain import evaluate_clip, normalize, pretrain_clip
 from llava_lite.demo.corpus import world_documents
-from llava_lite.demo.lm_pretrain import mean_loss, pack
+from llava_lite.demo.lm_pretrain import answer_argmax, answers_right, mean_loss, pack, reading_questions
 from llava_lite.demo.presets import MARKER, PRESETS, resolve
 from llava_lite.demo.pretrain import build_world, pretrain_lm, train_tokenizer
 from llava_lite.demo.run import _data, _mixture
@@ -129,6 +129,45 @@ def test_lm_save_load_and_marker(base):
     assert os.stat(out / "model.safetensors").st_mtime_ns == mtime
     (out / MARKER).unlink()  # an unfinished run (no marker) is redone
     assert pretrain_lm(base / "world", base / "tokenizer", out, TINY)["metrics"] == info["metrics"]
+
+
+def test_caption_reading_asks_stage_twos_questions_and_scores_greedy_answers(base):
+    """The LM's reading check (base.json): the questions are the VQA test set's, with the image's captions or the
+    next image's in place of the image; scoring in padded batches gives each row's own greedy tokens."""
+    world = json.loads((base / "world" / "world.json").read_text())
+    vqa = [json.loads(line) for line in _data(base, TINY, world)["vqa"].read_text().splitlines()]
+    rows = reading_questions(base / "world", n=3, seed=TINY["seed"])
+    scenes = json.loads((base / "world" / "annotations" / "captions_test.json").read_text())["annotations"]
+    caps = {i: [a["caption"] for a in scenes if a["image_id"] == i] for i in (1, 2)}
+    assert [(r["answer"], r["type"]) for r in rows] == [(q["answer"], q["category"]) for q in vqa[:len(rows)]]
+    first = [r for r, q in zip(rows, vqa) if q["image"].endswith("000001.png")]
+    assert first and all(q["text"] in r["own"] and q["text"] in r["other"] for r, q in zip(rows, vqa))
+    assert all(" ".join(caps[1]) in r["own"] and " ".join(caps[2]) in r["other"] for r in first)
+    pretrain_lm(base / "world", base / "tokenizer", base / "lm", TINY)  # reused if the test above built it
+    model, tok = AutoModelForCausalLM.from_pretrained(base / "lm"), AutoTokenizer.from_pretrained(base / "lm")
+    prompts, answers = [r["own"] for r in rows], [r["answer"] for r in rows]
+    batched = answer_argmax(model, tok, prompts, answers, batch=8)
+    for p, a, got in zip(prompts, answers, batched):  # one row alone, the whole vocabulary head
+        ids = tok(p, add_special_tokens=False)["input_ids"]
+        ans = tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        logits = model(input_ids=torch.tensor([ids + ans])).logits[0]
+        assert got == logits[len(ids) - 1:-1].argmax(-1).tolist()
+
+    class Shifted(torch.nn.Module):  # "predicts" the input token `shift` places on: 1 reads the answer itself
+        def __init__(self, shift):
+            super().__init__()
+            self.shift = shift
+
+        def get_decoder(self):
+            return lambda input_ids: type("Out", (), {"last_hidden_state": torch.nn.functional.one_hot(
+                input_ids.roll(-self.shift, 1), len(tok)).float()})
+
+        def get_output_embeddings(self):
+            return torch.nn.Identity()
+
+    assert all(answers_right(Shifted(1), tok, prompts, answers))
+    assert not any(answers_right(Shifted(0), tok, prompts, answers)) and not any(
+        answers_right(Shifted(2), tok, prompts, answers))
 
 
 def test_pretraining_refuses_heldout_pairs(base, tmp_path):
