@@ -24,6 +24,20 @@ from llava_lite.demo.world import COLORS, SHAPES, load_objects
 POSITION_WORDS = (("left", "right"), ("top", "bottom"), ("small", "large"), ("yes", "no"))
 
 
+def vqa_questions(world_dir: str | Path, seed: int = 0, n: int | None = None) -> list[tuple]:
+    """The VQA test questions: the rule teacher's short-answer questions about each test image, in the world's
+    vocabulary, as (scene with its captions, question) pairs; `n`: the first n images' only (the same questions).
+    `demo/run.py` writes them for stage 2's evaluation; the LM's reading check (`demo/lm_pretrain.py`) asks them
+    with captions in place of the image."""
+    from data_tools.annotations import load_coco
+    from data_tools.teachers.rule import grounded_qa
+
+    notes, world = Path(world_dir) / "annotations", json.loads((Path(world_dir) / "world.json").read_text())
+    rng = random.Random(seed)
+    return [(s, qa) for s in load_coco(notes / "instances_test.json", notes / "captions_test.json")[:n]
+            for qa in grounded_qa(s.objects, rng, short=True, shapes=world["shapes"], colors=list(world["colors"]))]
+
+
 def _question(c: str, s: str) -> str:
     return f"Is there {article(c)} {c} {s} in the image?"
 

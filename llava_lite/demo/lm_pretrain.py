@@ -8,7 +8,6 @@ place of its tokens, per question type, against another image's captions).
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -26,6 +25,7 @@ from llava_lite.demo.corpus import (
     text_task_documents,
     world_documents,
 )
+from llava_lite.demo.eval_sets import vqa_questions
 from llava_lite.demo.presets import demo_dtype, finished, mark_finished, resolve, world_fingerprint
 from llava_lite.log import logger
 from llava_lite.model.random import random_lm
@@ -63,29 +63,27 @@ def mean_loss(model, rows: torch.Tensor, batch: int = 8) -> float:
 
 
 def reading_questions(world_dir: Path, n: int = 100, seed: int = 0) -> list[dict]:
-    """Stage 2's test questions (the rule teacher's short-answer VQA, as `demo/run.py` writes them) about the first
-    `n` test images, each with that image's captions ("own") and with the next image's ("other"): the image tokens'
-    place taken by text. # -> [{type, own, other, answer}]"""
-    from data_tools.annotations import load_coco
-    from data_tools.teachers.rule import grounded_qa
+    """The VQA test questions (`eval_sets.vqa_questions`) about the first `n` test images, each with that image's
+    captions ("own") and with the next image's ("other"): the image tokens' place taken by text.
+    # -> [{type, own, other, answer}]"""
+    pairs = vqa_questions(world_dir, seed, n)
+    scenes = list({s.file_name: s for s, _ in pairs}.values())
+    after = {a.file_name: b for a, b in zip(scenes, scenes[1:] + scenes[:1])}
 
-    notes, world = world_dir / "annotations", json.loads((world_dir / "world.json").read_text())
-    scenes = load_coco(notes / "instances_test.json", notes / "captions_test.json")[:n]
-    rng, rows = random.Random(seed), []
-    for i, s in enumerate(scenes):
-        for qa in grounded_qa(s.objects, rng, short=True, shapes=world["shapes"], colors=list(world["colors"])):
-            prompt = [{"role": "user", "content": " ".join(c.captions) + "\n" + qa["question"]}
-                      for c in (s, scenes[(i + 1) % len(scenes)])]
-            rows.append({"type": qa["type"], "answer": qa["answer"],
-                         **{k: chatml([m]) + "<|im_start|>assistant\n" for k, m in zip(("own", "other"), prompt)}})
-    return rows
+    def ask(scene, question: str) -> str:
+        turn = {"role": "user", "content": " ".join(scene.captions) + "\n" + question}
+        return chatml([turn]) + "<|im_start|>assistant\n"
+
+    return [{"type": qa["type"], "answer": qa["answer"], "own": ask(s, qa["question"]),
+             "other": ask(after[s.file_name], qa["question"])} for s, qa in pairs]
 
 
 @torch.no_grad()
-def answer_argmax(model, tokenizer, prompts: list[str], answers: list[str], batch: int = 32) -> list[list[int]]:
-    """Per row, the LM's argmax token at each position of `answer` + <|im_end|>, the answer teacher-forced: equal
-    to the answer's ids exactly when greedy decoding would produce it. Rows are padded on the right: a causal LM's
-    outputs at a row's own positions do not depend on what follows them, so a batch gives the one-by-one result."""
+def answer_argmax(model, tokenizer, prompts: list[str], answers: list[str], batch: int = 32) -> list[tuple]:
+    """Per row, (the LM's argmax token at each position of `answer` + <|im_end|>, that answer's ids), the answer
+    teacher-forced: the two are equal exactly when greedy decoding would produce the answer. Rows are padded on
+    the right: a causal LM's outputs at a row's own positions do not depend on what follows them, so a batch
+    gives the one-by-one result."""
     model.eval()
     rows = [(tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(a + "<|im_end|>", add_special_tokens=False)
              ["input_ids"]) for p, a in zip(prompts, answers)]
@@ -96,14 +94,13 @@ def answer_argmax(model, tokenizer, prompts: list[str], answers: list[str], batc
         x = torch.tensor([p + a + [tokenizer.pad_token_id] * (width - len(p) - len(a)) for p, a in chunk])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=demo_dtype() == "bfloat16"):
             hidden = model.get_decoder()(input_ids=x).last_hidden_state  # the vocabulary head on answers only
-            out += [model.get_output_embeddings()(hidden[j, len(p) - 1:len(p) + len(a) - 1]).argmax(-1).tolist()
+            out += [(model.get_output_embeddings()(hidden[j, len(p) - 1:len(p) + len(a) - 1]).argmax(-1).tolist(), a)
                     for j, (p, a) in enumerate(chunk)]
     return out
 
 
 def answers_right(model, tokenizer, prompts: list[str], answers: list[str]) -> list[bool]:
-    ids = [tokenizer(a + "<|im_end|>", add_special_tokens=False)["input_ids"] for a in answers]
-    return [pred == a for pred, a in zip(answer_argmax(model, tokenizer, prompts, answers), ids)]
+    return [pred == ids for pred, ids in answer_argmax(model, tokenizer, prompts, answers)]
 
 
 def caption_reading(model, tokenizer, world_dir: Path, n: int = 100, seed: int = 0) -> dict:

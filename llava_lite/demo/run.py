@@ -8,7 +8,6 @@ Every step is the real tool; the demo only wires paths together.
 from __future__ import annotations
 
 import json
-import random
 import time
 from importlib.resources import as_file, files
 from pathlib import Path
@@ -24,8 +23,9 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
     from data_tools.annotations import load_coco
     from data_tools.formats import to_llava, write_records
     from data_tools.generate import generate
-    from data_tools.teachers.rule import RuleTeacher, grounded_qa
+    from data_tools.teachers.rule import RuleTeacher
     from llava_lite.demo.corpus import assert_no_heldout
+    from llava_lite.demo.eval_sets import vqa_questions
 
     d, wd = out / "data", out / "world"
     paths = {"instruct_train": d / "instruct_train.json", "short_train": d / "short_train.json",
@@ -36,7 +36,6 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
     made = d / "settings.json"
     if all(p.is_file() for p in paths.values()) and made.is_file() and json.loads(made.read_text()) == settings:
         return paths
-    vocab = {"shapes": world["shapes"], "colors": list(world["colors"])}
     short = {"kinds": ("conversation",), "short_fraction": 1.0, "per_type": preset["short_per_type"]}
     jobs = (("train", "instruct_train", {"short_fraction": 0.0}),  # conversation, detail, reasoning
             ("train", "short_train", short),
@@ -53,15 +52,11 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
         if split == "train":
             assert_no_heldout([m.content for c in result.conversations for m in c.messages], str(paths[key]))
         write_records([to_llava(c) for c in result.conversations], paths[key])
-    rng = random.Random(preset["seed"])
-    rows = []
-    test_scenes = load_coco(wd / "annotations" / "instances_test.json")
     unseen = {im["id"]: im.get("unseen_combo", False)
               for im in json.loads((wd / "annotations" / "instances_test.json").read_text())["images"]}
-    for s in test_scenes:
-        for qa in grounded_qa(s.objects, rng, short=True, **vocab):
-            rows.append({"question_id": len(rows), "image": s.file_name, "text": qa["question"], "answer": qa["answer"],
-                         "category": qa["type"], "unseen_combo": unseen[int(s.id)]})
+    rows = [{"question_id": i, "image": s.file_name, "text": qa["question"], "answer": qa["answer"],
+             "category": qa["type"], "unseen_combo": unseen[int(s.id)]}
+            for i, (s, qa) in enumerate(vqa_questions(wd, preset["seed"]))]
     paths["vqa"].write_text("".join(json.dumps(r) + "\n" for r in rows))
     from llava_lite.demo.corpus import world_documents
 

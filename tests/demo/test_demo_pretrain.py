@@ -147,9 +147,10 @@ def test_caption_reading_asks_stage_twos_questions_and_scores_greedy_answers(bas
     model, tok = AutoModelForCausalLM.from_pretrained(base / "lm"), AutoTokenizer.from_pretrained(base / "lm")
     prompts, answers = [r["own"] for r in rows], [r["answer"] for r in rows]
     batched = answer_argmax(model, tok, prompts, answers, batch=8)
-    for p, a, got in zip(prompts, answers, batched):  # one row alone, the whole vocabulary head
+    for p, a, (got, wanted) in zip(prompts, answers, batched):  # one row alone, the whole vocabulary head
         ids = tok(p, add_special_tokens=False)["input_ids"]
         ans = tok(a + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        assert wanted == ans
         logits = model(input_ids=torch.tensor([ids + ans])).logits[0]
         assert got == logits[len(ids) - 1:-1].argmax(-1).tolist()
 
