@@ -132,7 +132,7 @@ def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str |
         logger.info(f"[lm] reusing {out_dir}")
         return done
     t0 = time.time()
-    torch.manual_seed(p["seed"])
+    torch.manual_seed(p["seed"] + c.get("init_seed", 0))  # lm.init_seed (`llava-lite demo --lm-seed`): the init only
     train_docs = world_documents(world_dir, "train", p["seed"]) + text_task_documents(world_dir, "train")
     assert_no_heldout(train_docs, "lm pre-training text")
     rows = pack(train_docs, tokenizer, c["seq_len"], p["seed"])

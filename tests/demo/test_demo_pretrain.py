@@ -131,6 +131,20 @@ def test_lm_save_load_and_marker(base):
     assert pretrain_lm(base / "world", base / "tokenizer", out, TINY)["metrics"] == info["metrics"]
 
 
+def test_lm_init_seed_shifts_the_initialisation_only(base, tmp_path):
+    """`llava-lite demo --lm-seed N` (preset lm.init_seed): another initial LM on the same corpus, under its own
+    cache key; 0 is the preset's own LM."""
+    info = pretrain_lm(base / "world", base / "tokenizer", base / "lm", TINY)  # reused if built above
+    weights = load_file(str(base / "lm" / "model.safetensors"))
+    for init_seed, same in ((0, True), (1, False)):
+        seeded = copy.deepcopy(TINY)
+        seeded["lm"]["init_seed"] = init_seed
+        other = pretrain_lm(base / "world", base / "tokenizer", tmp_path / str(init_seed), seeded)
+        theirs = load_file(str(tmp_path / str(init_seed) / "model.safetensors"))
+        assert all(torch.equal(weights[k], theirs[k]) for k in weights) == same, init_seed
+        assert other["corpus_tokens"] == info["corpus_tokens"] and other["fingerprint"] != info["fingerprint"]
+
+
 def test_caption_reading_asks_stage_twos_questions_and_scores_greedy_answers(base):
     """The LM's reading check (base.json): the questions are the VQA test set's, with the image's captions or the
     next image's in place of the image; scoring in padded batches gives each row's own greedy tokens."""
