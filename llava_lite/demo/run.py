@@ -230,6 +230,6 @@ def _demo(a) -> None:
             raise ConfigError("--seeds runs every LM and training seed itself: leave --lm-seed and --train-seed out")
         from llava_lite.demo.seeds import run_grid
 
-        run_grid(a.preset, a.out, a.seeds)
+        run_grid(a.preset, a.out, a.seeds, run_demo)
         return
     print(json.dumps(run_demo(a.preset, a.out, a.lm_seed, a.train_seed), indent=2))

@@ -12,6 +12,7 @@ A finished cell is reused, so a killed grid resumes at the first unfinished cell
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from statistics import mean
 
@@ -77,10 +78,9 @@ def table(rows: list[dict], summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_grid(preset_name: str, out: str | Path, n: int) -> dict:
-    """Every cell of the n x n grid (LM seeds 0..n-1 x training seeds 0..n-1), then seeds.json and seeds.md."""
-    from llava_lite.demo.run import run_demo
-
+def run_grid(preset_name: str, out: str | Path, n: int, run_demo: Callable[..., dict]) -> dict:
+    """Every cell of the n x n grid (LM seeds 0..n-1 x training seeds 0..n-1), each by `run_demo` (demo/run.py's,
+    handed in: that module's CLI calls this one), then seeds.json and seeds.md."""
     if n < 2:
         raise ConfigError(f"--seeds {n}: a spread needs at least 2 seeds of each kind; try --seeds 3")
     if pretrained_lm(resolve(preset_name)):

@@ -29,10 +29,9 @@ def fake_demo(calls):
     return demo
 
 
-def test_every_cell_once_shared_base_models_spread_and_resume(tmp_path, monkeypatch, capsys):
+def test_every_cell_once_shared_base_models_spread_and_resume(tmp_path, capsys):
     calls = []
-    monkeypatch.setattr(run, "run_demo", fake_demo(calls))
-    summary = run_grid("fast", tmp_path, 2)
+    summary = run_grid("fast", tmp_path, 2, fake_demo(calls))
     assert calls == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert sorted(p.name for p in (tmp_path / "world").iterdir()) == ["from-0-0", "from-0-1", "from-1-0", "from-1-1"]
     assert sorted(p.name for p in (tmp_path / "lm1").iterdir()) == ["from-1-0", "from-1-1"]  # one LM per LM seed
@@ -45,7 +44,7 @@ def test_every_cell_once_shared_base_models_spread_and_resume(tmp_path, monkeypa
     assert json.loads((tmp_path / "seeds.json").read_text())["spread"] == json.loads(json.dumps(s))
     # finished cells are reused; a cell killed before its marker is run again
     (tmp_path / "lm1-train0" / "DONE.json").unlink()
-    assert run_grid("fast", tmp_path, 2)["spread"] == s and calls[4:] == [(1, 0)]
+    assert run_grid("fast", tmp_path, 2, fake_demo(calls))["spread"] == s and calls[4:] == [(1, 0)]
 
 
 def test_spread_of_rows():
@@ -58,7 +57,7 @@ def test_spread_of_rows():
 @pytest.mark.parametrize("preset, n, message", [("fast", 1, "at least 2 seeds"), ("smol", 3, "pretrained LM")])
 def test_grid_refuses_what_has_no_spread(tmp_path, preset, n, message):
     with pytest.raises(ConfigError, match=message):
-        run_grid(preset, tmp_path, n)
+        run_grid(preset, tmp_path, n, fake_demo([]))
 
 
 def test_cli_seed_flags_are_checked(tmp_path, capsys):
