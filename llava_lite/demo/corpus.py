@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from data_tools.teachers.rule import SHORT_SUFFIX  # the same VQA prompt as the stage-2 data
-from llava_lite.demo.captions import article, noun, position_phrase
+from llava_lite.demo.captions import article, cap, join, noun, position_phrase
 from llava_lite.demo.world import COLORS, HELDOUT_PAIRS, SHAPES, load_objects
 
 CORPUS_VERSION = 2  # part of the LM cache key: a change to the documents retrains the LM
@@ -104,6 +104,27 @@ def world_documents(world_dir: str | Path, split: str, seed: int = 0) -> list[st
         caps.setdefault(a["image_id"], []).append(a["caption"])
     rng = random.Random(seed)
     return [image_document(objects[im["id"]], caps[im["id"]], rng) for im in images]
+
+
+def lookup_documents(world_dir: str | Path, per_image: int, seed: int = 0) -> list[str]:
+    """Short in-context lookup documents, `per_image` per train image: two or three of its objects named in one
+    sentence, then one to three questions about them in stage 2's short-answer format, each answer computed from
+    the objects named. The lookup curriculum (`lm.lookup` in presets.py, demo/lm_pretrain.py) trains on these
+    first: a tiny LM learns to answer from its context on them alone, not within the world's longer text."""
+    images, objects = load_objects(Path(world_dir), "train")
+    assert_train_clean(images, objects)
+    rng, out = random.Random(seed + 7), []
+    for im in images:
+        objs = objects[im["id"]]
+        for _ in range(per_image):
+            named = rng.sample(objs, min(len(objs), rng.randint(2, 3)))
+            sentence = cap(join([noun(o) for o in named])) + "."
+            msgs = []
+            for i, (q, a) in enumerate(qa_pairs(named, rng)[: rng.randint(1, 3)]):
+                msgs += [{"role": "user", "content": (sentence + "\n" if i == 0 else "") + q + SHORT_SUFFIX},
+                         {"role": "assistant", "content": a}]
+            out.append(chatml(msgs))
+    return out
 
 
 def text_task_documents(world_dir: str | Path, split: str) -> list[str]:

@@ -2,8 +2,11 @@
 
 Documents (captions, caption + Q&A, ChatML dialogues, ChatML text tasks) are tokenised, joined
 with `</s>` and packed into fixed-length rows; the loss is plain next-token prediction on every
-token. Held-out report: loss/perplexity on test-split world text and test text tasks, and what the
-LM reads from a caption (`caption_reading`: stage 2's test questions with the image's captions in
+token. With the preset's `lm.lookup` ({per_image, steps}: the lookup curriculum), the first `steps`
+steps train on short lookup documents alone (`corpus.lookup_documents`) and the rest on the world's
+text, under one learning-rate schedule: a tiny LM learns to answer from its context there first.
+Held-out report: loss/perplexity on test-split world text and test text tasks, and what the LM reads
+from a caption (`caption_reading`: stage 2's test questions with the image's captions in
 place of its tokens, per question type, against another image's captions).
 """
 from __future__ import annotations
@@ -22,6 +25,7 @@ from llava_lite.demo.corpus import (
     CORPUS_VERSION,
     assert_no_heldout,
     chatml,
+    lookup_documents,
     text_task_documents,
     world_documents,
 )
@@ -136,6 +140,14 @@ def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str |
     train_docs = world_documents(world_dir, "train", p["seed"]) + text_task_documents(world_dir, "train")
     assert_no_heldout(train_docs, "lm pre-training text")
     rows = pack(train_docs, tokenizer, c["seq_len"], p["seed"])
+    phases = [(rows, c["steps"])]
+    if lookup := c.get("lookup"):  # the lookup curriculum: lookup documents alone first, then the world's text
+        if not 0 < lookup["steps"] <= c["steps"]:
+            raise ConfigError(f"lm.lookup.steps {lookup['steps']} must be in 1..lm.steps ({c['steps']})")
+        docs = lookup_documents(world_dir, lookup["per_image"], p["seed"])
+        assert_no_heldout(docs, "lookup documents")
+        first = pack(docs, tokenizer, c["seq_len"], p["seed"])
+        phases = [(first, lookup["steps"]), (rows, c["steps"] - lookup["steps"])]
     eval_world = pack(world_documents(world_dir, "test", p["seed"] + 1), tokenizer, c["seq_len"], 0)[:32]
     eval_text = pack(text_task_documents(world_dir, "test"), tokenizer, c["seq_len"], 0)[:32]
     special = {k: tokenizer.convert_tokens_to_ids(t) for k, t in
@@ -148,22 +160,25 @@ def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str |
     opt = torch.optim.AdamW(groups, lr=c["lr"], betas=(0.9, 0.95))
     sched = cosine_with_warmup(opt, max(1, int(c["steps"] * c["warmup"])), c["steps"], floor=0.1)
     gen = torch.Generator().manual_seed(p["seed"])
-    order = torch.randperm(len(rows), generator=gen)
     model.train()
-    bar = tqdm(range(c["steps"]), desc="lm pretrain", unit="step")
-    for step in bar:
-        start = (step * c["batch_size"]) % len(rows)
-        if start + c["batch_size"] > len(rows):  # next epoch
-            order, start = torch.randperm(len(rows), generator=gen), 0
-        x = rows[order[start:start + c["batch_size"]]]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=demo_dtype() == "bfloat16"):
-            loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar = tqdm(total=c["steps"], desc="lm pretrain", unit="step")
+    for data, steps in phases:
+        order = torch.randperm(len(data), generator=gen)
+        for step in range(steps):
+            start = (step * c["batch_size"]) % len(data)
+            if start + c["batch_size"] > len(data):  # next epoch
+                order, start = torch.randperm(len(data), generator=gen), 0
+            x = data[order[start:start + c["batch_size"]]]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=demo_dtype() == "bfloat16"):
+                loss = model(input_ids=x, labels=x).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
     train_s = time.time() - t0
     out_dir.mkdir(parents=True, exist_ok=True)
     model.generation_config = GenerationConfig(

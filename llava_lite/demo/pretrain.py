@@ -54,8 +54,9 @@ def build_world(out_dir: str | Path, preset: str | dict = "full") -> dict:
     return world
 
 
-def build_base(out_dir: str | Path, preset: str | dict = "full", threads: int = 2) -> dict:
-    """Run (or reuse) every base-model step; returns paths, metrics and per-step seconds."""
+def build_base(out_dir: str | Path, preset: str | dict = "full", threads: int = 2, name: str | None = None) -> dict:
+    """Run (or reuse) every base-model step; returns paths, metrics and per-step seconds. `name` labels a
+    preset handed in as a dict (base.json's "preset"; "custom" without it)."""
     torch.set_num_threads(threads)
     out = Path(out_dir)
     paths = {k: out / k for k in ("world", "tokenizer", "clip", "lm")}
@@ -77,7 +78,7 @@ def build_base(out_dir: str | Path, preset: str | dict = "full", threads: int = 
         results[name] = run()
         seconds[name] = round(time.time() - t0, 1)
     summary = {
-        "preset": preset if isinstance(preset, str) else "custom",
+        "preset": preset if isinstance(preset, str) else name or "custom",
         "paths": {k: str(v) for k, v in paths.items()},
         "seconds": seconds,
         "clip": results["clip"].get("metrics"),

@@ -103,7 +103,7 @@ def run_demo(preset_name: str = "full", out: str | Path = "runs/demo", lm_seed: 
             raise ConfigError(f"--lm-seed shifts the initialisation of the LM the demo builds; preset {preset_name} "
                               "takes a pretrained LM: leave --lm-seed out")
         preset["lm"]["init_seed"] = lm_seed  # part of the LM's cache key
-    base = build_base(out, preset if lm_seed else preset_name)  # world, tokenizer, CLIP, LM; reused when built
+    base = build_base(out, preset, name=preset_name)  # world, tokenizer, CLIP, LM; reused when built
     lm = Path(base["paths"]["lm"])  # built here, or a pretrained checkpoint (preset smol)
     world_dir = out / "world"
     world = json.loads((world_dir / "world.json").read_text())

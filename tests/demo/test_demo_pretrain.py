@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from llava_lite.config import load_config
+from llava_lite.config import ConfigError, load_config
 from llava_lite.demo.clip_pretrain import evaluate_clip, normalize, pretrain_clip
 from llava_lite.demo.corpus import world_documents
 from llava_lite.demo.lm_pretrain import answer_argmax, answers_right, mean_loss, pack, reading_questions
@@ -52,7 +52,8 @@ def base(tmp_path_factory):
 def test_presets_resolve_and_are_complete():
     for name in ("fast", "full"):
         p = resolve(name)
-        assert set(p) == set(TINY) and set(p["clip"]) == set(TINY["clip"]) and set(p["lm"]) == set(TINY["lm"])
+        assert set(p) == set(TINY) and set(p["clip"]) == set(TINY["clip"])
+        assert set(p["lm"]) - {"lookup"} == set(TINY["lm"])  # lm.lookup: the optional curriculum
         assert set(p["mixture"]) == {"long", "short", "text"} and p["mixture"]["short"] > 0
         p["lm"]["steps"] = -1  # a private copy
         assert PRESETS[name]["lm"]["steps"] > 0
@@ -143,6 +144,37 @@ def test_lm_init_seed_shifts_the_initialisation_only(base, tmp_path):
         theirs = load_file(str(tmp_path / str(init_seed) / "model.safetensors"))
         assert all(torch.equal(weights[k], theirs[k]) for k in weights) == same, init_seed
         assert other["corpus_tokens"] == info["corpus_tokens"] and other["fingerprint"] != info["fingerprint"]
+
+
+def test_lm_lookup_curriculum_trains_on_lookup_documents_first(base, tmp_path, monkeypatch):
+    """lm.lookup {per_image, steps}: the first `steps` batches come from the lookup documents, the rest from the
+    world's text, under the LM's own cache key; steps outside 1..lm.steps is refused before training."""
+    import llava_lite.demo.lm_pretrain as lp
+
+    curriculum = copy.deepcopy(TINY)
+    curriculum["lm"]["lookup"] = {"per_image": 2, "steps": 2}
+    seen, forward = [], LlamaForCausalLM.forward
+
+    def spy(self, input_ids=None, labels=None, **kw):  # the training batches, in order
+        if self.training:
+            seen.append(input_ids.clone())
+        return forward(self, input_ids=input_ids, labels=labels, **kw)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", spy)
+    info = pretrain_lm(base / "world", base / "tokenizer", tmp_path / "lm", curriculum)
+    tok = AutoTokenizer.from_pretrained(base / "tokenizer")
+    lookup = pack(lp.lookup_documents(base / "world", 2, 0), tok, 64, 0)
+    world = pack(world_documents(base / "world", "train", 0) + lp.text_task_documents(base / "world", "train"),
+                 tok, 64, 0)
+
+    def rows(t):
+        return {tuple(r.tolist()) for r in t}
+
+    assert len(seen) == 3 and all(rows(x) <= rows(lookup) for x in seen[:2]) and rows(seen[2]) <= rows(world)
+    assert info["fingerprint"] != pretrain_lm(base / "world", base / "tokenizer", base / "lm", TINY)["fingerprint"]
+    curriculum["lm"]["lookup"]["steps"] = 4
+    with pytest.raises(ConfigError, match="lm.lookup.steps 4 must be in 1..lm.steps"):
+        pretrain_lm(base / "world", base / "tokenizer", tmp_path / "bad", curriculum)
 
 
 def test_caption_reading_asks_stage_twos_questions_and_scores_greedy_answers(base):

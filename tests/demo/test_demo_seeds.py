@@ -77,8 +77,8 @@ def test_one_cells_seeds_reach_the_lm_and_both_stages(tmp_path, monkeypatch):
     class Stop(Exception):
         pass
 
-    def build_base(out, preset):
-        seen["preset"] = preset
+    def build_base(out, preset, name):
+        seen["preset"], seen["name"] = preset, name
         (out / "world").mkdir(parents=True)
         (out / "world" / "world.json").write_text("{}")
         return {"paths": {"lm": str(out / "lm")}}
@@ -95,5 +95,5 @@ def test_one_cells_seeds_reach_the_lm_and_both_stages(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "_train", train)
     with pytest.raises(Stop):
         run.run_demo("fast", tmp_path, lm_seed=2, train_seed=1)
-    assert seen["preset"]["lm"] == {**PRESETS["fast"]["lm"], "init_seed": 2}
+    assert seen["preset"]["lm"] == {**PRESETS["fast"]["lm"], "init_seed": 2} and seen["name"] == "fast"
     assert all("train.seed=1" in o for o in seen["overrides"])

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from llava_lite.demo.corpus import assert_no_heldout, chatml, text_task_documents, world_documents
+from data_tools.teachers.rule import SHORT_SUFFIX
+from llava_lite.demo.corpus import assert_no_heldout, chatml, lookup_documents, text_task_documents, world_documents
 from llava_lite.demo.text_tasks import make_text_tasks, write_text_tasks
 from llava_lite.demo.tokenizer import load_tokenizer, train_tokenizer
 from llava_lite.demo.world import COLORS, HELDOUT_PAIRS, SHAPES, cell_of, make_world, position_name
@@ -174,6 +175,38 @@ def test_pretraining_text_has_no_heldout_pairs(world):
     with pytest.raises(AssertionError):
         c, s = HELDOUT_PAIRS[0]
         assert_no_heldout([f"There is a large {c} {s} at the top."], "probe")
+
+
+def test_lookup_documents_are_answered_by_their_sentence(world):
+    """The lookup curriculum's documents: per train image, a sentence naming two or three of its objects, then one
+    to three short-answer questions whose colour and shape answers are read off that sentence."""
+    docs = lookup_documents(world, 3, seed=0)
+    assert docs == lookup_documents(world, 3, seed=0) != lookup_documents(world, 3, seed=1)
+    assert len(docs) == 3 * 24
+    assert_no_heldout(docs, "lookup documents")
+    _, objs = _load(world, "train")
+    images = json.loads((world / "annotations" / "instances_train.json").read_text())["images"]
+    mention = re.compile(rf"\b({'|'.join(COLORS)}) ({'|'.join(SHAPES)})\b")
+    turn = re.compile(r"<\|im_start\|>user\n(.*?)<\|im_end\|>\n<\|im_start\|>assistant\n(.*?)<\|im_end\|>\n", re.S)
+    checked = 0
+    for k, doc in enumerate(docs):
+        present = {(o["color"], o["shape"]) for o in objs[images[k // 3]["id"]]}
+        turns = turn.findall(doc)
+        messages = [{"role": r, "content": c} for q, a in turns for r, c in (("user", q), ("assistant", a))]
+        assert chatml(messages) == doc and 1 <= len(turns) <= 3
+        sentence = turns[0][0].split("\n")[0]
+        named = mention.findall(sentence)
+        assert set(named) <= present and min(2, len(present)) <= len(named) <= 3, sentence
+        for q, a in turns:
+            assert q.endswith(SHORT_SUFFIX) and "\n" not in a
+            q = q.removesuffix(SHORT_SUFFIX).split("\n")[-1]
+            if m := re.match(r"What colou?r is the (\w+)\?", q):
+                assert [c for c, s in named if s == m.group(1)] == [a]
+                checked += 1
+            if m := re.match(r"What shape is the (\w+) object\?", q):
+                assert [s for c, s in named if c == m.group(1)] == [a]
+                checked += 1
+    assert checked > 10
 
 
 def test_tokenizer_round_trips_and_chat_template(world, tmp_path):
