@@ -71,12 +71,12 @@ def build_base(out_dir: str | Path, preset: str | dict = "full", threads: int = 
         from llava_lite.demo.smol import smollm2_dir
 
         paths["lm"] = paths["tokenizer"] = smollm2_dir()
-        steps = [(name, run) for name, run in steps if name not in ("tokenizer", "lm")]
+        steps = [(part, run) for part, run in steps if part not in ("tokenizer", "lm")]
         results |= {"tokenizer": {}, "lm": {}}
-    for name, run in steps:
+    for part, run in steps:
         t0 = time.time()
-        results[name] = run()
-        seconds[name] = round(time.time() - t0, 1)
+        results[part] = run()
+        seconds[part] = round(time.time() - t0, 1)
     summary = {
         "preset": preset if isinstance(preset, str) else name or "custom",
         "paths": {k: str(v) for k, v in paths.items()},

@@ -20,7 +20,7 @@ from llava_lite.demo.clip_pretrain import evaluate_clip, normalize, pretrain_cli
 from llava_lite.demo.corpus import world_documents
 from llava_lite.demo.lm_pretrain import answer_argmax, answers_right, mean_loss, pack, reading_questions
 from llava_lite.demo.presets import MARKER, PRESETS, resolve
-from llava_lite.demo.pretrain import build_world, pretrain_lm, train_tokenizer
+from llava_lite.demo.pretrain import build_base, build_world, pretrain_lm, train_tokenizer
 from llava_lite.demo.run import _data, _mixture
 from llava_lite.demo.world import HELDOUT_PAIRS
 
@@ -175,6 +175,17 @@ def test_lm_lookup_curriculum_trains_on_lookup_documents_first(base, tmp_path, m
     curriculum["lm"]["lookup"]["steps"] = 4
     with pytest.raises(ConfigError, match="lm.lookup.steps 4 must be in 1..lm.steps"):
         pretrain_lm(base / "world", base / "tokenizer", tmp_path / "bad", curriculum)
+
+
+def test_base_json_names_the_preset(base, tmp_path):
+    """base.json's "preset": the name handed in beside a preset dict (run_demo's, with its seeds), else "custom"."""
+    import shutil
+
+    for part in ("world", "tokenizer"):
+        shutil.copytree(base / part, tmp_path / part)
+    for name, want in (("tiny", "tiny"), (None, "custom")):
+        assert build_base(tmp_path, TINY, name=name)["preset"] == want
+        assert json.loads((tmp_path / "base.json").read_text())["preset"] == want
 
 
 def test_caption_reading_asks_stage_twos_questions_and_scores_greedy_answers(base):

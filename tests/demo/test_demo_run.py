@@ -1,7 +1,7 @@
 """The embedded default end to end: `llava-lite demo --preset fast` from nothing, as a user runs it.
 
-This is the slowest test (about 14 minutes on two cores in float32, 7 of them the LM): it builds the world, the tokenizer,
-the CLIP and the LM, runs both training stages, evaluates, and chats. Then it checks what a user is
+This is the slowest test (about 14 minutes on two cores in float32, 7 of them the LM): it builds the world,
+the tokenizer, the CLIP and the LM, runs both training stages, evaluates, and chats. Then it checks what a user is
 promised: the report, its plots, a model that really reads the image, and `llava-lite chat`.
 """
 from __future__ import annotations
