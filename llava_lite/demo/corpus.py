@@ -26,6 +26,14 @@ def chatml(messages: list[dict[str, str]]) -> str:
     return "".join(CHAT_TURN.format(role=m["role"], content=m["content"]) for m in messages)
 
 
+def dialogue(context: str, turns: list[tuple[str, str]]) -> str:
+    """A ChatML dialogue about one text: `context` opens the first question, then each (question, answer)."""
+    msgs = []
+    for i, (q, a) in enumerate(turns):
+        msgs += [{"role": "user", "content": f"{context}\n{q}" if i == 0 else q}, {"role": "assistant", "content": a}]
+    return chatml(msgs)
+
+
 def plural(word: str) -> str:
     return word + ("es" if word.endswith(("s", "x", "ch", "sh")) else "s")
 
@@ -76,13 +84,11 @@ def image_document(objs: list[dict], captions: list[str], rng: random.Random) ->
         return " ".join(captions)
     if kind < 0.5:
         return caption + "\n" + "\n".join(f"Q: {q}\nA: {a}" for q, a in qas)
-    msgs, short = [], rng.random() < 0.5
-    for i, (q, a) in enumerate(qas):
-        q = q + SHORT_SUFFIX if short else q
-        sentence = not short and a[:1].isalpha() and rng.random() < 0.5
-        msgs += [{"role": "user", "content": f"{caption}\n{q}" if i == 0 else q},
-                 {"role": "assistant", "content": a[:1].upper() + a[1:] + "." if sentence else a}]
-    return chatml(msgs)
+    short = rng.random() < 0.5
+    if short:
+        return dialogue(caption, [(q + SHORT_SUFFIX, a) for q, a in qas])
+    sentence = [a[:1].isalpha() and rng.random() < 0.5 for _, a in qas]  # "Red." for "red", at random
+    return dialogue(caption, [(q, a[:1].upper() + a[1:] + "." if s else a) for (q, a), s in zip(qas, sentence)])
 
 
 def assert_train_clean(images: list[dict], objects: dict[int, list[dict]]) -> None:
@@ -119,11 +125,8 @@ def lookup_documents(world_dir: str | Path, per_image: int, seed: int = 0) -> li
         for _ in range(per_image):
             named = rng.sample(objs, min(len(objs), rng.randint(2, 3)))
             sentence = cap(join([noun(o) for o in named])) + "."
-            msgs = []
-            for i, (q, a) in enumerate(qa_pairs(named, rng)[: rng.randint(1, 3)]):
-                msgs += [{"role": "user", "content": (sentence + "\n" if i == 0 else "") + q + SHORT_SUFFIX},
-                         {"role": "assistant", "content": a}]
-            out.append(chatml(msgs))
+            turns = qa_pairs(named, rng)[: rng.randint(1, 3)]
+            out.append(dialogue(sentence, [(q + SHORT_SUFFIX, a) for q, a in turns]))
     return out
 
 
