@@ -137,13 +137,14 @@ def pretrain_lm(world_dir: str | Path, tokenizer_dir: str | Path, out_dir: str |
         return done
     t0 = time.time()
     torch.manual_seed(p["seed"] + c.get("init_seed", 0))  # lm.init_seed (`llava-lite demo --lm-seed`): the init only
+    lookup = c.get("lookup")  # the lookup curriculum: lookup documents alone first, then the world's text
+    if lookup and not 0 < lookup["steps"] <= c["steps"]:
+        raise ConfigError(f"lm.lookup.steps {lookup['steps']} must be in 1..lm.steps ({c['steps']})")
     train_docs = world_documents(world_dir, "train", p["seed"]) + text_task_documents(world_dir, "train")
     assert_no_heldout(train_docs, "lm pre-training text")
     rows = pack(train_docs, tokenizer, c["seq_len"], p["seed"])
     phases = [(rows, c["steps"])]
-    if lookup := c.get("lookup"):  # the lookup curriculum: lookup documents alone first, then the world's text
-        if not 0 < lookup["steps"] <= c["steps"]:
-            raise ConfigError(f"lm.lookup.steps {lookup['steps']} must be in 1..lm.steps ({c['steps']})")
+    if lookup:
         docs = lookup_documents(world_dir, lookup["per_image"], p["seed"])
         assert_no_heldout(docs, "lookup documents")
         first = pack(docs, tokenizer, c["seq_len"], p["seed"])
