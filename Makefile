@@ -29,9 +29,10 @@ demo-fast: $(STAMP)
 demo-smol: $(STAMP)
 	$(BIN)/llava-lite demo --preset smol --out runs/demo-smol
 
+# --durations: the 20 slowest tests and their seconds at the end of the log (where CI's time goes)
 test: $(STAMP)
 	bash scripts/install_test_browser.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=20 $(PYTEST_ARGS)
 
 # The fast subset: every module still covered, the end-to-end runs (marked slow) left out.
 test-fast: $(STAMP)
