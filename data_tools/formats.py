@@ -1,4 +1,4 @@
-"""Writers: Conversation -> LLaVA JSON, ShareGPT, Alpaca, OpenAI messages or preference-pair records.
+"""Writers: Conversation -> LLaVA JSON, ShareGPT, Alpaca, OpenAI messages, preference-pair or text records.
 
 The readers are `llava_lite.data`; these writers are their inverse, so read -> write -> read
 gives back the same messages and images. Image paths are written relative to `image_folder`
@@ -20,7 +20,7 @@ from llava_lite.config import ConfigError
 from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.data.conversation import Conversation, DataError, ImageRef
 
-FORMATS = ("llava", "sharegpt", "alpaca", "openai", "pairs")
+FORMATS = ("llava", "sharegpt", "alpaca", "openai", "pairs", "text")
 _FROM = {"user": "human", "assistant": "gpt", "system": "system"}
 
 
@@ -112,8 +112,17 @@ def to_pairs(conv: Conversation, image_folder: str | os.PathLike | None = None) 
             "rejected": [{"role": "assistant", "content": conv.rejected}]}
 
 
+def to_text(conv: Conversation, image_folder: str | os.PathLike | None = None) -> dict[str, Any]:
+    """A text document (read from format "text", trained plain); no conversation is one."""
+    if conv.mode != "plain":
+        raise DataError(f"{conv.where}: format 'text' holds plain documents only; this record is a conversation")
+    rec: dict[str, Any] = {"id": conv.id} if conv.id else {}
+    return {**rec, "text": conv.messages[-1].content}
+
+
 WRITERS: dict[str, Callable[[Conversation, Any], dict[str, Any]]] = {
     "llava": to_llava, "sharegpt": to_sharegpt, "alpaca": to_alpaca, "openai": to_openai, "pairs": to_pairs,
+    "text": to_text,
 }
 
 
@@ -136,6 +145,8 @@ def write_conversations(
     records, skipped = [], []
     for conv in convs:
         try:
+            if conv.mode == "plain" and fmt != "text":  # as a conversation it would train as a chat answer
+                raise DataError(f"{conv.where}: a text document can only be written as format 'text'")
             records.append(WRITERS[fmt](conv, image_folder))
         except DataError as e:
             skipped.append((conv.where, str(e)))

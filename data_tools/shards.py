@@ -20,7 +20,7 @@ from tqdm import tqdm
 from llava_lite.data.readers import read_conversations
 from llava_lite.data.streaming import iter_shard_conversations
 
-from .formats import to_llava
+from .formats import to_llava, to_text
 
 __all__ = ["iter_shard_conversations", "write_shards"]
 
@@ -63,6 +63,7 @@ def write_shards(
                 name = ext if len(conv.images) == 1 else f"{j}.{ext}"
                 sample[name] = data
                 names.append(name)
-            sample["json"] = json.dumps({**to_llava(conv, folder), "image_keys": names}).encode()
+            rec = to_text(conv) if conv.mode == "plain" else to_llava(conv, folder)  # a document stays one
+            sample["json"] = json.dumps({**rec, "image_keys": names}).encode()
             sink.write(sample)
     return sorted(out_dir.glob("shard-*.tar"))

@@ -76,16 +76,17 @@ class SourceConfig:
     weight: a repeat factor per epoch, re-drawn every epoch from (train.seed, epoch). The source
     gives round(weight * records) records to each epoch: whole passes over a fresh shuffle
     first, then a fresh random subset for the fraction. 2.5 = every record twice plus a
-    different random half each epoch; 0.5 = a different half each epoch; 0 = unused. A
-    general-text source with a weight is the replay source (against forgetting) in a stage-2 or
-    domain mixture. Shard sources are streamed and take every sample once per epoch (weight 1).
+    different random half each epoch; 0.5 = a different half each epoch; 0 = unused. A general-text
+    source with a weight is the replay source (against forgetting) in a stage-2 or domain mixture:
+    documents ({"text": ...}, format "text": <bos>text<eos>, all supervised) or text conversations.
+    Shard sources are streamed and take every sample once per epoch (weight 1).
     """
 
     path: str = ""  # a JSON list or JSONL file of conversations
     # instead of path: "dir/shard-{000000..000003}.tar", a glob, or a list
     shards: Optional[Union[str, list[str]]] = None
     name: Optional[str] = None  # shown in the mixture log (default: the file name)
-    format: Literal["auto", "llava", "sharegpt", "alpaca", "openai", "pairs"] = "auto"
+    format: Literal["auto", "llava", "sharegpt", "alpaca", "openai", "pairs", "text"] = "auto"  # text: plain docs
     image_folder: Optional[str] = None  # default: the file's own directory (shards carry their images)
     weight: float = 1.0  # repeat factor per epoch (see above)
     # Records of independent questions about one image (short-answer VQA): train each question

@@ -46,6 +46,7 @@ class Conversation:
     source: str = ""  # "path:line" or "path[index]" for error messages
     isolate_turns: bool = False  # its source's isolate_turns: each question trained alone (data/isolate.py)
     rejected: str | None = None  # a preference pair (data/pairs.py): the dispreferred last answer
+    mode: str | None = None  # how it renders when not as the stage's data.mode: "plain" for a text document
 
     @property
     def where(self) -> str:

@@ -102,6 +102,8 @@ class ConversationDataset(Dataset):
             except DataError as e:
                 return self.skipped(conv.source, conv.id, e.reason, str(e), "image")
             kw = kw | {"image_seq_len": [self.image_tokens(size) for size in sizes]}
+        if conv.mode:  # a text document (format "text") renders plain in any stage: <bos>text<eos>, all supervised
+            kw = kw | {"mode": conv.mode}
         try:
             r = (render_isolated if conv.isolate_turns else render)(conv, self.tokenizer, **kw)
         except RenderError as e:

@@ -16,11 +16,9 @@ the same confinement as every other format.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from llava_lite.constants import IMAGE_TOKEN
 from llava_lite.data.conversation import Conversation, Message
+from llava_lite.data.openai_format import openai_content, openai_turns
 
 PAIR_KEYS = ("prompt", "chosen", "rejected")
 
@@ -32,7 +30,7 @@ def _image_list(rec: dict) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def _answer(rec: dict, key: str, r, content: Callable) -> str:
+def _answer(rec: dict, key: str, r) -> str:
     value = rec.get(key)
     if isinstance(value, str):
         return value
@@ -41,7 +39,7 @@ def _answer(rec: dict, key: str, r, content: Callable) -> str:
         if turn.get("role") != "assistant":
             raise r.fail(f"{key}[0].role", f"must be 'assistant', got {turn.get('role')!r}", "not a pair")
         images: list = []
-        text = content(turn.get("content"), f"{key}[0].content", r, images)
+        text = openai_content(turn.get("content"), f"{key}[0].content", r, images)
         if images:
             raise r.fail(f"{key}[0].content", "holds an image; answers are text", "placeholder inside answer")
         return text
@@ -65,7 +63,7 @@ def _fill_bare_images(turns: list, refs: list, r) -> None:
         raise r.fail("images", f"has {len(pending)} image(s) no image part takes", "placeholder count mismatch")
 
 
-def _prompt(rec: dict, r, turns: Callable) -> tuple[list[Message], list]:
+def _prompt(rec: dict, r) -> tuple[list[Message], list]:
     prompt, refs = rec.get("prompt"), _image_list(rec)
     if isinstance(prompt, str):
         images = [r.image(ref, "image") for ref in refs]
@@ -76,7 +74,7 @@ def _prompt(rec: dict, r, turns: Callable) -> tuple[list[Message], list]:
         raise r.fail("prompt", "must be a string or a non-empty list of {role, content} messages", "not a pair")
     _fill_bare_images(prompt, refs, r)
     images: list = []
-    messages = turns(prompt, "prompt", r, images)
+    messages = openai_turns(prompt, "prompt", r, images)
     if refs and not images:  # TRL records whose text has no image part: the images go first
         images = [r.image(ref, "images") for ref in refs]
         first = next(i for i, m in enumerate(messages) if m.role == "user")
@@ -84,20 +82,18 @@ def _prompt(rec: dict, r, turns: Callable) -> tuple[list[Message], list]:
     return messages, images
 
 
-def parse_pair(rec: dict, r, content: Callable[[Any, str, Any, list], str],
-               turns: Callable[[list, str, Any, list], list[Message]]) -> Conversation:
+def parse_pair(rec: dict, r) -> Conversation:
     """One pair record -> Conversation(prompt + chosen, rejected=...). `r` is the reader's record
-    context (readers._Record); `content` reads an OpenAI-style content value (string or parts), `turns`
-    a list of {role, content} messages (readers._openai_turns)."""
+    context (readers._Record); OpenAI-style messages and content parts are read as the OpenAI format's."""
     missing = [k for k in PAIR_KEYS if k not in rec]
     if missing:
         raise r.fail(missing[0], "is missing (a preference pair needs 'prompt', 'chosen' and 'rejected')",
                      "not a pair")
-    messages, images = _prompt(rec, r, turns)
+    messages, images = _prompt(rec, r)
     if messages[-1].role != "user":
         raise r.fail("prompt", "must end with a user message (the question both answers reply to)", "not a pair")
-    chosen = _answer(rec, "chosen", r, content)
+    chosen = _answer(rec, "chosen", r)
     messages.append(r.answer("assistant", chosen, "chosen"))
-    rejected = _answer(rec, "rejected", r, content)
+    rejected = _answer(rec, "rejected", r)
     r.answer("assistant", rejected, "rejected")
     return Conversation(messages, images, rejected=rejected)

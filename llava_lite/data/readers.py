@@ -1,4 +1,4 @@
-"""Read LLaVA, ShareGPT, Alpaca, OpenAI-chat and preference-pair files into Conversations.
+"""Read LLaVA, ShareGPT, Alpaca, OpenAI-chat, preference-pair and text-document files into Conversations.
 
 Images are not opened here: a Conversation's `images` holds resolved paths (confined to the
 image folder, see `images.resolve_image`), or PIL images for inline `data:` URLs. Every error
@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, Union, overload
 
 from llava_lite.config import ConfigError
-from llava_lite.constants import IMAGE_TOKEN
-from llava_lite.data.conversation import ROLES, Conversation, DataError, ImageRef, Message
+from llava_lite.data.conversation import Conversation, DataError, ImageRef, Message
 from llava_lite.data.images import decode_data_url, resolve_image
+from llava_lite.data.openai_format import parse_openai
 from llava_lite.data.pairs import PAIR_KEYS, parse_pair
 from llava_lite.data.rejects import Reject
 
-FORMATS = ("llava", "sharegpt", "alpaca", "openai", "pairs")
+FORMATS = ("llava", "sharegpt", "alpaca", "openai", "pairs", "text")
 PathLike = Union[str, "os.PathLike[str]"]
 
 _LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -111,64 +111,18 @@ def _alpaca(rec: dict, r: _Record) -> Conversation:
     return Conversation([Message("user", prompt), r.answer("assistant", r.text(rec, "output"), "output")])
 
 
-def _openai_content(content: Any, field: str, r: _Record, images: list[ImageRef]) -> str:
-    """A string, or a list of text / image parts; each image part becomes a placeholder in place."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise r.fail(field, f"must be a string or a list of parts, got {type(content).__name__}")
-    pieces = []
-    for j, part in enumerate(content):
-        pf = f"{field}[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            pieces.append(r.text(part, "text", f"{pf}.text"))
-        elif kind == "image_url":
-            url = part.get("image_url")
-            # {"url": ...} is the OpenAI spelling; a bare string is a common shorthand.
-            if isinstance(url, dict):
-                images.append(r.image(url.get("url"), f"{pf}.image_url.url"))
-            else:
-                images.append(r.image(url, f"{pf}.image_url"))
-            pieces.append(IMAGE_TOKEN)
-        elif kind == "image":
-            images.append(r.image(part.get("image"), f"{pf}.image"))
-            pieces.append(IMAGE_TOKEN)
-        else:
-            raise r.fail(f"{pf}.type", f"must be 'text', 'image_url' or 'image', got {kind!r}")
-    return "\n".join(pieces)
-
-
-def _openai_turns(turns: list, key: str, r: _Record, images: list[ImageRef]) -> list[Message]:
-    """OpenAI-style {role, content} turns (field `key`) -> Messages; their image parts are appended to `images`.
-    Shared by the OpenAI format and preference pairs' TRL-style prompts (data/pairs.py)."""
-    messages: list[Message] = []
-    for i, turn in enumerate(turns):
-        field = f"{key}[{i}]"
-        if not isinstance(turn, dict):
-            raise r.fail(field, f"must be an object, got {type(turn).__name__}")
-        role = r.text(turn, "role", f"{field}.role")
-        if role not in ROLES:
-            raise r.fail(f"{field}.role", f"has unknown role {role!r} (expected one of {list(ROLES)})", "unknown role")
-        content = _openai_content(turn.get("content"), f"{field}.content", r, images)
-        messages.append(r.answer(role, content, f"{field}.content"))
-    return messages
-
-
-def _openai(rec: dict, r: _Record) -> Conversation:
-    turns = rec.get("messages")
-    if not isinstance(turns, list) or not turns:
-        raise r.fail("messages", "must be a non-empty list of {role, content} messages", "no conversations")
-    images: list[ImageRef] = []
-    return Conversation(_openai_turns(turns, "messages", r, images), images)
+def _text(rec: dict, r: _Record) -> Conversation:
+    """A plain document ({"text": ...}): trained as an LM trains, `<bos>text<eos>` with loss on every token."""
+    return Conversation([Message("user", ""), r.answer("assistant", r.text(rec, "text"), "text")], mode="plain")
 
 
 _PARSERS: dict[str, Callable[[dict, _Record], Conversation]] = {
     "llava": lambda rec, r: _turns(rec, r, _LLAVA_ROLES),
     "sharegpt": lambda rec, r: _turns(rec, r, _SHAREGPT_ROLES),
     "alpaca": _alpaca,
-    "openai": _openai,
-    "pairs": lambda rec, r: parse_pair(rec, r, _openai_content, _openai_turns),
+    "openai": parse_openai,
+    "pairs": parse_pair,
+    "text": _text,
 }
 
 
@@ -214,10 +168,12 @@ def _detect(rec: dict, path: str) -> str:
         return "pairs"
     if {"instruction", "output"} <= keys:
         return "alpaca"
+    if "text" in keys:
+        return "text"
     raise DataError(
         f"{path}: cannot tell the format from the first record's keys {sorted(keys)}: expected 'conversations' "
-        "(llava/sharegpt), 'messages' (openai), 'instruction' + 'output' (alpaca) or 'prompt' + 'chosen' + 'rejected' "
-        "(pairs); pass fmt= explicitly"
+        "(llava/sharegpt), 'messages' (openai), 'instruction' + 'output' (alpaca), 'prompt' + 'chosen' + 'rejected' "
+        "(pairs) or 'text' (text); pass fmt= explicitly"
     )
 
 

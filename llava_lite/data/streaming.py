@@ -107,9 +107,11 @@ def decode_sample(sample: dict) -> Conversation:
     names = rec.get("image_keys", [])
     if not isinstance(names, list):
         raise DataError(f"{where}: field 'image_keys' must be a list of member names, got {names!r}")
-    # The text goes through the LLaVA reader; the images come from the members, not from paths.
+    # The text goes through the LLaVA reader (a text document's through the text reader); the images come
+    # from the members, not from paths.
     text = {k: v for k, v in rec.items() if k not in ("image", "images")}
-    conv = _PARSERS["llava"](text, _Record(where, rid, "", False))
+    kind = "text" if "conversations" not in text and "text" in text else "llava"
+    conv = _PARSERS[kind](text, _Record(where, rid, "", False))
     for name in names:
         if name not in sample:
             raise DataError(f"{where} (id={rid!r}): field 'image_keys' names a member {name!r} the sample lacks")
