@@ -2,7 +2,7 @@
 
     readers.py     LLaVA / ShareGPT / Alpaca / OpenAI / pair / text files -> Conversation (validated once, here)
     openai_format.py  the OpenAI chat format's turns and content parts (the OpenAI reader, preference prompts)
-    streaming.py   webdataset shards -> Conversation (the same LLaVA reader), split by process/worker
+    streaming.py   webdataset shards -> Conversation (the same LLaVA or text reader), split by process/worker
     conversation.py  the one schema: messages (role + text) and their images
     images.py      opening images as RGB, with every failure a DataError; pad-to-square
     render.py      Conversation -> input_ids + labels from the tokenizer's chat template

@@ -3,10 +3,11 @@ reading side of `llava-lite data shards` (`data_tools.shards` writes them and re
 `iter_shard_conversations` from here).
 
 Layout. Each sample is `<key>.json` (a LLaVA record plus `image_keys`, naming its image members
-in order) and the image files' bytes as stored on disk (`<key>.png`, or `<key>.0.png`,
-`<key>.1.jpg`... for several). Tar reading and the shuffle buffer are webdataset's
-(`tarfile_samples`, `filters.shuffle`); the record is parsed by the same LLaVA reader as a JSON
-file, and (in training) rendered by the same `ConversationDataset.sample` as the JSON path.
+in order; a text document is a `{"text": ...}` record) and the image files' bytes as stored on disk
+(`<key>.png`, or `<key>.0.png`, `<key>.1.jpg`... for several). Tar reading and the shuffle buffer
+are webdataset's (`tarfile_samples`, `filters.shuffle`); the record is parsed by the same LLaVA (or
+text) reader as a JSON file, and (in training) rendered by the same `ConversationDataset.sample` as
+the JSON path.
 
 Splitting. One epoch has `world_size * readers` readers, `readers = max(1, num_workers)` per
 process; reader (rank r, worker w) is slot `w * world_size + r`. The epoch's shard list (in
