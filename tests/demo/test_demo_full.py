@@ -1,4 +1,4 @@
-"""The full demo as `make demo` runs it, from nothing, with floors on what it learns (~25 min on two
+"""The full demo as `make demo` runs it, from nothing, with floors on what it learns (~23 min on two
 cores: world, tokenizer, CLIP and LM pre-training, both stages, evaluation).
 
 Every other test stays green when the demo model stops reading its images; this one does not. The
