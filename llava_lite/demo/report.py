@@ -56,12 +56,25 @@ def write_summary(out: Path, report: dict) -> None:
         "| question type | stage 1 | stage 2 | stage 2, another image |", "|---|---|---|---|",
         *[f"| {t} | {report['stage1_vqa_accuracy_by_type'].get(t, 0):.1%} | {report['vqa_accuracy_by_type'][t]:.1%} | "
           f"{report['other_image_vqa_accuracy_by_type'][t]:.1%} |" for t in types],
+        *_binding_lines(report.get("vqa_accuracy_by_choices_in_image") or []),
         *_base_lines(report.get("base_models") or {}),
         *_pope_choice_lines(report),
         *_forgetting_lines(report),
         "", "![loss](loss_curves.png)", "", "![accuracy](vqa_accuracy.png)", "",
     ]
     (out / "report.md").write_text("\n".join(lines))
+
+
+def _binding_lines(rows: list[dict]) -> list[str]:
+    """Colour and shape questions by how many colours (shapes) the image holds: a model that reads the image's
+    colours but does not bind one to the object asked about scores 1/n there (README, "What moves the demo's
+    number")."""
+    if not rows:
+        return []
+    return ["", "| binding: question type, answers of its kind in the image | questions | stage 2 | "
+                "without binding (1/n) |", "|---|---|---|---|",
+            *[f"| {r['category']}, {r['choices_in_image']} | {r['questions']} | {r['accuracy']:.1%} | "
+              f"{1 / r['choices_in_image']:.1%} |" for r in rows]]
 
 
 def _base_lines(base: dict) -> list[str]:

@@ -32,7 +32,7 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
              "instruct_test": d / "instruct_test.json",
              "vqa": d / "vqa_test.jsonl", "general": d / "general_test.txt"}
     paths |= {f"text_{k}": wd / "text_tasks" / f"{k}.json" for k in ("train", "test")}  # written with the world
-    settings = {"seed": preset["seed"], "short_per_type": preset["short_per_type"]}
+    settings = {"seed": preset["seed"], "short_per_type": preset["short_per_type"], "vqa_rows": 2}
     made = d / "settings.json"
     if all(p.is_file() for p in paths.values()) and made.is_file() and json.loads(made.read_text()) == settings:
         return paths
@@ -55,7 +55,7 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
     unseen = {im["id"]: im.get("unseen_combo", False)
               for im in json.loads((wd / "annotations" / "instances_test.json").read_text())["images"]}
     rows = [{"question_id": i, "image": s.file_name, "text": qa["question"], "answer": qa["answer"],
-             "category": qa["type"], "unseen_combo": unseen[int(s.id)]}
+             "category": qa["type"], "unseen_combo": unseen[int(s.id)], **_choices_in_image(s.objects, qa["type"])}
             for i, (s, qa) in enumerate(vqa_questions(wd, preset["seed"]))]
     paths["vqa"].write_text("".join(json.dumps(r) + "\n" for r in rows))
     from llava_lite.demo.corpus import world_documents
@@ -63,6 +63,16 @@ def _data(out: Path, preset: dict, world: dict) -> dict[str, Path]:
     paths["general"].write_text("\n".join(doc.replace("\n", " ") for doc in world_documents(wd, "test")) + "\n")
     made.write_text(json.dumps(settings))
     return paths
+
+
+BOUND = {"color": "color", "shape": "category"}  # question type -> the object attribute its answer is
+
+
+def _choices_in_image(objects: list[dict], kind: str) -> dict:
+    """For a colour or shape question ("What color is the star?"), how many distinct answers of its kind the image
+    holds: a model that reads the image's colours without binding them to the object asked about scores 1/n on
+    these (`vqa_accuracy_by_choices_in_image` in the report)."""
+    return {"choices_in_image": len({o[BOUND[kind]] for o in objects})} if kind in BOUND else {}
 
 
 def _mixture(data: dict[str, Path], images: Path, weights: dict[str, float]) -> str:

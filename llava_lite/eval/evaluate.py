@@ -45,16 +45,20 @@ def vqa_accuracy(assistant: Assistant, questions: list[dict], image_folder: str 
                  answers_path: Path | None = None, max_new_tokens: int = 16, batch_size: int = 32,
                  replies: list[str] | None = None) -> dict:
     """Exact match with each question's one `answer` (scorers.vqa_score: VQAv2 normalisation), per
-    question type. Greedy answers, `batch_size` questions per forward pass (the answers one at a time
-    would get, up to float rounding in bf16), unless `replies` are given."""
+    question type, and per type and `choices_in_image` where rows carry it (how many answers of the question's
+    kind the image holds: the demo's colour and shape questions). Greedy answers, `batch_size` questions per
+    forward pass (the answers one at a time would get, up to float rounding in bf16), unless `replies` are given."""
     if replies is None:
         replies = answer_questions(assistant, questions, image_folder, "vqa", max_new_tokens, batch_size)
     hits: dict[str, list[bool]] = defaultdict(list)
     unseen: list[bool] = []
+    by_choices: dict[tuple[str, int], list[bool]] = defaultdict(list)
     out = open(answers_path, "w") if answers_path else None
     for q, text in zip(questions, replies):
         ok = vqa_score(text, q["answer"]) == 1.0
         hits[q.get("category", "all")].append(ok)
+        if "choices_in_image" in q:
+            by_choices[q.get("category", "all"), int(q["choices_in_image"])].append(ok)
         if q.get("unseen_combo"):
             unseen.append(ok)
         if out:
@@ -68,6 +72,8 @@ def vqa_accuracy(assistant: Assistant, questions: list[dict], image_folder: str 
         "vqa_accuracy": sum(everything) / max(1, len(everything)),
         "vqa_accuracy_by_type": {k: sum(v) / len(v) for k, v in sorted(hits.items())},
         "vqa_accuracy_unseen_combos": sum(unseen) / len(unseen) if unseen else None,
+        "vqa_accuracy_by_choices_in_image": [{"category": c, "choices_in_image": n, "questions": len(v),
+                                              "accuracy": sum(v) / len(v)} for (c, n), v in sorted(by_choices.items())],
         "vqa_questions": len(everything),
         "chance_accuracy": uniform,
         "majority_accuracy": majority,

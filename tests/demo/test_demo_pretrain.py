@@ -255,6 +255,13 @@ def test_demo_data_step_on_the_tiny_world(base):
     rows = [json.loads(line) for line in paths["vqa"].read_text().splitlines()]
     assert rows and all({"question_id", "image", "text", "answer", "category", "unseen_combo"} <= set(r) for r in rows)
     assert [r["question_id"] for r in rows] == list(range(len(rows)))
+    inst = json.loads((base / "world" / "annotations" / "instances_test.json").read_text())
+    names = {c["id"]: c["name"] for c in inst["categories"]}
+    held = {im["file_name"]: [a for a in inst["annotations"] if a["image_id"] == im["id"]] for im in inst["images"]}
+    for r in rows:  # colour and shape questions say how many colours (shapes) their image holds; the others nothing
+        kind = {"color": lambda a: a["color"], "shape": lambda a: names[a["category_id"]]}.get(r["category"])
+        assert r.get("choices_in_image") == (len({kind(a) for a in held[r["image"]]}) if kind else None)
+    assert {r["category"] for r in rows if r.get("choices_in_image", 0) > 1} == {"color", "shape"}
     train_text = (paths["instruct_train"].read_text() + paths["short_train"].read_text()).lower()
     assert not [f"{c} {s}" for c, s in world["heldout_pairs"] if f"{c} {s}" in train_text]
     mtime = paths["vqa"].stat().st_mtime_ns

@@ -28,6 +28,8 @@ def made_up_report() -> dict:
                        {"metric": "general_ppl", "label": "world text perplexity", "base": 10.0, "tuned": 12.5,
                         "delta": 2.5, "ratio": 1.25}],
         "comparison_notes": ["the base LM has no chat template"],
+        "vqa_accuracy_by_choices_in_image": [{"category": "color", "choices_in_image": 3, "questions": 40,
+                                              "accuracy": 0.45}],
     }
 
 
@@ -43,6 +45,7 @@ def test_summary_tables_and_plots(tmp_path):
                  "| VQA exact match, unseen colour-shape combos | 0.0% |",  # None: no unseen combo was asked
                  "| instruction perplexity (held-out, response tokens) | 3.21 |", "| wall time | 92 s |",
                  "| color | 50.0% | 80.0% | 40.0% |", "| count | 25.0% | 60.0% | 30.0% |",
+                 "| color, 3 | 40 | 45.0% | 33.3% |",  # binding: 3 colours in the image, chance without binding 1/3
                  "| CLIP probe: object colour | 90.0% |",
                  "| LM reading: stage 2's questions, the image's captions in place of the image | 55.0% |",
                  "| the same questions with another image's captions (answer priors) | 31.0% |",

@@ -22,6 +22,20 @@ def test_chance_and_majority():
     assert majority == pytest.approx((2 + 1) / 6)
 
 
+def test_vqa_accuracy_by_choices_in_image():
+    """Rows that say how many answers of their kind the image holds are also scored per (type, that number)."""
+    from llava_lite.eval.evaluate import vqa_accuracy
+
+    rows = [{"question_id": i, "image": "x.png", "text": "What color is the star?", "answer": a, "category": "color",
+             **({"choices_in_image": n} if n else {})}
+            for i, (a, n) in enumerate([("red", 1), ("red", 2), ("blue", 2), ("green", 2), ("red", 0)])]
+    report = vqa_accuracy(None, rows, ".", replies=["red", "red", "red", "green", "blue"])
+    assert report["vqa_accuracy"] == pytest.approx(3 / 5)
+    assert report["vqa_accuracy_by_choices_in_image"] == [
+        {"category": "color", "choices_in_image": 1, "questions": 1, "accuracy": 1.0},
+        {"category": "color", "choices_in_image": 2, "questions": 3, "accuracy": pytest.approx(2 / 3)}]
+
+
 def test_eval_command_writes_consistent_report(tiny_lm, tmp_path, capsys):
     data = make_llava_data(tmp_path / "d", n=8)
     torch.manual_seed(0)
