@@ -37,6 +37,11 @@ def test_report_has_every_promised_key_and_plot(demo):
         assert (demo / name).stat().st_size > 0, name
     md = (demo / "report.md").read_text()
     assert f"{100 * report['vqa_accuracy']:.1f}" in md  # the summary shows the measured number
+    rows = report["vqa_accuracy_by_choices_in_image"]  # binding: colour and shape questions by colours/shapes held
+    assert {r["category"] for r in rows if r["choices_in_image"] > 1} == {"color", "shape"}
+    asked = [json.loads(x)["category"] for x in (demo / "data" / "vqa_test.jsonl").read_text().splitlines()]
+    assert sum(r["questions"] for r in rows) == sum(c in ("color", "shape") for c in asked)
+    assert "| binding:" in md
 
 
 def test_beats_chance_majority_and_stage1(demo):
