@@ -76,10 +76,10 @@ class SourceConfig:
     weight: a repeat factor per epoch, re-drawn every epoch from (train.seed, epoch). The source
     gives round(weight * records) records to each epoch: whole passes over a fresh shuffle
     first, then a fresh random subset for the fraction. 2.5 = every record twice plus a
-    different random half each epoch; 0.5 = a different half each epoch; 0 = unused. A general-text
-    source with a weight is the replay source (against forgetting) in a stage-2 or domain mixture:
-    documents ({"text": ...}, format "text": <bos>text<eos>, all supervised) or text conversations.
-    Shard sources are streamed and take every sample once per epoch (weight 1).
+    different random half each epoch; 0.5 = a different half each epoch; 0 = unused. A list is a
+    schedule, one weight per epoch, the last holding on: [0, 0.1] = left out of the first epoch. A
+    general-text source with a weight is the replay source (against forgetting): documents ({"text":
+    ...}, format "text", all supervised) or text conversations. Shards take every sample once an epoch.
     """
 
     path: str = ""  # a JSON list or JSONL file of conversations
@@ -88,7 +88,7 @@ class SourceConfig:
     name: Optional[str] = None  # shown in the mixture log (default: the file name)
     format: Literal["auto", "llava", "sharegpt", "alpaca", "openai", "pairs", "text"] = "auto"  # text: plain docs
     image_folder: Optional[str] = None  # default: the file's own directory (shards carry their images)
-    weight: float = 1.0  # repeat factor per epoch (see above)
+    weight: Union[float, list[float]] = 1.0  # repeat factor per epoch, or one per epoch (see above)
     # Records of independent questions about one image (short-answer VQA): train each question
     # alone, attending to the shared image prefix and itself only, so no answer is read from
     # another turn (data/isolate.py). Not for conversations whose turns build on each other.

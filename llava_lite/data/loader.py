@@ -36,8 +36,10 @@ def source_kind(sources, key: str = "data.sources") -> str:
         if bool(src.path) == bool(src.shards):
             raise ConfigError(f"{key}[{i}] needs exactly one of 'path' (a conversation file) or 'shards' "
                               f"(webdataset shards); got path={src.path!r}, shards={src.shards!r}")
-        if not src.weight >= 0 or math.isinf(src.weight):
-            raise ConfigError(f"{key}[{i}].weight must be a finite number >= 0, got {src.weight!r}")
+        weights = src.weight if isinstance(src.weight, list) else [src.weight]
+        if not weights or any(not w >= 0 or math.isinf(w) for w in weights):
+            raise ConfigError(f"{key}[{i}].weight must be a finite number >= 0 or a list of them (one per epoch), "
+                              f"got {src.weight!r}")
         if src.shards:
             if src.weight != 1.0:
                 raise ConfigError(f"{key}[{i}].weight={src.weight}: shard sources are streamed once per epoch and "

@@ -113,6 +113,11 @@ def difficulty(name: str) -> Callable[[Conversation], float]:
 
 
 # ---- a training run's file sources ---------------------------------------------------------------
+def weight_at(weight: float | list[float], epoch: int) -> float:
+    """A source's weight in `epoch`: a number is every epoch's; a list is one per epoch, the last holding on."""
+    return weight[min(epoch, len(weight) - 1)] if isinstance(weight, list) else weight
+
+
 @dataclass
 class Mixture:
     """Every source's records once, and how each epoch draws from them."""
@@ -120,21 +125,35 @@ class Mixture:
     conversations: list[Conversation]  # all sources, concatenated, each record once
     names: list[str]
     sizes: list[int]  # records per source
-    counts: list[int]  # records per source in every epoch
+    weights: list[float | list[float]]  # per source: a repeat factor per epoch, or one per epoch
     seed: int
     scores: list[list[float]] | None = None  # difficulty per record, for a curriculum
+
+    def counts_at(self, epoch: int) -> list[int]:
+        """Records per source in `epoch`."""
+        return repeat_counts(self.sizes, [weight_at(w, epoch) for w in self.weights])
 
     def epoch(self, epoch: int) -> list[int]:
         """Indices into `conversations` for one epoch, in order (shuffled, or easy to hard)."""
         offsets = [sum(self.sizes[:s]) for s in range(len(self.sizes))]
-        return [offsets[s] + i for s, i in epoch_draw(self.sizes, self.counts, self.seed, epoch, self.scores)]
+        pairs = epoch_draw(self.sizes, self.counts_at(epoch), self.seed, epoch, self.scores)
+        return [offsets[s] + i for s, i in pairs]
 
-    def __len__(self) -> int:  # records per epoch
-        return sum(self.counts)
+    def phases(self) -> int:
+        """Epochs until every weight holds on: 1 without a schedule."""
+        return max(len(w) if isinstance(w, list) else 1 for w in self.weights)
 
     def describe(self) -> str:
-        parts = [f"{name} {count}/{size}" for name, count, size in zip(self.names, self.counts, self.sizes)]
-        return f"{len(self)} records per epoch ({', '.join(parts)}; drawn afresh each epoch)"
+        def one(epoch: int) -> tuple[int, str]:
+            counts = self.counts_at(epoch)
+            return sum(counts), ", ".join(f"{n} {c}/{size}" for n, c, size in zip(self.names, counts, self.sizes))
+
+        last = self.phases() - 1
+        if not last:
+            return "{} records per epoch ({}; drawn afresh each epoch)".format(*one(0))
+        labels = [f"epoch {e}" for e in range(last)] + [f"from epoch {last}"]
+        return "; ".join("{}: {} records ({})".format(label, *one(e)) for e, label in enumerate(labels)) \
+            + "; drawn afresh each epoch"
 
 
 def source_name(src, i: int) -> str:
@@ -179,9 +198,9 @@ def load_mixture(sources, seed: int, curriculum: str | None = None, images: bool
                  on_bad: str = "error", allow_absolute: bool = False, rejects: list | None = None,
                  pairs: bool = False) -> Mixture:
     """Read every file source once; each epoch then draws round(weight * size) records of each
-    (see SourceConfig.weight). `images=False` (text-only stages) rejects records with images.
-    Bad records of all sources are reported together (on_bad="error") or dropped and appended to
-    `rejects` (on_bad="skip")."""
+    (see SourceConfig.weight; a list is one weight per epoch). `images=False` (text-only stages)
+    rejects records with images. Bad records of all sources are reported together (on_bad="error")
+    or dropped and appended to `rejects` (on_bad="skip")."""
     convs, bad = read_sources(sources, images, allow_absolute, pairs=pairs)
     if bad and on_bad != "skip":
         raise bad_records_error(bad)
@@ -189,16 +208,19 @@ def load_mixture(sources, seed: int, curriculum: str | None = None, images: bool
         rejects += bad
     conversations = [c for cs in convs for c in cs]
     sizes = [len(cs) for cs in convs]
-    counts = repeat_counts(sizes, [src.weight for src in sources])
-    empty = [src.path for src, n in zip(sources, sizes) if src.weight and not n]
+    weights = [src.weight for src in sources]
+    weighted = [any(w if isinstance(w, list) else [w]) for w in weights]
+    empty = [src.path for src, n, used in zip(sources, sizes, weighted) if used and not n]
     if empty:
         raise DataError(f"{empty[0]}: the source has a weight but no usable records"
                         + (f"; {describe(bad)}" if bad else ""), "empty file")
-    if not sum(counts):
-        raise ConfigError(f"data.sources: the weights leave no record in an epoch (sizes {sizes}, weights "
-                          f"{[src.weight for src in sources]})")
     scores = None
     if curriculum is not None:
         score = difficulty(curriculum)
         scores = [[score(c) for c in cs] for cs in convs]
-    return Mixture(conversations, [source_name(s, i) for i, s in enumerate(sources)], sizes, counts, seed, scores)
+    mix = Mixture(conversations, [source_name(s, i) for i, s in enumerate(sources)], sizes, weights, seed, scores)
+    for epoch in range(mix.phases()):
+        if not sum(mix.counts_at(epoch)):
+            raise ConfigError(f"data.sources: the weights leave no record in epoch {epoch} (sizes {sizes}, weights "
+                              f"{weights})")
+    return mix

@@ -76,14 +76,14 @@ def _choices_in_image(objects: list[dict], kind: str) -> dict:
 
 
 def _mixture(data: dict[str, Path], images: Path, weights: dict[str, float]) -> str:
-    """Stage 2's sources (the preset's "mixture": repeat factors per epoch, re-drawn every epoch) as a config
-    value; a source of weight 0 is left out. The short-answer record's questions are independent, so each is
-    trained alone (isolate_turns, data/isolate.py): in one context, later questions learn to read earlier
-    answers instead of the image (README, "What moves the demo's number")."""
+    """Stage 2's sources (the preset's "mixture": repeat factors per epoch, re-drawn every epoch, or a list of them,
+    one per epoch) as a config value; a source of weight 0 is left out. The short-answer record's questions are
+    independent, so each is trained alone (isolate_turns, data/isolate.py): in one context, later questions learn
+    to read earlier answers instead of the image (README, "What moves the demo's number")."""
     sources = {"long": f"path: {data['instruct_train']}, image_folder: {images}",
                "short": f"path: {data['short_train']}, image_folder: {images}, isolate_turns: true",
                "text": f"path: {data['text_train']}, format: alpaca"}
-    return "[" + ", ".join(f"{{{sources[k]}, weight: {w}}}" for k, w in weights.items() if w > 0) + "]"
+    return "[" + ", ".join(f"{{{sources[k]}, weight: {w}}}" for k, w in weights.items() if w != 0) + "]"
 
 
 def _train(config: str, overrides: list[str]) -> Path:

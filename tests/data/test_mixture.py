@@ -94,7 +94,7 @@ def test_load_mixture_maps_epochs_to_dataset_indices(tmp_path):
     sources = [SourceConfig(path=str(tmp_path / "a.json"), weight=0.5),
                SourceConfig(path=str(tmp_path / "b.json"), weight=1.5, name="replay")]
     mix = load_mixture(sources, seed=0, images=False)
-    assert len(mix.conversations) == 12 and mix.counts == [4, 6] and len(mix) == 10
+    assert len(mix.conversations) == 12 and mix.counts_at(0) == [4, 6] and mix.phases() == 1
     assert mix.describe().startswith("10 records per epoch (a.json 4/8, replay 6/4")
     for epoch in range(3):
         names = [mix.conversations[i].messages[0].content for i in mix.epoch(epoch)]
@@ -104,3 +104,20 @@ def test_load_mixture_maps_epochs_to_dataset_indices(tmp_path):
     assert mix.epoch(1) == mix.epoch(1) and mix.epoch(1) != mix.epoch(2)
     with pytest.raises(ConfigError, match="leave no record"):
         load_mixture([SourceConfig(path=str(tmp_path / "a.json"), weight=0.0)], seed=0, images=False)
+
+
+def test_a_list_of_weights_is_a_schedule_over_epochs(tmp_path):
+    """[0, 1] leaves a source out of epoch 0 and takes it whole from epoch 1 on; the last weight holds on."""
+    a = [{"instruction": f"a{i}", "output": "x"} for i in range(8)]
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps([{"instruction": f"b{i}", "output": "y"} for i in range(4)]))
+    sources = [SourceConfig(path=str(tmp_path / "a.json"), weight=[1.0, 0.5]),
+               SourceConfig(path=str(tmp_path / "b.json"), weight=[0, 1], name="late")]
+    mix = load_mixture(sources, seed=0, images=False)
+    assert mix.phases() == 2 and [mix.counts_at(e) for e in range(4)] == [[8, 0], [4, 4], [4, 4], [4, 4]]
+    assert mix.describe() == ("epoch 0: 8 records (a.json 8/8, late 0/4); from epoch 1: 8 records "
+                              "(a.json 4/8, late 4/4); drawn afresh each epoch")
+    first = [mix.conversations[i].messages[0].content for i in mix.epoch(0)]
+    assert sorted(first) == sorted(f"a{i}" for i in range(8))
+    with pytest.raises(ConfigError, match="leave no record in epoch 1"):
+        load_mixture([SourceConfig(path=str(tmp_path / "a.json"), weight=[1, 0])], seed=0, images=False)

@@ -170,11 +170,12 @@ def test_bad_image_names_file_and_record(tiny_lm, tmp_path, problem):
 
 @pytest.mark.slow  # 2.5 epochs of training, killed and resumed
 def test_fractional_weights_redraw_each_epoch_and_resume_exactly(tiny_lm, data, tmp_path, monkeypatch):
-    """Weights 0.5 / 0.25 draw a different subset every epoch (so even the number of image
-    batches varies); 2.5 epochs of steps are counted from the mixed epochs; killed inside
-    epoch 1 and resumed == never interrupted."""
+    """Weights 0.5 / [0, 0.25] draw a different subset every epoch (so even the number of image
+    batches varies), the replay source only from epoch 1 on (a schedule); 2.5 epochs of steps are
+    counted from the mixed epochs; killed inside epoch 1 and resumed == never interrupted."""
     args = ["train.epochs=2.5", "train.save_every=4", "train.lr=3e-3"]
-    cfg = lambda out: load_config(CONFIGS / "stage2.yaml", base(tiny_lm, out, two_sources(data, 0.5, 0.25), *args))
+    cfg = lambda out: load_config(CONFIGS / "stage2.yaml", base(tiny_lm, out, two_sources(data, 0.5, [0, 0.25]),
+                                                                 *args))
     rows = collections.defaultdict(list)  # epoch -> the unpadded token ids of every sample trained on
     real_step = Trainer._step
 
@@ -189,7 +190,8 @@ def test_fractional_weights_redraw_each_epoch_and_resume_exactly(tiny_lm, data, 
     a.run()
     monkeypatch.undo()
     mix = load_mixture(cfg(tmp_path / "a").data.sources, seed=0)
-    assert mix.counts == [18, 6] and mix.sizes == [36, 24]  # round(36 * 0.5), round(24 * 0.25)
+    assert mix.sizes == [36, 24] and mix.counts_at(0) == [18, 0]  # round(36 * 0.5); the replay comes in later
+    assert mix.counts_at(1) == mix.counts_at(2) == [18, 6]  # round(24 * 0.25), the last weight holding on
 
     def steps(epoch):
         idx = mix.epoch(epoch)
@@ -197,7 +199,8 @@ def test_fractional_weights_redraw_each_epoch_and_resume_exactly(tiny_lm, data, 
         return math.ceil(n_image / 4) + math.ceil((len(idx) - n_image) / 4)
 
     assert a.total_steps == steps(0) + steps(1) + math.ceil(steps(2) / 2) == len(losses(tmp_path / "a"))
-    assert len(rows[0]) == len(rows[1]) == 24 and sorted(rows[0]) != sorted(rows[1])  # a fresh draw each epoch
+    assert len(rows[0]) == 18 and len(rows[1]) == 24  # the replay source from epoch 1 on
+    assert len([r for r in rows[1] if r not in rows[0]]) > 6  # the 6 replay records and a fresh draw of the rest
 
     kill_at(monkeypatch, 10)
     with pytest.raises(KeyboardInterrupt):
@@ -258,6 +261,8 @@ def test_train_from_shards_and_resume(tiny_lm, data, tmp_path, monkeypatch):
     ("[{path: a.json}, {shards: a.tar}]", [], r"mixes conversation files and shard streams"),
     ("[{shards: a.tar}]", ["data.curriculum=length"], r"data.curriculum='length' .* shard streams cannot use it"),
     ("[{path: a.json, weight: -1}]", [], r"data.sources\[0\].weight must be a finite number >= 0"),
+    ("[{path: a.json, weight: [1, -1]}]", [], r"data.sources\[0\].weight must be .* or a list of them"),
+    ("[{path: a.json, weight: []}]", [], r"data.sources\[0\].weight must be .* \(one per epoch\), got \[\]"),
     ("[{path: a.json}]", ["data.eval_sources=[{shards: b.tar}]"], r"data.eval_sources must be conversation files"),
 ])
 def test_bad_data_configs_are_named(tmp_path, sources, extra, message):
