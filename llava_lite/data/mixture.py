@@ -12,7 +12,8 @@ one epoch. `epoch_draw` turns that into the epoch's list of (source, record) pai
   after any restart, which is what lets a resumed training run continue exactly.
 
 How many records a source contributes is the caller's choice: `repeat_counts` (training: the
-weight is a repeat factor per epoch, 2.5 = the source twice and a random half) or
+weight is a repeat factor per epoch, 2.5 = the source twice and a random half, or a list of them,
+one per epoch: `weight_at`) or
 `proportional_counts` (`llava-lite data mix`: an epoch of a given size split by weight).
 `Mixture` holds a training run's file sources (each record once) and draws each epoch through
 here; `data_tools.mix.mix_epoch` draws through the same functions.
