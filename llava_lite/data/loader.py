@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from llava_lite.config import ConfigError, DataConfig
 from llava_lite.data.conversation import Conversation
 from llava_lite.data.dataset import Collator, ConversationDataset
-from llava_lite.data.mixture import Mixture, bad_records_error, load_mixture, read_sources
+from llava_lite.data.mixture import Mixture, bad_records_error, load_mixture, read_sources, schedule
 from llava_lite.data.rejects import Rejects
 from llava_lite.data.sampler import ModalityLengthBatchSampler
 from llava_lite.data.streaming import ShardStream, expand_shards
@@ -36,7 +36,7 @@ def source_kind(sources, key: str = "data.sources") -> str:
         if bool(src.path) == bool(src.shards):
             raise ConfigError(f"{key}[{i}] needs exactly one of 'path' (a conversation file) or 'shards' "
                               f"(webdataset shards); got path={src.path!r}, shards={src.shards!r}")
-        weights = src.weight if isinstance(src.weight, list) else [src.weight]
+        weights = schedule(src.weight)
         if not weights or any(not w >= 0 or math.isinf(w) for w in weights):
             raise ConfigError(f"{key}[{i}].weight must be a finite number >= 0 or a list of them (one per epoch), "
                               f"got {src.weight!r}")

@@ -13,7 +13,7 @@ one epoch. `epoch_draw` turns that into the epoch's list of (source, record) pai
 
 How many records a source contributes is the caller's choice: `repeat_counts` (training: the
 weight is a repeat factor per epoch, 2.5 = the source twice and a random half, or a list of them,
-one per epoch: `weight_at`) or
+one per epoch: `schedule`) or
 `proportional_counts` (`llava-lite data mix`: an epoch of a given size split by weight).
 `Mixture` holds a training run's file sources (each record once) and draws each epoch through
 here; `data_tools.mix.mix_epoch` draws through the same functions.
@@ -114,9 +114,9 @@ def difficulty(name: str) -> Callable[[Conversation], float]:
 
 
 # ---- a training run's file sources ---------------------------------------------------------------
-def weight_at(weight: float | list[float], epoch: int) -> float:
-    """A source's weight in `epoch`: a number is every epoch's; a list is one per epoch, the last holding on."""
-    return weight[min(epoch, len(weight) - 1)] if isinstance(weight, list) else weight
+def schedule(weight: float | list[float]) -> list[float]:
+    """A source's weight as one weight per epoch, the last holding on (a number is every epoch's)."""
+    return list(weight) if isinstance(weight, list) else [weight]
 
 
 @dataclass
@@ -126,13 +126,13 @@ class Mixture:
     conversations: list[Conversation]  # all sources, concatenated, each record once
     names: list[str]
     sizes: list[int]  # records per source
-    weights: list[float | list[float]]  # per source: a repeat factor per epoch, or one per epoch
+    weights: list[list[float]]  # per source: a repeat factor per epoch, the last holding on (schedule())
     seed: int
     scores: list[list[float]] | None = None  # difficulty per record, for a curriculum
 
     def counts_at(self, epoch: int) -> list[int]:
         """Records per source in `epoch`."""
-        return repeat_counts(self.sizes, [weight_at(w, epoch) for w in self.weights])
+        return repeat_counts(self.sizes, [w[min(epoch, len(w) - 1)] for w in self.weights])
 
     def epoch(self, epoch: int) -> list[int]:
         """Indices into `conversations` for one epoch, in order (shuffled, or easy to hard)."""
@@ -142,7 +142,7 @@ class Mixture:
 
     def phases(self) -> int:
         """Epochs until every weight holds on: 1 without a schedule."""
-        return max(len(w) if isinstance(w, list) else 1 for w in self.weights)
+        return max(map(len, self.weights))
 
     def describe(self) -> str:
         def one(epoch: int) -> tuple[int, str]:
@@ -209,9 +209,8 @@ def load_mixture(sources, seed: int, curriculum: str | None = None, images: bool
         rejects += bad
     conversations = [c for cs in convs for c in cs]
     sizes = [len(cs) for cs in convs]
-    weights = [src.weight for src in sources]
-    weighted = [any(w if isinstance(w, list) else [w]) for w in weights]
-    empty = [src.path for src, n, used in zip(sources, sizes, weighted) if used and not n]
+    weights = [schedule(src.weight) for src in sources]
+    empty = [src.path for src, n, w in zip(sources, sizes, weights) if any(w) and not n]
     if empty:
         raise DataError(f"{empty[0]}: the source has a weight but no usable records"
                         + (f"; {describe(bad)}" if bad else ""), "empty file")

@@ -75,7 +75,7 @@ def _choices_in_image(objects: list[dict], kind: str) -> dict:
     return {"choices_in_image": len({o[BOUND[kind]] for o in objects})} if kind in BOUND else {}
 
 
-def _mixture(data: dict[str, Path], images: Path, weights: dict[str, float]) -> str:
+def _mixture(data: dict[str, Path], images: Path, weights: dict[str, float | list[float]]) -> str:
     """Stage 2's sources (the preset's "mixture": repeat factors per epoch, re-drawn every epoch, or a list of them,
     one per epoch) as a config value; a source of weight 0 is left out. The short-answer record's questions are
     independent, so each is trained alone (isolate_turns, data/isolate.py): in one context, later questions learn
