@@ -139,6 +139,7 @@ class TrainConfig:
     projector_lr: Optional[float] = None  # default: lr
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
+    decay_ratio: float = 1.0  # the cosine's share of the steps after warmup; the peak holds before it (WSD)
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
     group_by_modality_length: bool = True
@@ -149,14 +150,13 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0
     seed: int = 0
-    # Against forgetting: loss = CE + kl_to_base * KL(base || tuned), the KL summed over
-    # the supervised positions of every batch (text-only and replay batches too) and averaged like
-    # the CE. Direction: base -> tuned ("forward" KL, distillation from the base, as in Learning
-    # without Forgetting): it penalises the tuned model for dropping probability the base gave to
-    # other continuations, so the base's alternatives (its skills) stay covered while the target
-    # token still gains mass; reverse KL (RLHF's) is mode-seeking and would let them go. The base
-    # under LoRA is the same LM with its adapters disabled (no second copy), under full fine-tuning
-    # a frozen copy of the starting LM in model.dtype; the starting projector is kept frozen too.
+    # Against forgetting: loss = CE + kl_to_base * KL(base || tuned), the KL summed over the supervised
+    # positions of every batch (text-only and replay batches too) and averaged like the CE. Direction: base ->
+    # tuned ("forward" KL, distillation from the base, as in Learning without Forgetting): it penalises the tuned
+    # model for dropping probability the base gave to other continuations, so the base's alternatives (its
+    # skills) stay covered while the target token still gains mass; reverse KL (RLHF's) is mode-seeking and would
+    # let them go. The base under LoRA is the same LM with its adapters disabled (no second copy), under full
+    # fine-tuning a frozen copy of the starting LM in model.dtype; the starting projector is kept frozen too.
     # 0 = off, exactly the plain loss. Logged apart from the CE as `kl` (llava_lite/train/kl.py).
     kl_to_base: float = 0.0
 

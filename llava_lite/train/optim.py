@@ -27,12 +27,19 @@ def build_optimizer(model: nn.Module, stage: Stage, t: TrainConfig) -> torch.opt
     return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()])
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int, floor: float = 0.0):
-    """Linear warmup over `warmup` steps, then a cosine from the peak down to `floor` x peak."""
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int, floor: float = 0.0,
+                       decay_ratio: float = 1.0):
+    """Linear warmup over `warmup` steps, then a cosine from the peak down to `floor` x peak over the last
+    `decay_ratio` share of the steps after warmup; before it the learning rate holds at the peak
+    (warmup-stable-decay, as MiniCPM's WSD). 1.0: the cosine starts right after warmup."""
+    if not 0.0 < decay_ratio <= 1.0:
+        raise ConfigError(f"train.decay_ratio is {decay_ratio}: it must be in (0, 1] (1.0: a cosine after warmup)")
+    start = warmup + round((1.0 - decay_ratio) * max(0, total - warmup))
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
+        progress = max(0, step - start) / max(1, total - start)
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

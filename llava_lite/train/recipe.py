@@ -118,7 +118,8 @@ class Trainer:
         self.last_stats: dict[str, float] = {}
         self.total_steps = t.max_steps if t.max_steps > 0 else self._steps_for_epochs(t.epochs)
         logger.info(f"{self._epoch_steps(0)} optimizer steps per epoch, {self.total_steps} in all")
-        self.scheduler = cosine_with_warmup(self.optimizer, round(t.warmup_ratio * self.total_steps), self.total_steps)
+        self.scheduler = cosine_with_warmup(self.optimizer, round(t.warmup_ratio * self.total_steps), self.total_steps,
+                                            decay_ratio=t.decay_ratio)
         acc.register_for_checkpointing(self.scheduler)
         self.state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "skipped": 0, "tokens": 0}
         stream = self.data.stream
