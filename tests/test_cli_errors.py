@@ -179,6 +179,16 @@ def test_misspelt_chat_template_is_one_line_before_any_weights(capsys, tmp_path,
     assert line.startswith(f"error: data.chat_template: chat template file '{tmp_path}/no.jinja' not found")
 
 
+def test_bad_decay_ratio_is_one_line_before_any_weights(capsys, tmp_path, tiny_lm, data, monkeypatch):
+    def not_now(*a, **k):
+        raise AssertionError("data or weights loaded although train.decay_ratio is out of range")
+
+    monkeypatch.setattr(train_module, "build_model", not_now)
+    monkeypatch.setattr(train_module, "TrainData", not_now)
+    line = one_line(capsys, train_args(tiny_lm, data, tmp_path / "o", "train.decay_ratio=0"))
+    assert line == "error: train.decay_ratio is 0.0: it must be in (0, 1] (1.0: a cosine after warmup)"
+
+
 def test_prompt_errors_are_package_errors():
     from llava_lite.errors import LlavaLiteError, PromptError
 

@@ -32,8 +32,7 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
     """Linear warmup over `warmup` steps, then a cosine from the peak down to `floor` x peak over the last
     `decay_ratio` share of the steps after warmup; before it the learning rate holds at the peak
     (warmup-stable-decay, as MiniCPM's WSD). 1.0: the cosine starts right after warmup."""
-    if not 0.0 < decay_ratio <= 1.0:
-        raise ConfigError(f"train.decay_ratio is {decay_ratio}: it must be in (0, 1] (1.0: a cosine after warmup)")
+    check_decay_ratio(decay_ratio)
     start = warmup + round((1.0 - decay_ratio) * max(0, total - warmup))
 
     def factor(step: int) -> float:
@@ -43,3 +42,8 @@ def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_decay_ratio(ratio: float) -> None:
+    if not 0.0 < ratio <= 1.0:
+        raise ConfigError(f"train.decay_ratio is {ratio}: it must be in (0, 1] (1.0: a cosine after warmup)")

@@ -54,7 +54,7 @@ from llava_lite.train.distributed import (
 )
 from llava_lite.train.metrics import MetricsLog, plot_losses, tracker_config, truncate_metrics
 from llava_lite.train.objective import build_objective
-from llava_lite.train.optim import build_optimizer, cosine_with_warmup
+from llava_lite.train.optim import build_optimizer, check_decay_ratio, cosine_with_warmup
 from llava_lite.train.stages import STAGES, set_trainable
 
 
@@ -82,6 +82,7 @@ class Trainer:
         set_seed(t.seed)
         if cfg.data.chat_template:  # a misspelt name or a missing .jinja: one line, before any data or weights
             template_text(cfg.data.chat_template)
+        check_decay_ratio(t.decay_ratio)  # so is a learning-rate schedule that cannot be
         mode = cfg.data.mode or self.stage.render_mode
         self.data = TrainData(cfg.data, batch_size=t.batch_size, seed=t.seed, mode=mode, images=self.stage.images,
                               group_by_length=t.group_by_modality_length, rank=acc.process_index,
