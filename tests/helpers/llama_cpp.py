@@ -8,6 +8,7 @@ preprocessing and encoder) and captures, through a logits processor, the logits 
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import io
 import os
@@ -45,8 +46,34 @@ def load(lm_path, mmproj_path=None, n_ctx: int = 1024):
     # The KV cache in f32 (llama.cpp's default is f16, which alone moves SmolLM2's logits by ~0.02), so the
     # differences measured are the export's and the kernels', not the cache's.
     f32 = llama_cpp.GGML_TYPE_F32
-    return llama_cpp.Llama(model_path=str(lm_path), chat_handler=handler, n_ctx=n_ctx, n_threads=2,
-                           verbose=False, logits_all=True, seed=0, type_k=f32, type_v=f32)
+    with cpu_kernels_only(llama_cpp):
+        return llama_cpp.Llama(model_path=str(lm_path), chat_handler=handler, n_ctx=n_ctx, n_threads=2,
+                               verbose=False, logits_all=True, seed=0, type_k=f32, type_v=f32)
+
+
+@contextlib.contextmanager
+def cpu_kernels_only(llama_cpp):
+    """On CPUs with AMX (AMX_INT8: Sapphire Rapids and later) llama.cpp moves quantized weights into its AMX
+    buffers, whose matmul segfaults on the first decode of our q8_0 files (measured on a 2-core Xeon; llama.cpp
+    #20824, open, the same crash on other models). There the model loads as `llama-cli --no-repack` loads it: no
+    extra buffer types, the CPU's own kernels. Elsewhere nothing changes. Llama() does not take the setting, so
+    the default model params it starts from are patched while it loads."""
+    if "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode():
+        yield
+        return
+    module = llama_cpp.llama_cpp  # what llama_cpp.Llama calls for its model params
+    default = module.llama_model_default_params
+
+    def without_extra_buffers():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    module.llama_model_default_params = without_extra_buffers
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = default
 
 
 @dataclass
