@@ -82,7 +82,7 @@ class Trainer:
         set_seed(t.seed)
         if cfg.data.chat_template:  # a misspelt name or a missing .jinja: one line, before any data or weights
             template_text(cfg.data.chat_template)
-        check_decay_ratio(t.decay_ratio)  # so is a learning-rate schedule that cannot be
+        check_decay_ratio(t.decay_ratio)  # train.decay_ratio outside (0, 1]: one line there too
         mode = cfg.data.mode or self.stage.render_mode
         self.data = TrainData(cfg.data, batch_size=t.batch_size, seed=t.seed, mode=mode, images=self.stage.images,
                               group_by_length=t.group_by_modality_length, rank=acc.process_index,
