@@ -163,15 +163,20 @@ def test_error_from_a_dataloader_worker_keeps_its_own_line():
     assert error_line(e.value) == "f.json:3 (id='a'): field 'image' names a missing image file: x.png"
 
 
+def forbid_data_and_weights(monkeypatch, why: str) -> None:
+    """Make the trainer fail loudly if it reads data or builds the model: a config error must come first."""
+    def not_now(*a, **k):
+        raise AssertionError(f"data or weights loaded although {why}")
+
+    monkeypatch.setattr(train_module, "build_model", not_now)
+    monkeypatch.setattr(train_module, "TrainData", not_now)
+
+
 def test_misspelt_chat_template_is_one_line_before_any_weights(capsys, tmp_path, tiny_lm, data, monkeypatch):
     """A misspelt data.chat_template names itself and the valid names, before data or weights load."""
     from llava_lite.data.templates import TEMPLATES
 
-    def not_now(*a, **k):
-        raise AssertionError("data or weights loaded although data.chat_template is misspelt")
-
-    monkeypatch.setattr(train_module, "build_model", not_now)
-    monkeypatch.setattr(train_module, "TrainData", not_now)
+    forbid_data_and_weights(monkeypatch, "data.chat_template is misspelt")
     line = one_line(capsys, train_args(tiny_lm, data, tmp_path / "o", "data.chat_template=vicunna_v1"))
     assert line.startswith("error: data.chat_template: unknown chat template 'vicunna_v1'; use one of ")
     assert all(name in line for name in TEMPLATES) and ".jinja" in line
@@ -180,11 +185,7 @@ def test_misspelt_chat_template_is_one_line_before_any_weights(capsys, tmp_path,
 
 
 def test_bad_decay_ratio_is_one_line_before_any_weights(capsys, tmp_path, tiny_lm, data, monkeypatch):
-    def not_now(*a, **k):
-        raise AssertionError("data or weights loaded although train.decay_ratio is out of range")
-
-    monkeypatch.setattr(train_module, "build_model", not_now)
-    monkeypatch.setattr(train_module, "TrainData", not_now)
+    forbid_data_and_weights(monkeypatch, "train.decay_ratio is out of range")
     line = one_line(capsys, train_args(tiny_lm, data, tmp_path / "o", "train.decay_ratio=0"))
     assert line == "error: train.decay_ratio is 0.0: it must be in (0, 1] (1.0: a cosine after warmup)"
 
